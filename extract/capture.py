@@ -1,0 +1,138 @@
+"""Capture of Q (after RoPE), K and the mask description from any transformers model.
+
+The ``"attnscope"`` attention implementation is registered with transformers'
+`AttentionInterface`, and its mask function with `AttentionMaskInterface` (without one,
+transformers would build no mask at all for a custom name and silently drop causality). The mask
+function returns the 2-D ``[B, Lk]`` padding form, as transformers does for FlashAttention, so no
+L×L mask is ever built; causality, sliding window, soft-cap, sinks and scaling are read from the
+call's keyword arguments and the module.
+
+Capture is scoped: `capturing(model)` switches the model to ``"attnscope"``, records every
+attention call into a `Recording` while the block runs, and restores the model's implementation
+afterwards. Outside such a block the function still computes the correct output and records
+nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from ..kernels.masking import MaskSpec
+from .attend import attention_output
+
+IMPLEMENTATION = "attnscope"
+
+
+@dataclass
+class CapturedCall:
+    """One attention call as the model made it."""
+
+    module: torch.nn.Module
+    query: torch.Tensor  # [B, Hq, Lq, D], after RoPE
+    key: torch.Tensor  # [B, Hkv, Lk, D], grouped-query heads not expanded
+    spec: MaskSpec
+
+
+@dataclass
+class Recording:
+    calls: list[CapturedCall] = field(default_factory=list)
+
+
+_ACTIVE: contextvars.ContextVar[Recording | None] = contextvars.ContextVar("attnscope_recording", default=None)
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """Detach, and copy only if the view would keep a larger buffer alive (GPT-2's fused qkv)."""
+    t = t.detach()
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
+def attnscope_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: SDPA-equivalent output, plus Q/K capture when recording."""
+    if kwargs.get("position_bias") is not None:
+        raise NotImplementedError(
+            "attnscope does not capture additive position biases (T5-style relative attention) yet"
+        )
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            "attnscope expects the 2-D [batch, keys] padding mask that its mask function builds, "
+            f"got a {attention_mask.dim()}-D mask of shape {tuple(attention_mask.shape)}; "
+            "pass a 2-D attention_mask to the model"
+        )
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    spec = MaskSpec(
+        # SDPA's own default when a module passes no scaling; never recomputed otherwise.
+        scaling=float(scaling) if scaling is not None else query.shape[-1] ** -0.5,
+        causal=bool(causal),
+        window=int(sliding_window) if sliding_window is not None else None,
+        softcap=float(softcap) if softcap else None,
+        sinks=s_aux.detach().float() if s_aux is not None else None,
+        key_padding=attention_mask.bool() if attention_mask is not None else None,
+    )
+    out = attention_output(query, key, value, spec, dropout)
+    recording = _ACTIVE.get()
+    if recording is not None:
+        recording.calls.append(CapturedCall(module, _compact(query), _compact(key), spec))
+    return out, None
+
+
+def attnscope_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor | None:
+    """The 2-D padding mask [B, kv_length] (True = real token), or None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask[:, -kv_length:].bool()
+    if mask.shape[1] == kv_length and bool(mask.all()):
+        return None
+    return mask
+
+
+def register() -> None:
+    """Make ``attn_implementation="attnscope"`` known to transformers (idempotent)."""
+    AttentionInterface.register(IMPLEMENTATION, attnscope_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, attnscope_mask)
+
+
+@contextlib.contextmanager
+def capturing(model: torch.nn.Module) -> Iterator[Recording]:
+    """Run `model` with the attnscope implementation and record its attention calls."""
+    register()
+    previous = model.config._attn_implementation
+    recording = Recording()
+    token = _ACTIVE.set(recording)
+    model.set_attn_implementation(IMPLEMENTATION)
+    try:
+        yield recording
+    finally:
+        _ACTIVE.reset(token)
+        model.set_attn_implementation(previous or "sdpa")

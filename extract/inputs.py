@@ -1,0 +1,87 @@
+"""Turning texts into the padded model inputs of one forward pass, and back into per-item ranges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Encoded:
+    """One sequence's token ids, token types and display tokens (before padding)."""
+
+    ids: list[int]
+    tokens: list[str]
+    token_types: list[int] | None = None
+    sentence_b_start: int | None = None
+
+
+def encode(tokenizer, text: str, pair: str | None = None) -> Encoded:
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
+    if pair is not None and (not isinstance(pair, str) or not pair):
+        raise ValueError(f"pair must be None or a non-empty string, got {pair!r}")
+    enc = tokenizer(text, pair, add_special_tokens=True)
+    ids = list(enc["input_ids"])
+    if not ids:
+        raise ValueError(f"the tokenizer produced no tokens for {text!r}")
+    types = enc.get("token_type_ids")
+    b_start = None
+    if pair is not None:
+        if getattr(enc, "encodings", None):  # fast tokenizers know which sentence each token came from
+            seq = enc.sequence_ids(0)
+            b_start = next((i for i, s in enumerate(seq) if s == 1), None)
+        elif types is not None:
+            b_start = next((i for i, t in enumerate(types) if t == 1), None)
+    return Encoded(ids, tokenizer.convert_ids_to_tokens(ids), list(types) if types is not None else None, b_start)
+
+
+def encode_target(tokenizer, target: str, decoder_start_token_id: int) -> Encoded:
+    """Decoder inputs for `target`: its token ids shifted right behind the decoder start token."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"target must be a non-empty string, got {target!r}")
+    labels = list(tokenizer(text_target=target, add_special_tokens=True)["input_ids"])
+    ids = [decoder_start_token_id, *labels[:-1]]
+    return Encoded(ids, tokenizer.convert_ids_to_tokens(ids))
+
+
+def encode_ids(tokenizer, input_ids: torch.Tensor, vocab_size: int) -> Encoded:
+    ids_t = torch.as_tensor(input_ids)
+    if ids_t.dim() == 2 and ids_t.shape[0] == 1:
+        ids_t = ids_t[0]
+    if ids_t.dim() != 1 or ids_t.numel() == 0:
+        raise ValueError(f"input_ids must have shape [L] or [1, L] with L >= 1, got {tuple(ids_t.shape)}")
+    if ids_t.dtype.is_floating_point or ids_t.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integers, got {ids_t.dtype}")
+    lo, hi = int(ids_t.min()), int(ids_t.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"input_ids must be in [0, {vocab_size}), got values in [{lo}, {hi}]")
+    ids = ids_t.tolist()
+    tokens = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]
+    return Encoded(ids, tokens)
+
+
+@dataclass
+class Padded:
+    ids: torch.Tensor  # [B, L] int64
+    mask: torch.Tensor  # [B, L] int64, 1 = real token
+    token_types: torch.Tensor | None  # [B, L] int64
+    spans: list[range]  # real-token positions of each item
+
+
+def pad(items: list[Encoded], pad_id: int, side: str) -> Padded:
+    width = max(len(e.ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros(len(items), width, dtype=torch.int64)
+    types = torch.zeros(len(items), width, dtype=torch.int64) if any(e.token_types for e in items) else None
+    spans = []
+    for b, e in enumerate(items):
+        start = width - len(e.ids) if side == "left" else 0
+        span = range(start, start + len(e.ids))
+        ids[b, span.start : span.stop] = torch.tensor(e.ids)
+        mask[b, span.start : span.stop] = 1
+        if types is not None and e.token_types:
+            types[b, span.start : span.stop] = torch.tensor(e.token_types)
+        spans.append(span)
+    return Padded(ids, mask, types, spans)

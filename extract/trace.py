@@ -1,0 +1,248 @@
+"""`Trace`: the captured Q/K of one sequence and every exact view computed from them.
+
+A Trace keeps, for each kind of attention ("encoder", "decoder", "cross") and each layer, the
+query [Hq, Lq, D] and key [Hkv, Lk, D] tensors on the model's device plus their `MaskSpec`.
+Row statistics (log-sum-exp, entropy) are computed on first use and kept; every view is computed
+from them in chunks, and only the requested result comes back to the host, as float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels import (
+    HEAD_STAT_NAMES,
+    MaskSpec,
+    NeuronView,
+    head_stats_torch,
+    neuron_torch,
+    pooled_torch,
+    probs_tile_torch,
+    received_torch,
+    row_stats_torch,
+    topk_torch,
+)
+
+KINDS = ("encoder", "decoder", "cross")
+Span = slice | int | range | None
+
+
+@dataclass
+class LayerQK:
+    """Q and K of one attention layer of one sequence."""
+
+    q: torch.Tensor  # [Hq, Lq, D]
+    k: torch.Tensor  # [Hkv, Lk, D]
+    spec: MaskSpec
+
+
+def _span(value: Span, length: int, what: str) -> range:
+    """A non-empty, step-1 range inside [0, length) from None, an int, a slice or a range."""
+    if value is None:
+        return range(length)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -length <= value < length:
+            raise ValueError(f"{what} index must be in [{-length}, {length}), got {value}")
+        value %= length
+        return range(value, value + 1)
+    if isinstance(value, range):
+        value = slice(value.start, value.stop, value.step)
+    if not isinstance(value, slice):
+        raise ValueError(f"{what} must be None, an int or a slice, got {type(value).__name__}")
+    start, stop, step = value.indices(length)
+    if step != 1:
+        raise ValueError(f"{what} slice step must be 1, got {value.step}")
+    if stop <= start:
+        raise ValueError(f"{what} slice {value} selects nothing from {length} positions")
+    return range(start, stop)
+
+
+def _index(value: int, length: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an int in [0, {length}), got {value!r}")
+    if not 0 <= value < length:
+        raise ValueError(f"{what} must be in [0, {length}), got {value}")
+    return value
+
+
+def _choose(values: int | Iterable[int] | None, length: int, what: str) -> list[int]:
+    if values is None:
+        return list(range(length))
+    if isinstance(values, int):
+        values = [values]
+    chosen = [_index(v, length, what) for v in values]
+    if not chosen:
+        raise ValueError(f"{what} selection is empty; pass None for all {length}")
+    return chosen
+
+
+class Trace:
+    """Captured attention of one sequence. Views return float32 CPU tensors."""
+
+    def __init__(
+        self,
+        layers: dict[str, list[LayerQK]],
+        tokens: dict[str, tuple[list[str], list[str]]],
+        sentence_b_start: int | None = None,
+    ) -> None:
+        if not layers:
+            raise ValueError("a Trace needs at least one captured attention layer")
+        self._layers = layers
+        self._tokens = tokens
+        self.sentence_b_start = sentence_b_start
+        self.default_kind = next(k for k in KINDS if k in layers)
+        self._row_stats: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._head_stats: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ---- shape facts -------------------------------------------------------------------------
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of attention this trace holds, e.g. ("encoder",) or ("encoder", "decoder", "cross")."""
+        return tuple(k for k in KINDS if k in self._layers)
+
+    def _kind(self, kind: str | None) -> str:
+        kind = self.default_kind if kind is None else kind
+        if kind not in self._layers:
+            raise ValueError(f"kind must be one of {self.kinds}, got {kind!r}")
+        return kind
+
+    @property
+    def tokens(self) -> list[str]:
+        """Query tokens of the default kind (the input text's tokens for single-stack models)."""
+        return self.query_tokens()
+
+    def query_tokens(self, kind: str | None = None) -> list[str]:
+        return list(self._tokens[self._kind(kind)][0])
+
+    def key_tokens(self, kind: str | None = None) -> list[str]:
+        return list(self._tokens[self._kind(kind)][1])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers[self.default_kind])
+
+    @property
+    def num_heads(self) -> int:
+        return self._layers[self.default_kind][0].q.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self._layers[self.default_kind][0].q.shape[1]
+
+    def layer_qk(self, layer: int, kind: str | None = None) -> LayerQK:
+        """The captured Q/K and mask of one layer (on the model's device)."""
+        layers = self._layers[self._kind(kind)]
+        return layers[_index(layer, len(layers), "layer")]
+
+    def _heads_of(self, kind: str) -> int:
+        return self._layers[kind][0].q.shape[0]
+
+    # ---- row statistics ----------------------------------------------------------------------
+    def row_stats(self, layer: int, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-sum-exp [Hq, Lq], entropy [Hq, Lq]) on the device; computed once per layer."""
+        kind = self._kind(kind)
+        key = (kind, layer)
+        if key not in self._row_stats:
+            lqk = self.layer_qk(layer, kind)
+            self._row_stats[key] = row_stats_torch(lqk.q, lqk.k, lqk.spec)
+        return self._row_stats[key]
+
+    # ---- views -------------------------------------------------------------------------------
+    def attention(
+        self, layer: int, head: int, queries: Span = None, keys: Span = None, kind: str | None = None
+    ) -> torch.Tensor:
+        """Exact probabilities [len(queries), len(keys)] of one head (float32, CPU)."""
+        lqk = self.layer_qk(layer, kind)
+        head = _index(head, lqk.q.shape[0], "head")
+        q_rows = _span(queries, lqk.q.shape[1], "queries")
+        k_cols = _span(keys, lqk.k.shape[1], "keys")
+        lse, _ = self.row_stats(layer, kind)
+        return probs_tile_torch(lqk.q, lqk.k, lqk.spec, lse, head, q_rows, k_cols).cpu()
+
+    def pooled(
+        self,
+        size: int = 256,
+        layers: int | Iterable[int] | None = None,
+        heads: int | Iterable[int] | None = None,
+        kind: str | None = None,
+    ) -> torch.Tensor:
+        """Probability mass per block [layers, heads, min(size, Lq), min(size, Lk)] (see kernels.pooled)."""
+        kind = self._kind(kind)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be an int >= 1, got {size!r}")
+        chosen_layers = _choose(layers, len(self._layers[kind]), "layer")
+        chosen_heads = _choose(heads, self._heads_of(kind), "head")
+        maps = []
+        for layer in chosen_layers:
+            lqk = self.layer_qk(layer, kind)
+            lse, _ = self.row_stats(layer, kind)
+            sq, sk = min(size, lqk.q.shape[1]), min(size, lqk.k.shape[1])
+            maps.append(pooled_torch(lqk.q, lqk.k, lqk.spec, lse, sq, sk)[chosen_heads].cpu())
+        return torch.stack(maps)
+
+    def received(
+        self,
+        layers: int | Iterable[int] | None = None,
+        heads: int | Iterable[int] | None = None,
+        kind: str | None = None,
+    ) -> torch.Tensor:
+        """Attention each key receives (column sums of P) [layers, heads, Lk]."""
+        kind = self._kind(kind)
+        chosen_layers = _choose(layers, len(self._layers[kind]), "layer")
+        chosen_heads = _choose(heads, self._heads_of(kind), "head")
+        out = []
+        for layer in chosen_layers:
+            lqk = self.layer_qk(layer, kind)
+            lse, _ = self.row_stats(layer, kind)
+            out.append(received_torch(lqk.q, lqk.k, lqk.spec, lse)[chosen_heads].cpu())
+        return torch.stack(out)
+
+    def topk(
+        self, k: int, layer: int, head: int, queries: Span = None, kind: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices int64 [q, k], probs float32 [q, k]) of each query's k most attended keys.
+
+        Rows with fewer than k visible keys are padded with index -1 and probability 0.
+        """
+        lqk = self.layer_qk(layer, kind)
+        head = _index(head, lqk.q.shape[0], "head")
+        lk = lqk.k.shape[1]
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= lk:
+            raise ValueError(f"k must be an int in [1, {lk}], got {k!r}")
+        q_rows = _span(queries, lqk.q.shape[1], "queries")
+        lse, _ = self.row_stats(layer, kind)
+        idx, probs = topk_torch(lqk.q, lqk.k, lqk.spec, lse, head, k, q_rows)
+        return idx.cpu(), probs.cpu()
+
+    def neuron(self, layer: int, head: int, query: int, keys: Span = None, kind: str | None = None) -> NeuronView:
+        """q [D], k [n, D], q_times_k [n, D], scores [n] (scaled, masked = -inf), probs [n]."""
+        lqk = self.layer_qk(layer, kind)
+        head = _index(head, lqk.q.shape[0], "head")
+        query = _index(query, lqk.q.shape[1], "query")
+        k_cols = _span(keys, lqk.k.shape[1], "keys")
+        lse, _ = self.row_stats(layer, kind)
+        view = neuron_torch(lqk.q, lqk.k, lqk.spec, lse, head, query, k_cols)
+        return NeuronView(*(t.cpu() for t in view))
+
+    def head_stats(self, kind: str | None = None) -> dict[str, torch.Tensor]:
+        """dict name -> [layers, heads] for entropy, previous_token, self, first_token, mean_distance."""
+        kind = self._kind(kind)
+        if kind not in self._head_stats:
+            per_layer = []
+            for layer, lqk in enumerate(self._layers[kind]):
+                lse, ent = self.row_stats(layer, kind)
+                per_layer.append(head_stats_torch(lqk.q, lqk.k, lqk.spec, lse, ent))
+            self._head_stats[kind] = {
+                name: torch.stack([s[name] for s in per_layer]).cpu() for name in HEAD_STAT_NAMES
+            }
+        return {name: t.clone() for name, t in self._head_stats[kind].items()}
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(
+            f"{k}: {len(v)} layers × {v[0].q.shape[0]} heads, {v[0].q.shape[1]}×{v[0].k.shape[1]}"
+            for k, v in self._layers.items()
+        )
+        return f"Trace({shapes})"

@@ -1,0 +1,85 @@
+"""The one description of an attention mask, shared by capture, the torch backend and the kernels.
+
+A mask is never stored as an L×L tensor. It is a handful of facts about one attention call,
+and `allowed(q_idx, k_idx)` turns them into a boolean block for exactly the indices asked for:
+
+* ``causal``: key ``k`` is visible to query ``q`` only if ``k <= q`` (transformers'
+  ``causal_mask_function``; query and key positions share one origin, as in a self-attention
+  call without a cache).
+* ``window``: sliding window of ``window`` keys including the query itself: ``q - k < window``
+  (transformers' ``sliding_window_overlay``: ``kv_idx > q_idx - sliding_window``). Only meaningful
+  together with ``causal``; in a bidirectional call it bounds ``|q - k| < window``.
+* ``key_padding``: ``[B, Lk]`` bool, True where a key is a real token (the 2-D padding form that
+  transformers hands to FlashAttention). ``None`` once a trace holds a single unpadded sequence.
+* ``softcap``: logits become ``softcap * tanh(s / softcap)`` after scaling, before masking
+  (Gemma 2's ``attn_logit_softcapping``).
+* ``sinks``: one extra logit per query head that joins every row's softmax denominator but is
+  not a key (gpt-oss ``s_aux``); rows then sum to less than one.
+* ``scaling``: the multiplier of q·k, taken from the model's call, never recomputed.
+
+A row whose keys are all masked (a padded query row) is *empty*: its log-sum-exp is ``-inf``
+and every view reports zeros for it, never NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """What one attention call may see, and how its logits are formed (see module docstring)."""
+
+    scaling: float
+    causal: bool = False
+    window: int | None = None
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None  # [Hq] float32, one logit per query head
+    key_padding: torch.Tensor | None = None  # [B, Lk] bool, True = real token
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"sliding window must be >= 1 key, got {self.window}")
+        if self.softcap is not None and not self.softcap > 0:
+            raise ValueError(f"softcap must be > 0, got {self.softcap}")
+
+    def for_batch_item(self, b: int, keys: slice) -> MaskSpec:
+        """The spec of one sequence cut out of a padded batch: padding is gone by construction."""
+        if self.key_padding is not None and not bool(self.key_padding[b, keys].all()):
+            raise ValueError("the key range kept for a batch item must contain only real tokens")
+        return replace(self, key_padding=None)
+
+    def allowed(self, q_idx: torch.Tensor, k_idx: torch.Tensor, batch: int = 0) -> torch.Tensor | None:
+        """Boolean block [len(q_idx), len(k_idx)] of visible (query, key) pairs; None if all are visible."""
+        block = None
+        if self.causal or self.window is not None:
+            diff = q_idx[:, None] - k_idx[None, :]
+            if self.causal:
+                block = diff >= 0
+            if self.window is not None:
+                inside = diff < self.window if self.causal else diff.abs() < self.window
+                block = inside if block is None else block & inside
+        if self.key_padding is not None:
+            real = self.key_padding[batch].to(k_idx.device)[k_idx][None, :]
+            block = real.expand(len(q_idx), -1) if block is None else block & real
+        return block
+
+    def key_range(self, q_start: int, q_stop: int, num_keys: int) -> tuple[int, int]:
+        """The smallest key interval holding every key visible to queries [q_start, q_stop)."""
+        lo, hi = 0, num_keys
+        if self.causal:
+            hi = min(hi, q_stop)
+        if self.window is not None:
+            lo = max(0, q_start - self.window + 1)
+            if not self.causal:
+                hi = min(hi, q_stop + self.window - 1)
+        return lo, max(lo, hi)
+
+    def logits(self, raw_dot: torch.Tensor) -> torch.Tensor:
+        """Scaled (and soft-capped) logits from raw q·k, before masking."""
+        s = raw_dot * self.scaling
+        if self.softcap is not None:
+            s = torch.tanh(s / self.softcap) * self.softcap
+        return s

@@ -1,0 +1,100 @@
+"""Dense float64 references for the tests: the whole L×L matrix, built the obvious way.
+
+Written independently of attnscope's own mask code (explicit loops over the definitions) so
+that a shared mistake cannot make both sides agree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+STATS = ("entropy", "previous_token", "self", "first_token", "mean_distance")
+
+
+def dense_visible(lq, lk, causal=False, window=None, key_real=None):
+    vis = torch.ones(lq, lk, dtype=torch.bool)
+    for i in range(lq):
+        for j in range(lk):
+            ok = True
+            if causal and j > i:
+                ok = False
+            if window is not None:
+                ok = ok and ((i - j) < window if causal else abs(i - j) < window)
+            if key_real is not None and not key_real[j]:
+                ok = False
+            vis[i, j] = ok
+    return vis
+
+
+def dense_probs(q, k, scaling, causal=False, window=None, softcap=None, sinks=None, key_real=None):
+    """q [Hq, Lq, D], k [Hkv, Lk, D] -> P [Hq, Lq, Lk] float64 (empty rows are zeros)."""
+    q, k = q.double(), k.double()
+    group = q.shape[0] // k.shape[0]
+    kk = k.repeat_interleave(group, dim=0)
+    s = q @ kk.transpose(-1, -2) * scaling
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    vis = dense_visible(q.shape[1], k.shape[1], causal, window, key_real)
+    s = s.masked_fill(~vis, float("-inf"))
+    if sinks is not None:
+        sink = sinks.double()[:, None, None].expand(-1, s.shape[1], 1)
+        p = torch.softmax(torch.cat([s, sink], -1), -1)[..., :-1]
+    else:
+        p = torch.softmax(s, -1)
+    return torch.nan_to_num(p, nan=0.0)
+
+
+def dense_entropy(p, sinks=None):
+    """Row entropy [H, Lq] in nats of P (plus the sink's share as an outcome)."""
+    terms = torch.where(p > 0, -p * torch.log(p), torch.zeros_like(p)).sum(-1)
+    if sinks is not None:
+        ps = 1 - p.sum(-1)
+        terms = terms + torch.where(ps > 0, -ps * torch.log(ps.clamp_min(1e-300)), torch.zeros_like(ps))
+    return terms
+
+
+def dense_head_stats(p, sinks=None):
+    """dict name -> [H] following the definitions in kernels/headstats.py."""
+    h, lq, lk = p.shape
+    nonempty = p.sum(-1) > 0
+    if sinks is not None:
+        nonempty = torch.ones(h, lq, dtype=torch.bool)  # the sink is always visible
+    ent = dense_entropy(p, sinks)
+    out = {name: torch.zeros(h, dtype=torch.float64) for name in STATS}
+    for head in range(h):
+        rows = [i for i in range(lq) if nonempty[head, i]]
+        if not rows:
+            continue
+        out["entropy"][head] = sum(float(ent[head, i]) for i in rows) / len(rows)
+        prev = [i for i in rows if i >= 1]
+        if prev:
+            out["previous_token"][head] = sum(float(p[head, i, i - 1]) for i in prev if i - 1 < lk) / len(prev)
+        out["self"][head] = sum(float(p[head, i, i]) for i in rows if i < lk) / len(rows)
+        out["first_token"][head] = sum(float(p[head, i, 0]) for i in rows) / len(rows)
+        out["mean_distance"][head] = (
+            sum(float(p[head, i, j]) * abs(i - j) for i in rows for j in range(lk)) / len(rows)
+        )
+    return out
+
+
+def dense_pooled(p, sq, sk):
+    """[H, sq, sk]: mean over each query block's rows of the mass on each key block."""
+    h, lq, lk = p.shape
+    qe = [(i * lq) // sq for i in range(sq + 1)]
+    ke = [(j * lk) // sk for j in range(sk + 1)]
+    out = torch.zeros(h, sq, sk, dtype=torch.float64)
+    for i in range(sq):
+        for j in range(sk):
+            out[:, i, j] = p[:, qe[i] : qe[i + 1], ke[j] : ke[j + 1]].sum((1, 2)) / (qe[i + 1] - qe[i])
+    return out
+
+
+def assert_close(actual, expected, atol, what=""):
+    actual = torch.as_tensor(actual).double()
+    expected = torch.as_tensor(expected).double()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert not torch.isnan(actual).any(), f"{what}: NaN at {torch.isnan(actual).nonzero()[:5].tolist()}"
+    err = (actual - expected).abs()
+    if err.numel() and float(err.max()) > atol:
+        worst = torch.nonzero(err == err.max())[:5].tolist()
+        raise AssertionError(f"{what}: max error {float(err.max()):.3g} > {atol} at indices {worst}")
