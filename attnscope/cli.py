@@ -7,8 +7,13 @@ import sys
 import time
 
 # Which end of each statistic marks a notable head: low entropy is focused, high mass is strong.
-_ORDER = {"entropy": "lowest", "previous_token": "highest", "self": "highest", "first_token": "highest",
-          "mean_distance": "highest"}
+_ORDER = {
+    "entropy": "lowest",
+    "previous_token": "highest",
+    "self": "highest",
+    "first_token": "highest",
+    "mean_distance": "highest",
+}
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
@@ -27,9 +32,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     for stat, values in stats.items():
         flat = values.flatten()
         order = flat.argsort(descending=_ORDER[stat] == "highest")[: args.top]
-        heads = ", ".join(
-            f"L{int(i) // tr.num_heads}.H{int(i) % tr.num_heads}={flat[i]:.3f}" for i in order
-        )
+        heads = ", ".join(f"L{int(i) // tr.num_heads}.H{int(i) % tr.num_heads}={flat[i]:.3f}" for i in order)
         print(f"{stat:>15} ({_ORDER[stat]}): {heads}")
     return 0
 
@@ -37,7 +40,9 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnscope", description="Exact attention views for transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("trace", help="trace one text and print its tokens and the top heads by each statistic")
+    tr = sub.add_parser(
+        "trace", help="trace one text and print its tokens and the top heads by each statistic"
+    )
     tr.add_argument("text", help="the input text")
     tr.add_argument("--pair", default=None, help="optional second sentence (BERT-style pairs)")
     tr.add_argument("--model", default=None, help="model name or local path (default: the bundled MiniLM)")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels.masking import MaskSpec
 from ..kernels import scores
+from ..kernels.masking import MaskSpec
 
 
 def _repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -29,19 +29,27 @@ def _chunk_mask(spec: MaskSpec, batch: int, q_idx: torch.Tensor, k_idx: torch.Te
     rows = []
     for b in range(batch):
         block = spec.allowed(q_idx, k_idx, batch=b)
-        rows.append(torch.ones(len(q_idx), len(k_idx), dtype=torch.bool, device=q_idx.device) if block is None else block)
+        rows.append(
+            torch.ones(len(q_idx), len(k_idx), dtype=torch.bool, device=q_idx.device)
+            if block is None
+            else block
+        )
     return torch.stack(rows)[:, None]
 
 
 def _manual_softmax_attention(q, k, v, spec: MaskSpec, visible: torch.Tensor) -> torch.Tensor:
-    """Eager-style attention for soft-capped or sink logits: float32 softmax, then cast back."""
-    s = spec.logits(torch.matmul(q, k.transpose(-1, -2)).float())
+    """Eager-style attention for soft-capped or sink logits, with eager's float32 softmax."""
+    dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+    s = spec.logits(torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)))
     s = s.masked_fill(~visible, float("-inf"))
     if spec.sinks is not None:
-        sink = spec.sinks.float().to(s.device)[None, :, None, None].expand(s.shape[0], -1, s.shape[2], 1)
-        p = torch.softmax(torch.cat([s, sink], dim=-1), dim=-1)[..., :-1]
-    else:
-        p = torch.softmax(s, dim=-1)
+        sink = spec.sinks.to(device=s.device, dtype=dt)[None, :, None, None].expand(
+            s.shape[0], -1, s.shape[2], 1
+        )
+        s = torch.cat([s, sink], dim=-1)
+    p = torch.softmax(s, dim=-1, dtype=torch.float32)
+    if spec.sinks is not None:
+        p = p[..., :-1]
     p = torch.nan_to_num(p, nan=0.0)
     return torch.matmul(p.to(v.dtype), v)
 
@@ -60,14 +68,21 @@ def attention_output(
     plain_logits = spec.softcap is None and spec.sinks is None
     if plain_logits and spec.window is None and spec.key_padding is None:
         out = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, scale=spec.scaling,
-            is_causal=spec.causal and lq > 1, enable_gqa=group > 1,
+            query,
+            key,
+            value,
+            dropout_p=dropout,
+            scale=spec.scaling,
+            is_causal=spec.causal and lq > 1,
+            enable_gqa=group > 1,
         )
         return out.transpose(1, 2).contiguous()
     key, value = _repeat_kv(key, group), _repeat_kv(value, group)
     if plain_logits and spec.window is None and not spec.causal:
         mask = spec.key_padding.to(query.device)[:, None, None, :]
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=spec.scaling)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=spec.scaling
+        )
         return out.transpose(1, 2).contiguous()
     out = torch.zeros(b, hq, lq, value.shape[-1], dtype=query.dtype, device=query.device)
     keys_in_reach = lk if spec.window is None else min(lk, 2 * spec.window)
@@ -81,7 +96,9 @@ def attention_output(
         visible = _chunk_mask(spec, b, q_idx, torch.arange(k0, k1, device=query.device))
         qc, kc, vc = query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1]
         if plain_logits:
-            chunk = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=visible, dropout_p=dropout, scale=spec.scaling)
+            chunk = F.scaled_dot_product_attention(
+                qc, kc, vc, attn_mask=visible, dropout_p=dropout, scale=spec.scaling
+            )
         else:
             chunk = _manual_softmax_attention(qc, kc, vc, spec, visible)
         # SDPA turns a row with no visible key into NaN; such rows are defined as zeros.

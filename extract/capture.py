@@ -45,7 +45,9 @@ class Recording:
     calls: list[CapturedCall] = field(default_factory=list)
 
 
-_ACTIVE: contextvars.ContextVar[Recording | None] = contextvars.ContextVar("attnscope_recording", default=None)
+_ACTIVE: contextvars.ContextVar[Recording | None] = contextvars.ContextVar(
+    "attnscope_recording", default=None
+)
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,7 @@ def _max_positions(model: torch.nn.Module) -> int | None:
 
 def _derives_positions_from_padding(model: torch.nn.Module) -> bool:
     # RoBERTa-style embeddings compute positions from input_ids and padding_idx themselves.
-    return any(
-        type(m).__name__.endswith("Embeddings") and hasattr(m, "padding_idx") for m in model.modules()
-    )
+    return any(type(m).__name__.endswith("Embeddings") and hasattr(m, "padding_idx") for m in model.modules())
 
 
 class Extractor:
@@ -70,7 +68,9 @@ class Extractor:
 
         register()
         path = default_model_path() if name_or_path is None else name_or_path
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(
+            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         if dtype is None:
             dtype = torch.float32 if device.type == "cpu" else "auto"
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -149,8 +149,11 @@ class Extractor:
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
-        for candidate in (getattr(tok, "pad_token_id", None), getattr(self.model.config, "pad_token_id", None),
-                          getattr(tok, "eos_token_id", None)):
+        for candidate in (
+            getattr(tok, "pad_token_id", None),
+            getattr(self.model.config, "pad_token_id", None),
+            getattr(tok, "eos_token_id", None),
+        ):
             if candidate is not None:
                 return int(candidate)
         return 0
@@ -164,7 +167,9 @@ class Extractor:
 
     def _kind(self, call: CapturedCall) -> str:
         name = self._names.get(id(call.module), "")
-        if getattr(call.module, "is_cross_attention", False) or any(h in name.lower() for h in _CROSS_NAME_HINTS):
+        if getattr(call.module, "is_cross_attention", False) or any(
+            h in name.lower() for h in _CROSS_NAME_HINTS
+        ):
             return "cross"
         if self._enc_dec:
             return "encoder" if name.startswith(self._encoder_prefix) else "decoder"
@@ -179,7 +184,10 @@ class Extractor:
         if src.token_types is not None and "token_type_ids" in self._forward_params:
             kwargs["token_type_ids"] = src.token_types.to(device)
         if (
-            side == "left" and len(items) > 1 and not self._enc_dec and "position_ids" in self._forward_params
+            side == "left"
+            and len(items) > 1
+            and not self._enc_dec
+            and "position_ids" in self._forward_params
             and not _derives_positions_from_padding(self.model)
         ):
             # As generation does for left padding: each item's positions start at 0 at its first token.
@@ -206,7 +214,11 @@ class Extractor:
         layers: dict[str, list[LayerQK]] = {}
         src_span = src.spans[b]
         tgt_span = tgt.spans[b] if tgt is not None else src_span
-        spans = {"encoder": (src_span, src_span), "decoder": (tgt_span, tgt_span), "cross": (tgt_span, src_span)}
+        spans = {
+            "encoder": (src_span, src_span),
+            "decoder": (tgt_span, tgt_span),
+            "cross": (tgt_span, src_span),
+        }
         for call in calls:
             kind = self._kind(call)
             q_span, k_span = spans[kind]
@@ -220,6 +232,9 @@ class Extractor:
             )
         src_tokens = items[b].tokens
         tgt_tokens = targets[b].tokens if targets is not None else src_tokens
-        tokens = {"encoder": (src_tokens, src_tokens), "decoder": (tgt_tokens, tgt_tokens),
-                  "cross": (tgt_tokens, src_tokens)}
+        tokens = {
+            "encoder": (src_tokens, src_tokens),
+            "decoder": (tgt_tokens, tgt_tokens),
+            "cross": (tgt_tokens, src_tokens),
+        }
         return Trace(layers, {k: tokens[k] for k in layers}, items[b].sentence_b_start)

@@ -34,7 +34,9 @@ def encode(tokenizer, text: str, pair: str | None = None) -> Encoded:
             b_start = next((i for i, s in enumerate(seq) if s == 1), None)
         elif types is not None:
             b_start = next((i for i, t in enumerate(types) if t == 1), None)
-    return Encoded(ids, tokenizer.convert_ids_to_tokens(ids), list(types) if types is not None else None, b_start)
+    return Encoded(
+        ids, tokenizer.convert_ids_to_tokens(ids), list(types) if types is not None else None, b_start
+    )
 
 
 def encode_target(tokenizer, target: str, decoder_start_token_id: int) -> Encoded:

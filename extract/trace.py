@@ -217,7 +217,9 @@ class Trace:
         idx, probs = topk_torch(lqk.q, lqk.k, lqk.spec, lse, head, k, q_rows)
         return idx.cpu(), probs.cpu()
 
-    def neuron(self, layer: int, head: int, query: int, keys: Span = None, kind: str | None = None) -> NeuronView:
+    def neuron(
+        self, layer: int, head: int, query: int, keys: Span = None, kind: str | None = None
+    ) -> NeuronView:
         """q [D], k [n, D], q_times_k [n, D], scores [n] (scaled, masked = -inf), probs [n]."""
         lqk = self.layer_qk(layer, kind)
         head = _index(head, lqk.q.shape[0], "head")

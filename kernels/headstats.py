@@ -35,7 +35,7 @@ def head_stats_torch(
     q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, entropy: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """dict name -> [Hq] float32 on q's device (names in HEAD_STAT_NAMES)."""
-    hq, lq, _ = q.shape
+    hq, _lq, _ = q.shape
     group = hq // k.shape[0]
     heads = torch.arange(hq, device=q.device)
     nonempty = ~torch.isneginf(lse)  # [Hq, Lq]
@@ -49,7 +49,9 @@ def head_stats_torch(
             sums[name] += _diagonal(p, q0, k0, offset)[0].double().sum(1)
         if k0 == 0:
             sums["first_token"] += p[:, :, 0].double().sum(1)
-        dist = (torch.arange(q0, q1, device=q.device)[:, None] - torch.arange(k0, k1, device=q.device)[None, :]).abs()
+        dist = (
+            torch.arange(q0, q1, device=q.device)[:, None] - torch.arange(k0, k1, device=q.device)[None, :]
+        ).abs()
         sums["mean_distance"] += (p * dist.to(p.dtype)).double().sum((1, 2))
     rows = nonempty.double().sum(1)
     rows_after_first = nonempty[:, 1:].double().sum(1)

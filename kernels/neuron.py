@@ -35,7 +35,9 @@ def neuron_torch(
     kv = k[head // group, keys.start : keys.stop].to(dt)
     prod = qv[None, :] * kv
     s = spec.logits(prod.sum(-1))
-    visible = spec.allowed(torch.tensor([query], device=q.device), torch.arange(keys.start, keys.stop, device=q.device))
+    visible = spec.allowed(
+        torch.tensor([query], device=q.device), torch.arange(keys.start, keys.stop, device=q.device)
+    )
     if visible is not None:
         s = s.masked_fill(~visible[0], float("-inf"))
     p = probs_from_logits(s[None], lse[head, query : query + 1])[0]

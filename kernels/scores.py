@@ -20,8 +20,9 @@ import torch
 
 from .masking import MaskSpec
 
-#: Upper bound on the number of score elements one chunk may hold (16 Mi ~ 64 MB in float32).
-SCORE_BUDGET = 1 << 24
+#: Upper bound on the score elements one chunk may hold (1 Mi = 4 MB in float32): small enough
+#: that a few chunk temporaries stay far below an L×L matrix at 4k tokens, big enough for BLAS.
+SCORE_BUDGET = 1 << 20
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -62,8 +63,9 @@ def probs_from_logits(s: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return torch.exp(s - safe[..., None].to(s.dtype))
 
 
-def query_chunks(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, q_start: int = 0, q_stop: int | None = None
-                 ) -> Iterator[tuple[int, int, int, int]]:
+def query_chunks(
+    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, q_start: int = 0, q_stop: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
     """(q0, q1, k0, k1) chunks covering queries [q_start, q_stop) with every visible key of those rows."""
     lq, lk = q.shape[1], k.shape[1]
     q_stop = lq if q_stop is None else q_stop

@@ -68,12 +68,14 @@ def dense_head_stats(p, sinks=None):
         out["entropy"][head] = sum(float(ent[head, i]) for i in rows) / len(rows)
         prev = [i for i in rows if i >= 1]
         if prev:
-            out["previous_token"][head] = sum(float(p[head, i, i - 1]) for i in prev if i - 1 < lk) / len(prev)
+            out["previous_token"][head] = sum(float(p[head, i, i - 1]) for i in prev if i - 1 < lk) / len(
+                prev
+            )
         out["self"][head] = sum(float(p[head, i, i]) for i in rows if i < lk) / len(rows)
         out["first_token"][head] = sum(float(p[head, i, 0]) for i in rows) / len(rows)
-        out["mean_distance"][head] = (
-            sum(float(p[head, i, j]) * abs(i - j) for i in rows for j in range(lk)) / len(rows)
-        )
+        out["mean_distance"][head] = sum(
+            float(p[head, i, j]) * abs(i - j) for i in rows for j in range(lk)
+        ) / len(rows)
     return out
 
 

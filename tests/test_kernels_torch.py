@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import assert_close, dense_entropy, dense_head_stats, dense_pooled, dense_probs
 
 from attnscope.kernels import (
     MaskSpec,
@@ -16,6 +15,8 @@ from attnscope.kernels import (
     row_stats_torch,
     topk_torch,
 )
+
+from reference import assert_close, dense_entropy, dense_head_stats, dense_pooled, dense_probs
 
 MASKS = {
     "bidirectional": {},
@@ -71,7 +72,9 @@ def test_every_view_matches_dense_float64(mask, dtype, rng, small_chunks):
     sub = probs_tile_torch(q, k, spec, lse, 3, range(5, 30), range(11, 36))
     assert_close(sub, p[3, 5:30, 11:36], tol, "sub-tile")
     for sq, sk in ((5, 7), (37, 37), (1, 1), (13, 36)):
-        assert_close(pooled_torch(q, k, spec, lse, sq, sk), dense_pooled(p, sq, sk), tol * 10, f"pooled {sq}x{sk}")
+        assert_close(
+            pooled_torch(q, k, spec, lse, sq, sk), dense_pooled(p, sq, sk), tol * 10, f"pooled {sq}x{sk}"
+        )
     assert_close(received_torch(q, k, spec, lse), p.sum(1), tol * 40, "received")
     stats = head_stats_torch(q, k, spec, lse, ent)
     for name, expected in dense_head_stats(p, sinks).items():
@@ -113,7 +116,9 @@ def test_cross_shapes_and_uneven_blocks(rng, small_chunks):
 def test_empty_rows_are_zero_not_nan(rng):
     q = torch.randn(2, 6, 8, generator=rng)
     k = torch.randn(2, 6, 8, generator=rng)
-    spec = MaskSpec(scaling=0.3, causal=True, key_padding=torch.tensor([[False, False, True, True, True, True]]))
+    spec = MaskSpec(
+        scaling=0.3, causal=True, key_padding=torch.tensor([[False, False, True, True, True, True]])
+    )
     lse, ent = row_stats_torch(q, k, spec)
     assert torch.isneginf(lse[:, :2]).all() and (ent[:, :2] == 0).all()
     tile = probs_tile_torch(q, k, spec, lse, 0, range(6), range(6))

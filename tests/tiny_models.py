@@ -1,0 +1,151 @@
+"""Tiny random models of each family the extraction core must get right, plus a word tokenizer.
+
+Nothing is downloaded: configs are built here and weights are random (seeded per call).
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+VOCAB = 128
+WORDS = [f"w{i}" for i in range(100)]
+
+
+def word_tokenizer(padding_side: str = "right") -> tf.PreTrainedTokenizerFast:
+    """Whitespace word tokenizer: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3, words w0..w99 = 4..103."""
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(WORDS)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        padding_side=padding_side,
+    )
+
+
+def random_text(n_words: int, gen: torch.Generator) -> str:
+    return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n_words,), generator=gen))
+
+
+COMMON = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+
+
+def _configs() -> dict:
+    return {
+        "gpt2": lambda: tf.GPT2Config(
+            n_layer=2, n_head=4, n_embd=32, n_positions=128, scale_attn_by_inverse_layer_idx=True, **COMMON
+        ),
+        "bert": lambda: tf.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=128,
+            type_vocab_size=2,
+            **COMMON,
+        ),
+        "roberta": lambda: tf.RobertaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=130,
+            type_vocab_size=1,
+            **COMMON,
+        ),
+        "llama": lambda: tf.LlamaConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            **COMMON,
+        ),
+        "mistral": lambda: tf.MistralConfig(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            sliding_window=8,
+            head_dim=12,
+            **COMMON,
+        ),
+        "qwen2": lambda: tf.Qwen2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            use_sliding_window=True,
+            sliding_window=7,
+            max_window_layers=1,
+            **COMMON,
+        ),
+        "gemma2": lambda: tf.Gemma2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            sliding_window=6,
+            attn_logit_softcapping=3.0,
+            final_logit_softcapping=None,
+            query_pre_attn_scalar=8,
+            **COMMON,
+        ),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            rotary_pct=0.25,
+            **COMMON,
+        ),
+        "bart": lambda: tf.BartConfig(
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=48,
+            decoder_ffn_dim=48,
+            max_position_embeddings=128,
+            decoder_start_token_id=2,
+            **COMMON,
+        ),
+    }
+
+
+FAMILIES = list(_configs())
+CAUSAL = {"gpt2", "llama", "mistral", "qwen2", "gemma2", "gpt_neox"}
+
+
+def build(family: str, dtype=torch.float64, attn: str = "eager", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = _configs()[family]()
+    model = tf.AutoModel.from_config(config, attn_implementation=attn, dtype=dtype)
+    # Random init leaves attention nearly uniform; widen the weights so heads are peaked and
+    # masking mistakes show up as large differences.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and any(s in name for s in ("q_proj", "k_proj", "query", "key", "c_attn", "qkv")):
+                p.mul_(4.0)
+    return model.eval()
