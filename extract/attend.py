@@ -38,7 +38,7 @@ def _chunk_mask(spec: MaskSpec, batch: int, q_idx: torch.Tensor, k_idx: torch.Te
 
 
 def _manual_softmax_attention(q, k, v, spec: MaskSpec, visible: torch.Tensor) -> torch.Tensor:
-    """Eager-style attention for soft-capped or sink logits, with eager's float32 softmax."""
+    """Eager-style attention for soft-capped or sink logits (softmax in float32 or better)."""
     dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     s = spec.logits(torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)))
     s = s.masked_fill(~visible, float("-inf"))
@@ -47,7 +47,7 @@ def _manual_softmax_attention(q, k, v, spec: MaskSpec, visible: torch.Tensor) ->
             s.shape[0], -1, s.shape[2], 1
         )
         s = torch.cat([s, sink], dim=-1)
-    p = torch.softmax(s, dim=-1, dtype=torch.float32)
+    p = torch.softmax(s, dim=-1)
     if spec.sinks is not None:
         p = p[..., :-1]
     p = torch.nan_to_num(p, nan=0.0)

@@ -90,7 +90,7 @@ def attnscope_attention(
         causal=bool(causal),
         window=int(sliding_window) if sliding_window is not None else None,
         softcap=float(softcap) if softcap else None,
-        sinks=s_aux.detach().float() if s_aux is not None else None,
+        sinks=s_aux.detach() if s_aux is not None else None,
         key_padding=attention_mask.bool() if attention_mask is not None else None,
     )
     out = attention_output(query, key, value, spec, dropout)

@@ -36,7 +36,7 @@ class MaskSpec:
     causal: bool = False
     window: int | None = None
     softcap: float | None = None
-    sinks: torch.Tensor | None = None  # [Hq] float32, one logit per query head
+    sinks: torch.Tensor | None = None  # [Hq], one logit per query head, in the model's dtype
     key_padding: torch.Tensor | None = None  # [B, Lk] bool, True = real token
 
     def __post_init__(self) -> None:

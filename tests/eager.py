@@ -48,11 +48,12 @@ def check_views(tr, eager: dict[str, list[torch.Tensor]]) -> None:
                 tr.pooled(5, layers=layer, kind=kind)[0], dense_pooled(p, 5, 5), ATOL, f"{kind} pooled"
             )
             assert_close(tr.received(layers=[layer], kind=kind)[0], p.sum(1), 10 * ATOL, f"{kind} received")
-            expected = dense_head_stats(p)
+            sinks = tr.layer_qk(layer, kind).spec.sinks  # the sink share is an outcome of the entropy
+            expected = dense_head_stats(p, sinks)
             for name in STATS:
                 assert_close(stats[name][layer], expected[name], 10 * ATOL, f"{kind} L{layer} {name}")
             _lse, ent = tr.row_stats(layer, kind=kind)
-            assert_close(ent, dense_entropy(p), 10 * ATOL, f"{kind} L{layer} entropy")
+            assert_close(ent, dense_entropy(p, sinks), 10 * ATOL, f"{kind} L{layer} entropy")
             head, row = h - 1, lq - 2
             idx, probs = tr.topk(3, layer, head, queries=slice(row, row + 1), kind=kind)
             assert_close(probs[0], p[head, row].sort(descending=True).values[:3], ATOL, "topk probs")

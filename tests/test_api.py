@@ -132,3 +132,13 @@ def test_cli_trace_prints_tokens_and_top_heads(capsys):
 def test_cli_reports_errors_without_a_traceback(capsys):
     assert cli_main(["trace", ""]) == 2
     assert "error: text must be a non-empty string" in capsys.readouterr().err
+
+
+def test_from_pretrained_loads_a_local_checkpoint(tmp_path, rng):
+    build("gpt2", dtype=torch.float32, attn="sdpa").save_pretrained(tmp_path)
+    word_tokenizer().save_pretrained(tmp_path)
+    ex = attnscope.Extractor.from_pretrained(str(tmp_path), device="cpu")
+    assert ex.model.config._attn_implementation == "attnscope"  # loaded through the registered implementation
+    tr = ex.trace(random_text(12, rng))
+    assert tr.seq_len == 14 and tr.tokens[0] == "[CLS]"
+    assert torch.allclose(tr.attention(1, 0).sum(-1), torch.ones(14), atol=1e-5)

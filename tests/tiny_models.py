@@ -131,21 +131,42 @@ def _configs() -> dict:
             decoder_start_token_id=2,
             **COMMON,
         ),
+        # Attention sinks (s_aux), alternating sliding/full layers, mixture-of-experts MLP.
+        "gpt_oss": lambda: tf.GptOssConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=32,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            sliding_window=6,
+            max_position_embeddings=256,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            **COMMON,
+        ),
     }
 
 
 FAMILIES = list(_configs())
-CAUSAL = {"gpt2", "llama", "mistral", "qwen2", "gemma2", "gpt_neox"}
+CAUSAL = {"gpt2", "llama", "mistral", "qwen2", "gemma2", "gpt_neox", "gpt_oss"}
 
 
 def build(family: str, dtype=torch.float64, attn: str = "eager", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = _configs()[family]()
-    model = tf.AutoModel.from_config(config, attn_implementation=attn, dtype=dtype)
+    extra = {}
+    if family == "gpt_oss":
+        extra["experts_implementation"] = "eager"  # the grouped-mm experts refuse float64
+    model = tf.AutoModel.from_config(config, attn_implementation=attn, dtype=dtype, **extra)
     # Random init leaves attention nearly uniform; widen the weights so heads are peaked and
     # masking mistakes show up as large differences.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2 and any(s in name for s in ("q_proj", "k_proj", "query", "key", "c_attn", "qkv")):
                 p.mul_(4.0)
+            if name.endswith("sinks"):  # zero at init: make them matter
+                p.copy_(torch.randn_like(p) * 2)
     return model.eval()
