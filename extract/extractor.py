@@ -41,6 +41,8 @@ class Extractor:
 
     The model is put in eval mode. During `trace` its attention implementation is switched to
     ``"attnscope"`` and restored afterwards; outputs equal the plain ``sdpa`` implementation's.
+    One Extractor runs one trace at a time (the switch is per model): serve concurrent callers
+    from one worker per model, as the service does.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer=None) -> None:
@@ -107,7 +109,7 @@ class Extractor:
             item = encode(self._need_tokenizer(), text, pair)
         targets = None
         if self._enc_dec:
-            targets = [self._target(target if target is not None else text, item)]
+            targets = [self._target(target if target is not None else text)]
         elif target is not None:
             raise ValueError("target is only for encoder-decoder models")
         return self._run([item], targets)[0]
@@ -128,7 +130,7 @@ class Extractor:
             targets = targets if targets is not None else texts
             if len(targets) != len(texts):
                 raise ValueError(f"targets must have {len(texts)} entries, got {len(targets)}")
-            dec = [self._target(t, i) for t, i in zip(targets, items, strict=True)]
+            dec = [self._target(t) for t in targets]
         elif targets is not None:
             raise ValueError("targets are only for encoder-decoder models")
         return self._run(items, dec)
@@ -139,12 +141,10 @@ class Extractor:
             raise ValueError("this Extractor has no tokenizer: pass input_ids, or wrap the model with one")
         return self.tokenizer
 
-    def _target(self, target: str | None, item: Encoded) -> Encoded:
+    def _target(self, target: str) -> Encoded:
         start = getattr(self.model.config, "decoder_start_token_id", None)
         if start is None:
             raise ValueError("the model config has no decoder_start_token_id")
-        if target is None:
-            raise ValueError("target is required")
         return encode_target(self._need_tokenizer(), target, start)
 
     def _pad_id(self) -> int:

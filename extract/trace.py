@@ -132,13 +132,15 @@ class Trace:
     def seq_len(self) -> int:
         return self._layers[self.default_kind][0].q.shape[1]
 
+    def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
+        """(layers, query heads, query length, key length) of one kind of attention."""
+        layers = self._layers[self._kind(kind)]
+        return len(layers), layers[0].q.shape[0], layers[0].q.shape[1], layers[0].k.shape[1]
+
     def layer_qk(self, layer: int, kind: str | None = None) -> LayerQK:
         """The captured Q/K and mask of one layer (on the model's device)."""
         layers = self._layers[self._kind(kind)]
         return layers[_index(layer, len(layers), "layer")]
-
-    def _heads_of(self, kind: str) -> int:
-        return self._layers[kind][0].q.shape[0]
 
     # ---- row statistics ----------------------------------------------------------------------
     def row_stats(self, layer: int, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +176,7 @@ class Trace:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
         chosen_layers = _choose(layers, len(self._layers[kind]), "layer")
-        chosen_heads = _choose(heads, self._heads_of(kind), "head")
+        chosen_heads = _choose(heads, self.shape(kind)[1], "head")
         maps = []
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)
@@ -192,7 +194,7 @@ class Trace:
         """Attention each key receives (column sums of P) [layers, heads, Lk]."""
         kind = self._kind(kind)
         chosen_layers = _choose(layers, len(self._layers[kind]), "layer")
-        chosen_heads = _choose(heads, self._heads_of(kind), "head")
+        chosen_heads = _choose(heads, self.shape(kind)[1], "head")
         out = []
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)

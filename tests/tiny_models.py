@@ -131,6 +131,19 @@ def _configs() -> dict:
             decoder_start_token_id=2,
             **COMMON,
         ),
+        "marian": lambda: tf.MarianConfig(
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=48,
+            decoder_ffn_dim=48,
+            max_position_embeddings=128,
+            decoder_start_token_id=0,
+            decoder_vocab_size=VOCAB,
+            **COMMON,
+        ),
         # Attention sinks (s_aux), alternating sliding/full layers, mixture-of-experts MLP.
         "gpt_oss": lambda: tf.GptOssConfig(
             hidden_size=32,
