@@ -15,6 +15,7 @@ import torch
 
 from .masking import MaskSpec
 from .scores import compute_dtype, masked_logits, query_chunks
+from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, tile_logits2, tl, triton
 
 
 def row_stats_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,16 +32,90 @@ def row_stats_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[t
     for q0, q1, k0, k1 in query_chunks(q, k, spec):
         s = masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1)  # [Hq, c, n]
         row_lse = torch.logsumexp(s, dim=-1)  # -inf for empty rows
-        if spec.sinks is not None:
-            sink = spec.sinks.to(s.dtype)[:, None].expand_as(row_lse)
-            row_lse = torch.logaddexp(row_lse, sink)
-        safe = torch.where(torch.isneginf(row_lse), torch.zeros_like(row_lse), row_lse)
-        p = torch.exp(s - safe[..., None])
+        empty = torch.isneginf(row_lse)
+        p = torch.exp(s - torch.where(empty, torch.zeros_like(row_lse), row_lse)[..., None])
         p_s = torch.where(p > 0, p * s, torch.zeros_like(p)).sum(-1)
-        h = safe - p_s
-        if spec.sinks is not None:
-            h = h - torch.exp(sink - safe) * sink
-        h = torch.where(torch.isneginf(row_lse), torch.zeros_like(h), h)
         lse[:, q0:q1] = row_lse
-        ent[:, q0:q1] = h
+        ent[:, q0:q1] = torch.where(empty, torch.zeros_like(row_lse), row_lse - p_s)
+    if spec.sinks is not None:
+        lse, ent = add_sinks(lse, ent, spec.sinks)
     return lse, ent
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _row_stats_kernel(
+        Q, K, KV_VALID, LSE, ENT,
+        sq_h, sq_l, sq_d, sk_h, sk_l, sk_d,
+        Lq, Lk, D, group, scale, softcap, window,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_PADDING: tl.constexpr,
+        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        # One program: BLOCK_M query rows of one head; online max / sum / Σ p·t over its keys.
+        pid_m = tl.program_id(0)
+        h = tl.program_id(1).to(tl.int64)
+        m_start = pid_m * BLOCK_M
+        offs_m = (m_start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D)
+        q_ptrs = Q + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d
+        q = tl.load(q_ptrs, mask=(offs_m < Lq)[:, None] & (offs_d < D)[None, :], other=0.0)
+        k_base = K + (h // group) * sk_h
+        lo, hi = key_bounds(m_start, m_start + BLOCK_M, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        a_i = tl.zeros([BLOCK_M], tl.float32)
+        for start_n in range(lo, hi, BLOCK_N):
+            offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
+            k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
+            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
+                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            m_new = tl.maximum(m_i, tl.max(t, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(t - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            a_i = a_i * alpha + tl.sum(p * tl.where(p > 0, t, 0.0), 1)
+            m_i = m_new
+        empty = l_i == 0
+        lse2 = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+        # Natural units: lse = lse2 · ln2; Σ p·s = ln2 · Σ p·t.
+        ent = tl.where(empty, 0.0, (lse2 - a_i / tl.where(empty, 1.0, l_i)) * 0.6931471805599453)
+        row_in = offs_m < Lq
+        tl.store(LSE + h * Lq + offs_m, lse2 * 0.6931471805599453, mask=row_in)
+        tl.store(ENT + h * Lq + offs_m, ent, mask=row_in)
+
+
+def row_stats_triton(
+    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, block_m: int = 64, block_n: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of `row_stats_torch`: (lse [Hq, Lq], entropy [Hq, Lq]) float32 on q's device."""
+    hq, lq, d = q.shape
+    lk = k.shape[1]
+    lse = torch.empty(hq, lq, dtype=torch.float32, device=q.device)
+    ent = torch.empty_like(lse)
+    args = mask_args(spec, q.device)
+    grid = (triton.cdiv(lq, block_m), hq)
+    _row_stats_kernel[grid](
+        q, k, args.pop("kv_valid"), lse, ent,
+        *q.stride(), *k.stride(),
+        lq, lk, d, hq // k.shape[0], args.pop("scale"), args.pop("softcap"), args.pop("window"),
+        **args, IEEE=q.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d(d),
+    )
+    if spec.sinks is not None:
+        lse, ent = add_sinks(lse, ent, spec.sinks)
+    return lse, ent
+
+
+def add_sinks(lse: torch.Tensor, ent: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold one sink logit per head into rows computed over the keys alone.
+
+    With lse' = logaddexp(lse, sink): Σ_k p'_k s_k = e^(lse - lse') Σ_k p_k s_k, and the sink adds
+    -p_sink·log p_sink to the entropy, so H' = lse' - e^(lse - lse')(lse - H) - p_sink · sink.
+    """
+    sink = sinks.to(device=lse.device, dtype=lse.dtype)[:, None].expand_as(lse)
+    total = torch.logaddexp(lse, sink)
+    keys_share = torch.exp(lse - total)  # 0 for empty rows
+    mean_logit = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse - ent)
+    ent = total - keys_share * mean_logit - torch.exp(sink - total) * sink
+    return total, ent

@@ -1,0 +1,137 @@
+"""What every Triton kernel family shares: the guarded import, the masked base-2 logits tile, and
+the launch arguments that describe a `MaskSpec`.
+
+Numerics (written once, used by every kernel):
+
+* Q and K tiles are loaded in their storage dtype and multiplied with fp32 accumulation; fp32
+  inputs use IEEE fp32 products (``input_precision="ieee"``), never TF32, so a kernel matches the
+  torch backend instead of drifting by TF32's 10-bit mantissa.
+* Logits are kept in base 2: ``t = s · log2(e)`` with ``s`` the natural logit (scaled, then
+  soft-capped as ``c · tanh(s / c)``). Probabilities are ``exp2(t - lse2)`` with ``lse2`` the row's
+  base-2 log-sum-exp; the stored statistic is the natural ``lse = lse2 · ln 2``.
+* Invisible (query, key) pairs have ``t = -inf``. Empty rows (``lse = -inf``) give zeros: the
+  kernels substitute ``+inf`` for their ``lse`` so ``exp2(-inf - inf) = 0``, never NaN.
+* Offsets into Q, K and outputs are computed in int64, so L = 128k × D = 256 and beyond is safe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .masking import MaskSpec
+
+try:  # Triton is optional: CPU-only installs (macOS, Windows) use the torch backend.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
+
+
+def mask_args(spec: MaskSpec, device: torch.device) -> dict:
+    """Kernel arguments and constexpr flags describing `spec` (key padding of a single sequence)."""
+    padding = spec.key_padding
+    if padding is not None and padding.shape[0] != 1:
+        raise ValueError(f"kernels take one sequence at a time; key padding has batch {padding.shape[0]}")
+    return {
+        "scale": spec.scaling if spec.softcap is not None else spec.scaling * LOG2E,
+        "softcap": float(spec.softcap or 1.0),
+        "window": int(spec.window or 0),
+        "kv_valid": (padding[0].to(device=device, dtype=torch.int8) if padding is not None
+                     else torch.empty(1, dtype=torch.int8, device=device)),
+        "CAUSAL": bool(spec.causal),
+        "HAS_WINDOW": spec.window is not None,
+        "HAS_SOFTCAP": spec.softcap is not None,
+        "HAS_PADDING": padding is not None,
+    }
+
+
+def block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def safe_lse2(lse: torch.Tensor) -> torch.Tensor:
+    """Base-2 row log-sum-exp as float32 with empty rows (-inf) turned into +inf (-> zero probs)."""
+    lse2 = lse.float() * LOG2E
+    return torch.where(torch.isneginf(lse2), torch.full_like(lse2, float("inf")), lse2).contiguous()
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def tile_logits2(
+        q,  # [BLOCK_M, BLOCK_D] query tile
+        k_ptrs,  # pointers of a [BLOCK_N, BLOCK_D] key tile
+        offs_m,  # [BLOCK_M] int64 query positions
+        offs_n,  # [BLOCK_N] int64 key positions
+        offs_d,
+        Lk,
+        D,
+        kv_valid_ptr,
+        scale,
+        softcap,
+        window,
+        CAUSAL: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
+        """Masked base-2 logits [BLOCK_M, BLOCK_N] of one tile; invisible pairs are -inf."""
+        key_in = offs_n < Lk
+        k = tl.load(k_ptrs, mask=key_in[:, None] & (offs_d < D)[None, :], other=0.0)
+        if IEEE:
+            raw = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            raw = tl.dot(q, tl.trans(k))
+        if HAS_SOFTCAP:
+            x = raw * scale / softcap
+            # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at ±inf, no libdevice needed.
+            t = softcap * (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)) * 1.4426950408889634
+        else:
+            t = raw * scale
+        visible = key_in[None, :] & (offs_m[:, None] >= 0)
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= offs_m[:, None])
+        if HAS_WINDOW:
+            diff = offs_m[:, None] - offs_n[None, :]
+            if CAUSAL:
+                visible = visible & (diff < window)
+            else:
+                visible = visible & (diff < window) & (diff > -window)
+        if HAS_PADDING:
+            real = tl.load(kv_valid_ptr + offs_n, mask=key_in, other=0) != 0
+            visible = visible & real[None, :]
+        return tl.where(visible, t, float("-inf"))
+
+    @triton.jit
+    def key_bounds(
+        m_start,
+        m_stop,
+        Lk,
+        window,
+        BLOCK_N: tl.constexpr,
+        CAUSAL: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+    ):
+        """[lo, hi) of key positions that queries [m_start, m_stop) can see, lo aligned to BLOCK_N."""
+        lo = 0
+        hi = Lk
+        if CAUSAL:
+            hi = tl.minimum(hi, m_stop)
+        if HAS_WINDOW:
+            lo = tl.maximum(0, m_start - window + 1)
+            if not CAUSAL:
+                hi = tl.minimum(hi, m_stop + window - 1)
+        lo = (lo // BLOCK_N) * BLOCK_N
+        return lo, hi
+else:  # pragma: no cover
+    tile_logits2 = key_bounds = None
