@@ -10,6 +10,10 @@ Each is a mean over the head's non-empty query rows ``q`` (rows with at least on
 
 A statistic with no qualifying row is 0. Positions compare query and key indices directly,
 which for cross-attention (decoder queries, encoder keys) is only an index comparison.
+
+Both backends produce the same per-row terms ``[4, Hq, Lq]`` (previous, self, first, distance):
+the torch twin here, the Triton path fused into the pooled pass (`pooled.digest_triton`).
+`reduce_head_stats` turns them into the means above, once, for both.
 """
 
 from __future__ import annotations
@@ -20,43 +24,54 @@ from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, query_chunks
 
 HEAD_STAT_NAMES = ("entropy", "previous_token", "self", "first_token", "mean_distance")
+ROW_TERMS = ("previous_token", "self", "first_token", "mean_distance")
 
 
-def _diagonal(p: torch.Tensor, q0: int, k0: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values [H, c], valid [c]) of P[q, q - offset] inside a chunk starting at (q0, k0)."""
+def _diagonal(p: torch.Tensor, q0: int, k0: int, offset: int) -> torch.Tensor:
+    """P[q, q - offset] [H, c] inside a chunk starting at (q0, k0); 0 where that key is outside."""
     c, n = p.shape[1], p.shape[2]
     col = torch.arange(q0, q0 + c, device=p.device) - offset - k0
     valid = (col >= 0) & (col < n)
     vals = p.gather(2, col.clamp(0, max(n - 1, 0))[None, :, None].expand(p.shape[0], c, 1))[..., 0]
-    return torch.where(valid[None, :], vals, torch.zeros_like(vals)), valid
+    return torch.where(valid[None, :], vals, torch.zeros_like(vals))
+
+
+def row_terms_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor) -> torch.Tensor:
+    """Per-row terms [4, Hq, Lq] (ROW_TERMS order) in the compute dtype, on q's device."""
+    hq, lq, _ = q.shape
+    group = hq // k.shape[0]
+    heads = torch.arange(hq, device=q.device)
+    terms = torch.zeros(4, hq, lq, dtype=lse.dtype, device=q.device)
+    for q0, q1, k0, k1 in query_chunks(q, k, spec):
+        if k1 == k0:
+            continue
+        p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
+        terms[0, :, q0:q1] = _diagonal(p, q0, k0, 1)
+        terms[1, :, q0:q1] = _diagonal(p, q0, k0, 0)
+        if k0 == 0:
+            terms[2, :, q0:q1] = p[:, :, 0]
+        dist = (torch.arange(q0, q1, device=q.device)[:, None] - torch.arange(k0, k1, device=q.device)[None, :]).abs()
+        terms[3, :, q0:q1] = (p * dist.to(p.dtype)).sum(-1)
+    return terms
+
+
+def reduce_head_stats(lse: torch.Tensor, entropy: torch.Tensor, terms: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Means over non-empty rows: dict name -> [Hq] float32 (names in HEAD_STAT_NAMES)."""
+    nonempty = ~torch.isneginf(lse)  # [Hq, Lq]
+    rows = nonempty.double().sum(1)
+    rows_after_first = nonempty[:, 1:].double().sum(1)
+    sums = {"entropy": torch.where(nonempty, entropy, torch.zeros_like(entropy)).double().sum(1)}
+    for i, name in enumerate(ROW_TERMS):
+        sums[name] = torch.where(nonempty, terms[i], torch.zeros_like(terms[i])).double().sum(1)
+    out = {}
+    for name in HEAD_STAT_NAMES:
+        count = rows_after_first if name == "previous_token" else rows
+        out[name] = torch.where(count > 0, sums[name] / count.clamp(min=1), torch.zeros_like(sums[name])).float()
+    return out
 
 
 def head_stats_torch(
     q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, entropy: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """dict name -> [Hq] float32 on q's device (names in HEAD_STAT_NAMES)."""
-    hq, _lq, _ = q.shape
-    group = hq // k.shape[0]
-    heads = torch.arange(hq, device=q.device)
-    nonempty = ~torch.isneginf(lse)  # [Hq, Lq]
-    sums = {name: torch.zeros(hq, dtype=torch.float64, device=q.device) for name in HEAD_STAT_NAMES}
-    sums["entropy"] = torch.where(nonempty, entropy, torch.zeros_like(entropy)).double().sum(1)
-    for q0, q1, k0, k1 in query_chunks(q, k, spec):
-        p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
-        if p.shape[-1] == 0:
-            continue
-        for name, offset in (("previous_token", 1), ("self", 0)):
-            sums[name] += _diagonal(p, q0, k0, offset)[0].double().sum(1)
-        if k0 == 0:
-            sums["first_token"] += p[:, :, 0].double().sum(1)
-        dist = (
-            torch.arange(q0, q1, device=q.device)[:, None] - torch.arange(k0, k1, device=q.device)[None, :]
-        ).abs()
-        sums["mean_distance"] += (p * dist.to(p.dtype)).double().sum((1, 2))
-    rows = nonempty.double().sum(1)
-    rows_after_first = nonempty[:, 1:].double().sum(1)
-    out = {}
-    for name, total in sums.items():
-        count = rows_after_first if name == "previous_token" else rows
-        out[name] = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total)).float()
-    return out
+    return reduce_head_stats(lse, entropy, row_terms_torch(q, k, spec, lse))

@@ -8,6 +8,13 @@ probability mass those rows give to key block ``j``: a pooled row sums to one (l
 zero for empty rows), whatever the block sizes, so maps at every zoom level read the same way.
 
 Received attention is the column sum ``Σ_q P[q, k]``: how much attention each key receives.
+
+Triton path (`digest_triton`): one pass over P, a program per (query block, head) looping over
+its visible key blocks, that adds whichever of three results are asked for: pooled blocks (the
+tile is pooled by two one-hot matrix products, ``onehotᵀ_q · P · onehot_k``, then added with
+atomics; no L×L buffer), column sums (atomics), and the per-row head-statistic terms of
+`headstats` (plain stores: each row belongs to one program). Atomic float additions make the
+last bits order-dependent; the tests allow for that.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, query_chunks
+from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, safe_lse2, tile_logits2, tl, triton
 
 
 def block_of(length: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -62,3 +70,109 @@ def received_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.
         p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
         acc[:, k0:k1] += p.sum(1)
     return acc.to(torch.float32)
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _digest_kernel(
+        Q, K, KV_VALID, LSE2, POOL, REC, TERMS,
+        sq_h, sq_l, sq_d, sk_h, sk_l, sk_d,
+        Lq, Lk, D, group, SQ, SK, scale, softcap, window,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_PADDING: tl.constexpr,
+        IEEE: tl.constexpr, DO_POOL: tl.constexpr, DO_REC: tl.constexpr, DO_TERMS: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        h = tl.program_id(1).to(tl.int64)
+        nh = tl.num_programs(1).to(tl.int64)
+        m_start = pid_m * BLOCK_M
+        offs_m = (m_start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D)
+        row_in = offs_m < Lq
+        q = tl.load(Q + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
+                    mask=row_in[:, None] & (offs_d < D)[None, :], other=0.0)
+        lse2 = tl.load(LSE2 + h * Lq + offs_m, mask=row_in, other=float("inf"))
+        k_base = K + (h // group) * sk_h
+        # Pooled rows of this tile: block index of each row, relative to the tile's first block.
+        qb = ((offs_m + 1) * SQ - 1) // Lq
+        qb0 = ((m_start + 1) * SQ - 1) // Lq
+        onehot_q = ((qb[:, None] - qb0) == tl.arange(0, BLOCK_SQ)[None, :]) & row_in[:, None]
+        onehot_q = onehot_q.to(tl.float32)
+        prev = tl.zeros([BLOCK_M], tl.float32)
+        same = tl.zeros([BLOCK_M], tl.float32)
+        first = tl.zeros([BLOCK_M], tl.float32)
+        dist = tl.zeros([BLOCK_M], tl.float32)
+        lo, hi = key_bounds(m_start, m_start + BLOCK_M, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
+        for start_n in range(lo, hi, BLOCK_N):
+            offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
+            key_in = offs_n < Lk
+            k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
+            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
+                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            p = tl.exp2(t - lse2[:, None])
+            p = tl.where(row_in[:, None], p, 0.0)
+            if DO_REC:
+                tl.atomic_add(REC + h * Lk + offs_n, tl.sum(p, 0), mask=key_in)
+            if DO_POOL:
+                kb = ((offs_n + 1) * SK - 1) // Lk
+                kb0 = ((start_n + 1) * SK - 1) // Lk
+                onehot_k = ((kb[:, None] - kb0) == tl.arange(0, BLOCK_SK)[None, :]) & key_in[:, None]
+                by_key = tl.dot(p, onehot_k.to(tl.float32), input_precision="ieee")  # [BLOCK_M, BLOCK_SK]
+                cell = tl.dot(tl.trans(onehot_q), by_key, input_precision="ieee")  # [BLOCK_SQ, BLOCK_SK]
+                ci = qb0 + tl.arange(0, BLOCK_SQ)
+                cj = kb0 + tl.arange(0, BLOCK_SK)
+                tl.atomic_add(POOL + h * SQ * SK + ci[:, None] * SK + cj[None, :], cell,
+                              mask=(ci < SQ)[:, None] & (cj < SK)[None, :])
+            if DO_TERMS:
+                rel = offs_m[:, None] - offs_n[None, :]
+                prev += tl.sum(tl.where(rel == 1, p, 0.0), 1)
+                same += tl.sum(tl.where(rel == 0, p, 0.0), 1)
+                first += tl.sum(tl.where(offs_n[None, :] == 0, p, 0.0), 1)
+                dist += tl.sum(p * tl.abs(rel).to(tl.float32), 1)
+        if DO_TERMS:
+            row = h * Lq + offs_m
+            tl.store(TERMS + row, prev, mask=row_in)
+            tl.store(TERMS + nh * Lq + row, same, mask=row_in)
+            tl.store(TERMS + 2 * nh * Lq + row, first, mask=row_in)
+            tl.store(TERMS + 3 * nh * Lq + row, dist, mask=row_in)
+
+
+def _cells_per_tile(block: int, size: int, length: int) -> int:
+    """Power-of-two bound on the pooled blocks one tile of `block` positions can touch (>= 16 for tl.dot)."""
+    return max(16, min(triton.next_power_of_2(block), triton.next_power_of_2(-(-block * size // length) + 1)))
+
+
+def digest_triton(
+    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor,
+    pooled_size: tuple[int, int] | None = None, received: bool = False, terms: bool = False,
+    block_m: int = 64, block_n: int = 64,
+) -> dict[str, torch.Tensor]:
+    """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq]."""
+    hq, lq, d = q.shape
+    lk = k.shape[1]
+    dev = q.device
+    dummy = torch.empty(1, dtype=torch.float32, device=dev)
+    sq, sk = pooled_size if pooled_size is not None else (1, 1)
+    pool = torch.zeros(hq, sq, sk, dtype=torch.float32, device=dev) if pooled_size is not None else dummy
+    rec = torch.zeros(hq, lk, dtype=torch.float32, device=dev) if received else dummy
+    row_terms = torch.empty(4, hq, lq, dtype=torch.float32, device=dev) if terms else dummy
+    args = mask_args(spec, dev)
+    _digest_kernel[(triton.cdiv(lq, block_m), hq)](
+        q, k, args.pop("kv_valid"), safe_lse2(lse), pool, rec, row_terms,
+        *q.stride(), *k.stride(),
+        lq, lk, d, hq // k.shape[0], sq, sk, args.pop("scale"), args.pop("softcap"), args.pop("window"),
+        **args, IEEE=q.dtype == torch.float32,
+        DO_POOL=pooled_size is not None, DO_REC=received, DO_TERMS=terms,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d(d),
+        BLOCK_SQ=_cells_per_tile(block_m, sq, lq), BLOCK_SK=_cells_per_tile(block_n, sk, lk),
+    )
+    out = {}
+    if pooled_size is not None:
+        out["pooled"] = pool / block_sizes(lq, sq).to(device=dev, dtype=torch.float32)[None, :, None]
+    if received:
+        out["received"] = rec
+    if terms:
+        out["terms"] = row_terms
+    return out
