@@ -3,7 +3,8 @@
 A Trace keeps, for each kind of attention ("encoder", "decoder", "cross") and each layer, the
 query [Hq, Lq, D] and key [Hkv, Lk, D] tensors on the model's device plus their `MaskSpec`.
 Row statistics (log-sum-exp, entropy) are computed on first use and kept; every view is computed
-from them in chunks, and only the requested result comes back to the host, as float32.
+from them by `kernels.backend` (Triton on CUDA, chunked torch elsewhere), and only the requested
+result comes back to the host, as float32.
 """
 
 from __future__ import annotations
@@ -13,18 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels import (
-    HEAD_STAT_NAMES,
-    MaskSpec,
-    NeuronView,
-    head_stats_torch,
-    neuron_torch,
-    pooled_torch,
-    probs_tile_torch,
-    received_torch,
-    row_stats_torch,
-    topk_torch,
-)
+from ..kernels import HEAD_STAT_NAMES, MaskSpec, NeuronView, backend
 
 KINDS = ("encoder", "decoder", "cross")
 Span = slice | int | range | None
@@ -149,7 +139,7 @@ class Trace:
         key = (kind, layer)
         if key not in self._row_stats:
             lqk = self.layer_qk(layer, kind)
-            self._row_stats[key] = row_stats_torch(lqk.q, lqk.k, lqk.spec)
+            self._row_stats[key] = backend.row_stats(lqk.q, lqk.k, lqk.spec)
         return self._row_stats[key]
 
     # ---- views -------------------------------------------------------------------------------
@@ -162,7 +152,7 @@ class Trace:
         q_rows = _span(queries, lqk.q.shape[1], "queries")
         k_cols = _span(keys, lqk.k.shape[1], "keys")
         lse, _ = self.row_stats(layer, kind)
-        return probs_tile_torch(lqk.q, lqk.k, lqk.spec, lse, head, q_rows, k_cols).cpu()
+        return backend.probs_tile(lqk.q, lqk.k, lqk.spec, lse, head, q_rows, k_cols).cpu()
 
     def pooled(
         self,
@@ -182,7 +172,7 @@ class Trace:
             lqk = self.layer_qk(layer, kind)
             lse, _ = self.row_stats(layer, kind)
             sq, sk = min(size, lqk.q.shape[1]), min(size, lqk.k.shape[1])
-            maps.append(pooled_torch(lqk.q, lqk.k, lqk.spec, lse, sq, sk)[chosen_heads].cpu())
+            maps.append(backend.pooled_map(lqk.q, lqk.k, lqk.spec, lse, sq, sk)[chosen_heads].cpu())
         return torch.stack(maps)
 
     def received(
@@ -199,7 +189,7 @@ class Trace:
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)
             lse, _ = self.row_stats(layer, kind)
-            out.append(received_torch(lqk.q, lqk.k, lqk.spec, lse)[chosen_heads].cpu())
+            out.append(backend.received(lqk.q, lqk.k, lqk.spec, lse)[chosen_heads].cpu())
         return torch.stack(out)
 
     def topk(
@@ -216,7 +206,7 @@ class Trace:
             raise ValueError(f"k must be an int in [1, {lk}], got {k!r}")
         q_rows = _span(queries, lqk.q.shape[1], "queries")
         lse, _ = self.row_stats(layer, kind)
-        idx, probs = topk_torch(lqk.q, lqk.k, lqk.spec, lse, head, k, q_rows)
+        idx, probs = backend.top_k(lqk.q, lqk.k, lqk.spec, lse, head, k, q_rows)
         return idx.cpu(), probs.cpu()
 
     def neuron(
@@ -228,7 +218,7 @@ class Trace:
         query = _index(query, lqk.q.shape[1], "query")
         k_cols = _span(keys, lqk.k.shape[1], "keys")
         lse, _ = self.row_stats(layer, kind)
-        view = neuron_torch(lqk.q, lqk.k, lqk.spec, lse, head, query, k_cols)
+        view = backend.neuron_view(lqk.q, lqk.k, lqk.spec, lse, head, query, k_cols)
         return NeuronView(*(t.cpu() for t in view))
 
     def head_stats(self, kind: str | None = None) -> dict[str, torch.Tensor]:
@@ -238,7 +228,7 @@ class Trace:
             per_layer = []
             for layer, lqk in enumerate(self._layers[kind]):
                 lse, ent = self.row_stats(layer, kind)
-                per_layer.append(head_stats_torch(lqk.q, lqk.k, lqk.spec, lse, ent))
+                per_layer.append(backend.head_stats(lqk.q, lqk.k, lqk.spec, lse, ent))
             self._head_stats[kind] = {
                 name: torch.stack([s[name] for s in per_layer]).cpu() for name in HEAD_STAT_NAMES
             }

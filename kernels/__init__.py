@@ -5,6 +5,7 @@ everywhere; the Triton kernels that must match it live beside it. Shared facts: 
 (the mask description) and `scores` (numerics).
 """
 
+from . import backend
 from .headstats import HEAD_STAT_NAMES, head_stats_torch
 from .masking import MaskSpec
 from .neuron import NeuronView, neuron_torch
@@ -17,6 +18,7 @@ __all__ = [
     "HEAD_STAT_NAMES",
     "MaskSpec",
     "NeuronView",
+    "backend",
     "block_of",
     "block_sizes",
     "head_stats_torch",

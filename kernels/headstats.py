@@ -50,12 +50,16 @@ def row_terms_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch
         terms[1, :, q0:q1] = _diagonal(p, q0, k0, 0)
         if k0 == 0:
             terms[2, :, q0:q1] = p[:, :, 0]
-        dist = (torch.arange(q0, q1, device=q.device)[:, None] - torch.arange(k0, k1, device=q.device)[None, :]).abs()
+        dist = (
+            torch.arange(q0, q1, device=q.device)[:, None] - torch.arange(k0, k1, device=q.device)[None, :]
+        ).abs()
         terms[3, :, q0:q1] = (p * dist.to(p.dtype)).sum(-1)
     return terms
 
 
-def reduce_head_stats(lse: torch.Tensor, entropy: torch.Tensor, terms: torch.Tensor) -> dict[str, torch.Tensor]:
+def reduce_head_stats(
+    lse: torch.Tensor, entropy: torch.Tensor, terms: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Means over non-empty rows: dict name -> [Hq] float32 (names in HEAD_STAT_NAMES)."""
     nonempty = ~torch.isneginf(lse)  # [Hq, Lq]
     rows = nonempty.double().sum(1)
@@ -66,7 +70,9 @@ def reduce_head_stats(lse: torch.Tensor, entropy: torch.Tensor, terms: torch.Ten
     out = {}
     for name in HEAD_STAT_NAMES:
         count = rows_after_first if name == "previous_token" else rows
-        out[name] = torch.where(count > 0, sums[name] / count.clamp(min=1), torch.zeros_like(sums[name])).float()
+        out[name] = torch.where(
+            count > 0, sums[name] / count.clamp(min=1), torch.zeros_like(sums[name])
+        ).float()
     return out
 
 

@@ -15,6 +15,17 @@ import torch
 
 from .masking import MaskSpec
 from .scores import compute_dtype, probs_from_logits
+from .triton_common import (
+    HAS_TRITON,
+    block_d,
+    logits2,
+    mask_args,
+    new_output,
+    safe_lse2,
+    tl,
+    triton,
+    visible_pairs,
+)
 
 
 class NeuronView(NamedTuple):
@@ -42,3 +53,100 @@ def neuron_torch(
         s = s.masked_fill(~visible[0], float("-inf"))
     p = probs_from_logits(s[None], lse[head, query : query + 1])[0]
     return NeuronView(qv.float(), kv.float(), prod.float(), s.float(), p.float())
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _neuron_kernel(
+        Q,
+        K,
+        KV_VALID,
+        LSE2,
+        PROD,
+        SCORES,
+        PROBS,
+        sq_d,
+        sk_l,
+        sk_d,
+        query,
+        k_begin,
+        nk,
+        D,
+        scale,
+        softcap,
+        window,
+        CAUSAL: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        # One program: BLOCK_N keys of the single query row; q·k as an explicit product, then a sum.
+        cols = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        offs_n = k_begin + cols
+        offs_d = tl.arange(0, BLOCK_D)
+        col_in = cols < nk
+        d_in = offs_d < D
+        q = tl.load(Q + offs_d * sq_d, mask=d_in, other=0.0).to(tl.float32)
+        k = tl.load(
+            K + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d,
+            mask=col_in[:, None] & d_in[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        prod = q[None, :] * k
+        tl.store(PROD + cols[:, None] * D + offs_d[None, :], prod, mask=col_in[:, None] & d_in[None, :])
+        raw = tl.sum(prod, 1)
+        t = logits2(raw, scale, softcap, HAS_SOFTCAP)
+        visible = visible_pairs(
+            query, offs_n, col_in, KV_VALID, offs_n, window, CAUSAL, HAS_WINDOW, HAS_PADDING
+        )
+        t = tl.where(visible, t, float("-inf"))
+        lse2 = tl.load(LSE2 + query)
+        tl.store(SCORES + cols, t * 0.6931471805599453, mask=col_in)
+        tl.store(PROBS + cols, tl.exp2(t - lse2), mask=col_in)
+
+
+def neuron_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    spec: MaskSpec,
+    lse: torch.Tensor,
+    head: int,
+    query: int,
+    keys: range,
+    block_n: int = 128,
+) -> NeuronView:
+    """Triton twin of `neuron_torch`."""
+    d = q.shape[2]
+    group = q.shape[0] // k.shape[0]
+    dev = q.device
+    n = len(keys)
+    prod = new_output(n, d, device=dev)
+    scores = new_output(n, device=dev)
+    probs = new_output(n, device=dev)
+    qv, kh = q[head, query], k[head // group]
+    args = mask_args(spec, dev)
+    _neuron_kernel[(triton.cdiv(n, block_n),)](
+        qv,
+        kh,
+        args.pop("kv_valid"),
+        safe_lse2(lse[head]),
+        prod,
+        scores,
+        probs,
+        qv.stride(0),
+        *kh.stride(),
+        query,
+        keys.start,
+        n,
+        d,
+        args.pop("scale"),
+        args.pop("softcap"),
+        args.pop("window"),
+        **args,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d(d),
+    )
+    return NeuronView(qv.float(), kh[keys.start : keys.stop].float(), prod, scores, probs)

@@ -23,7 +23,17 @@ import torch
 
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, query_chunks
-from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, safe_lse2, tile_logits2, tl, triton
+from .triton_common import (
+    HAS_TRITON,
+    block_d,
+    key_bounds,
+    mask_args,
+    new_output,
+    safe_lse2,
+    tile_logits2,
+    tl,
+    triton,
+)
 
 
 def block_of(length: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -76,13 +86,41 @@ if HAS_TRITON:
 
     @triton.jit
     def _digest_kernel(
-        Q, K, KV_VALID, LSE2, POOL, REC, TERMS,
-        sq_h, sq_l, sq_d, sk_h, sk_l, sk_d,
-        Lq, Lk, D, group, SQ, SK, scale, softcap, window,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_PADDING: tl.constexpr,
-        IEEE: tl.constexpr, DO_POOL: tl.constexpr, DO_REC: tl.constexpr, DO_TERMS: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr,
+        Q,
+        K,
+        KV_VALID,
+        LSE2,
+        POOL,
+        REC,
+        TERMS,
+        sq_h,
+        sq_l,
+        sq_d,
+        sk_h,
+        sk_l,
+        sk_d,
+        Lq,
+        Lk,
+        D,
+        group,
+        SQ,
+        SK,
+        scale,
+        softcap,
+        window,
+        CAUSAL: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr,
+        IEEE: tl.constexpr,
+        DO_POOL: tl.constexpr,
+        DO_REC: tl.constexpr,
+        DO_TERMS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_SQ: tl.constexpr,
+        BLOCK_SK: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         h = tl.program_id(1).to(tl.int64)
@@ -91,8 +129,11 @@ if HAS_TRITON:
         offs_m = (m_start + tl.arange(0, BLOCK_M)).to(tl.int64)
         offs_d = tl.arange(0, BLOCK_D)
         row_in = offs_m < Lq
-        q = tl.load(Q + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
-                    mask=row_in[:, None] & (offs_d < D)[None, :], other=0.0)
+        q = tl.load(
+            Q + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
+            mask=row_in[:, None] & (offs_d < D)[None, :],
+            other=0.0,
+        )
         lse2 = tl.load(LSE2 + h * Lq + offs_m, mask=row_in, other=float("inf"))
         k_base = K + (h // group) * sk_h
         # Pooled rows of this tile: block index of each row, relative to the tile's first block.
@@ -109,8 +150,24 @@ if HAS_TRITON:
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             key_in = offs_n < Lk
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
-            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
-                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            t = tile_logits2(
+                q,
+                k_ptrs,
+                offs_m,
+                offs_n,
+                offs_d,
+                Lk,
+                D,
+                KV_VALID,
+                scale,
+                softcap,
+                window,
+                CAUSAL,
+                HAS_WINDOW,
+                HAS_SOFTCAP,
+                HAS_PADDING,
+                IEEE,
+            )
             p = tl.exp2(t - lse2[:, None])
             p = tl.where(row_in[:, None], p, 0.0)
             if DO_REC:
@@ -123,8 +180,11 @@ if HAS_TRITON:
                 cell = tl.dot(tl.trans(onehot_q), by_key, input_precision="ieee")  # [BLOCK_SQ, BLOCK_SK]
                 ci = qb0 + tl.arange(0, BLOCK_SQ)
                 cj = kb0 + tl.arange(0, BLOCK_SK)
-                tl.atomic_add(POOL + h * SQ * SK + ci[:, None] * SK + cj[None, :], cell,
-                              mask=(ci < SQ)[:, None] & (cj < SK)[None, :])
+                tl.atomic_add(
+                    POOL + h * SQ * SK + ci[:, None] * SK + cj[None, :],
+                    cell,
+                    mask=(ci < SQ)[:, None] & (cj < SK)[None, :],
+                )
             if DO_TERMS:
                 rel = offs_m[:, None] - offs_n[None, :]
                 prev += tl.sum(tl.where(rel == 1, p, 0.0), 1)
@@ -145,9 +205,15 @@ def _cells_per_tile(block: int, size: int, length: int) -> int:
 
 
 def digest_triton(
-    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor,
-    pooled_size: tuple[int, int] | None = None, received: bool = False, terms: bool = False,
-    block_m: int = 64, block_n: int = 64,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    spec: MaskSpec,
+    lse: torch.Tensor,
+    pooled_size: tuple[int, int] | None = None,
+    received: bool = False,
+    terms: bool = False,
+    block_m: int = 64,
+    block_n: int = 64,
 ) -> dict[str, torch.Tensor]:
     """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq]."""
     hq, lq, d = q.shape
@@ -157,16 +223,37 @@ def digest_triton(
     sq, sk = pooled_size if pooled_size is not None else (1, 1)
     pool = torch.zeros(hq, sq, sk, dtype=torch.float32, device=dev) if pooled_size is not None else dummy
     rec = torch.zeros(hq, lk, dtype=torch.float32, device=dev) if received else dummy
-    row_terms = torch.empty(4, hq, lq, dtype=torch.float32, device=dev) if terms else dummy
+    row_terms = new_output(4, hq, lq, device=dev) if terms else dummy
     args = mask_args(spec, dev)
     _digest_kernel[(triton.cdiv(lq, block_m), hq)](
-        q, k, args.pop("kv_valid"), safe_lse2(lse), pool, rec, row_terms,
-        *q.stride(), *k.stride(),
-        lq, lk, d, hq // k.shape[0], sq, sk, args.pop("scale"), args.pop("softcap"), args.pop("window"),
-        **args, IEEE=q.dtype == torch.float32,
-        DO_POOL=pooled_size is not None, DO_REC=received, DO_TERMS=terms,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d(d),
-        BLOCK_SQ=_cells_per_tile(block_m, sq, lq), BLOCK_SK=_cells_per_tile(block_n, sk, lk),
+        q,
+        k,
+        args.pop("kv_valid"),
+        safe_lse2(lse),
+        pool,
+        rec,
+        row_terms,
+        *q.stride(),
+        *k.stride(),
+        lq,
+        lk,
+        d,
+        hq // k.shape[0],
+        sq,
+        sk,
+        args.pop("scale"),
+        args.pop("softcap"),
+        args.pop("window"),
+        **args,
+        IEEE=q.dtype == torch.float32,
+        DO_POOL=pooled_size is not None,
+        DO_REC=received,
+        DO_TERMS=terms,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d(d),
+        BLOCK_SQ=_cells_per_tile(block_m, sq, lq),
+        BLOCK_SK=_cells_per_tile(block_n, sk, lk),
     )
     out = {}
     if pooled_size is not None:

@@ -15,7 +15,7 @@ import torch
 
 from .masking import MaskSpec
 from .scores import compute_dtype, masked_logits, query_chunks
-from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, tile_logits2, tl, triton
+from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, new_output, tile_logits2, tl, triton
 
 
 def row_stats_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,11 +46,32 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_stats_kernel(
-        Q, K, KV_VALID, LSE, ENT,
-        sq_h, sq_l, sq_d, sk_h, sk_l, sk_d,
-        Lq, Lk, D, group, scale, softcap, window,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_PADDING: tl.constexpr,
-        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        Q,
+        K,
+        KV_VALID,
+        LSE,
+        ENT,
+        sq_h,
+        sq_l,
+        sq_d,
+        sk_h,
+        sk_l,
+        sk_d,
+        Lq,
+        Lk,
+        D,
+        group,
+        scale,
+        softcap,
+        window,
+        CAUSAL: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr,
+        IEEE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         # One program: BLOCK_M query rows of one head; online max / sum / Σ p·t over its keys.
         pid_m = tl.program_id(0)
@@ -68,8 +89,24 @@ if HAS_TRITON:
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
-            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
-                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            t = tile_logits2(
+                q,
+                k_ptrs,
+                offs_m,
+                offs_n,
+                offs_d,
+                Lk,
+                D,
+                KV_VALID,
+                scale,
+                softcap,
+                window,
+                CAUSAL,
+                HAS_WINDOW,
+                HAS_SOFTCAP,
+                HAS_PADDING,
+                IEEE,
+            )
             m_new = tl.maximum(m_i, tl.max(t, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp2(m_i - m_safe)
@@ -92,15 +129,30 @@ def row_stats_triton(
     """Triton twin of `row_stats_torch`: (lse [Hq, Lq], entropy [Hq, Lq]) float32 on q's device."""
     hq, lq, d = q.shape
     lk = k.shape[1]
-    lse = torch.empty(hq, lq, dtype=torch.float32, device=q.device)
-    ent = torch.empty_like(lse)
+    lse = new_output(hq, lq, device=q.device)
+    ent = new_output(hq, lq, device=q.device)
     args = mask_args(spec, q.device)
     grid = (triton.cdiv(lq, block_m), hq)
     _row_stats_kernel[grid](
-        q, k, args.pop("kv_valid"), lse, ent,
-        *q.stride(), *k.stride(),
-        lq, lk, d, hq // k.shape[0], args.pop("scale"), args.pop("softcap"), args.pop("window"),
-        **args, IEEE=q.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d(d),
+        q,
+        k,
+        args.pop("kv_valid"),
+        lse,
+        ent,
+        *q.stride(),
+        *k.stride(),
+        lq,
+        lk,
+        d,
+        hq // k.shape[0],
+        args.pop("scale"),
+        args.pop("softcap"),
+        args.pop("window"),
+        **args,
+        IEEE=q.dtype == torch.float32,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d(d),
     )
     if spec.sinks is not None:
         lse, ent = add_sinks(lse, ent, spec.sinks)

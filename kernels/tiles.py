@@ -10,7 +10,7 @@ import torch
 
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
-from .triton_common import HAS_TRITON, block_d, mask_args, safe_lse2, tile_logits2, tl, triton
+from .triton_common import HAS_TRITON, block_d, mask_args, new_output, safe_lse2, tile_logits2, tl, triton
 
 
 def probs_tile_torch(
@@ -39,11 +39,32 @@ if HAS_TRITON:
 
     @triton.jit
     def _probs_tile_kernel(
-        Q, K, KV_VALID, LSE2, OUT,
-        sq_l, sq_d, sk_l, sk_d,
-        q_begin, nq, k_begin, nk, Lk, D, scale, softcap, window,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_PADDING: tl.constexpr,
-        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        Q,
+        K,
+        KV_VALID,
+        LSE2,
+        OUT,
+        sq_l,
+        sq_d,
+        sk_l,
+        sk_d,
+        q_begin,
+        nq,
+        k_begin,
+        nk,
+        Lk,
+        D,
+        scale,
+        softcap,
+        window,
+        CAUSAL: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr,
+        IEEE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         # One program: a BLOCK_M × BLOCK_N tile of P; Q and K already point at the head's rows.
         rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -52,33 +73,75 @@ if HAS_TRITON:
         offs_n = k_begin + cols
         offs_d = tl.arange(0, BLOCK_D)
         row_in = rows < nq
-        q = tl.load(Q + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
-                    mask=row_in[:, None] & (offs_d < D)[None, :], other=0.0)
+        q = tl.load(
+            Q + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
+            mask=row_in[:, None] & (offs_d < D)[None, :],
+            other=0.0,
+        )
         k_ptrs = K + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
         key_end = tl.minimum(Lk, k_begin + nk)
-        t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, key_end, D, KV_VALID, scale, softcap, window,
-                         CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+        t = tile_logits2(
+            q,
+            k_ptrs,
+            offs_m,
+            offs_n,
+            offs_d,
+            key_end,
+            D,
+            KV_VALID,
+            scale,
+            softcap,
+            window,
+            CAUSAL,
+            HAS_WINDOW,
+            HAS_SOFTCAP,
+            HAS_PADDING,
+            IEEE,
+        )
         lse2 = tl.load(LSE2 + offs_m, mask=row_in, other=float("inf"))
         p = tl.exp2(t - lse2[:, None])
         tl.store(OUT + rows[:, None] * nk + cols[None, :], p, mask=row_in[:, None] & (cols < nk)[None, :])
 
 
 def probs_tile_triton(
-    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, head: int, queries: range, keys: range,
-    block_m: int = 64, block_n: int = 64,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    spec: MaskSpec,
+    lse: torch.Tensor,
+    head: int,
+    queries: range,
+    keys: range,
+    block_m: int = 64,
+    block_n: int = 64,
 ) -> torch.Tensor:
     """Triton twin of `probs_tile_torch`."""
     d = q.shape[2]
     group = q.shape[0] // k.shape[0]
-    out = torch.empty(len(queries), len(keys), dtype=torch.float32, device=q.device)
+    out = new_output(len(queries), len(keys), device=q.device)
     args = mask_args(spec, q.device)
     qh, kh = q[head], k[head // group]
     grid = (triton.cdiv(len(queries), block_m), triton.cdiv(len(keys), block_n))
     _probs_tile_kernel[grid](
-        qh, kh, args.pop("kv_valid"), safe_lse2(lse[head]), out,
-        *qh.stride(), *kh.stride(),
-        queries.start, len(queries), keys.start, len(keys), k.shape[1], d,
-        args.pop("scale"), args.pop("softcap"), args.pop("window"),
-        **args, IEEE=q.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d(d),
+        qh,
+        kh,
+        args.pop("kv_valid"),
+        safe_lse2(lse[head]),
+        out,
+        *qh.stride(),
+        *kh.stride(),
+        queries.start,
+        len(queries),
+        keys.start,
+        len(keys),
+        k.shape[1],
+        d,
+        args.pop("scale"),
+        args.pop("softcap"),
+        args.pop("window"),
+        **args,
+        IEEE=q.dtype == torch.float32,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d(d),
     )
     return out

@@ -45,13 +45,28 @@ def mask_args(spec: MaskSpec, device: torch.device) -> dict:
         "scale": spec.scaling if spec.softcap is not None else spec.scaling * LOG2E,
         "softcap": float(spec.softcap or 1.0),
         "window": int(spec.window or 0),
-        "kv_valid": (padding[0].to(device=device, dtype=torch.int8) if padding is not None
-                     else torch.empty(1, dtype=torch.int8, device=device)),
+        "kv_valid": (
+            padding[0].to(device=device, dtype=torch.int8)
+            if padding is not None
+            else torch.empty(1, dtype=torch.int8, device=device)
+        ),
         "CAUSAL": bool(spec.causal),
         "HAS_WINDOW": spec.window is not None,
         "HAS_SOFTCAP": spec.softcap is not None,
         "HAS_PADDING": padding is not None,
     }
+
+
+#: Tests set this to fill kernel outputs with NaN before a launch, so an element a kernel forgets
+#: to write fails the comparison instead of passing by luck.
+POISON_OUTPUTS = False
+
+
+def new_output(*shape: int, device: torch.device) -> torch.Tensor:
+    """A float32 output buffer every element of which the kernel must write."""
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+    return torch.empty(shape, dtype=torch.float32, device=device)
 
 
 def block_d(head_dim: int) -> int:
@@ -65,6 +80,41 @@ def safe_lse2(lse: torch.Tensor) -> torch.Tensor:
 
 
 if HAS_TRITON:
+
+    @triton.jit
+    def logits2(raw, scale, softcap, HAS_SOFTCAP: tl.constexpr):
+        """Base-2 logits from raw q·k (``scale`` already holds log2(e) unless soft-capping)."""
+        if HAS_SOFTCAP:
+            x = raw * scale / softcap
+            # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at ±inf, no libdevice needed.
+            return softcap * (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)) * 1.4426950408889634
+        return raw * scale
+
+    @triton.jit
+    def visible_pairs(
+        q_pos,
+        k_pos,
+        key_in,
+        kv_valid_ptr,
+        kv_index,
+        window,
+        CAUSAL: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
+        HAS_PADDING: tl.constexpr,
+    ):
+        """Broadcast visibility of (query position, key position) pairs; `MaskSpec.allowed` in Triton."""
+        visible = key_in & (q_pos >= 0)
+        if CAUSAL:
+            visible = visible & (k_pos <= q_pos)
+        if HAS_WINDOW:
+            diff = q_pos - k_pos
+            if CAUSAL:
+                visible = visible & (diff < window)
+            else:
+                visible = visible & (diff < window) & (diff > -window)
+        if HAS_PADDING:
+            visible = visible & (tl.load(kv_valid_ptr + kv_index, mask=key_in, other=0) != 0)
+        return visible
 
     @triton.jit
     def tile_logits2(
@@ -92,24 +142,18 @@ if HAS_TRITON:
             raw = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             raw = tl.dot(q, tl.trans(k))
-        if HAS_SOFTCAP:
-            x = raw * scale / softcap
-            # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at ±inf, no libdevice needed.
-            t = softcap * (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)) * 1.4426950408889634
-        else:
-            t = raw * scale
-        visible = key_in[None, :] & (offs_m[:, None] >= 0)
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= offs_m[:, None])
-        if HAS_WINDOW:
-            diff = offs_m[:, None] - offs_n[None, :]
-            if CAUSAL:
-                visible = visible & (diff < window)
-            else:
-                visible = visible & (diff < window) & (diff > -window)
-        if HAS_PADDING:
-            real = tl.load(kv_valid_ptr + offs_n, mask=key_in, other=0) != 0
-            visible = visible & real[None, :]
+        t = logits2(raw, scale, softcap, HAS_SOFTCAP)
+        visible = visible_pairs(
+            offs_m[:, None],
+            offs_n[None, :],
+            key_in[None, :],
+            kv_valid_ptr,
+            offs_n[None, :],
+            window,
+            CAUSAL,
+            HAS_WINDOW,
+            HAS_PADDING,
+        )
         return tl.where(visible, t, float("-inf"))
 
     @triton.jit
@@ -134,4 +178,4 @@ if HAS_TRITON:
         lo = (lo // BLOCK_N) * BLOCK_N
         return lo, hi
 else:  # pragma: no cover
-    tile_logits2 = key_bounds = None
+    tile_logits2 = key_bounds = logits2 = visible_pairs = None

@@ -1,5 +1,13 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU, Triton kernels run in Triton's CPU interpreter; the flag must be set before
+# triton.jit decorates attnscope's kernels (at import).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from attnscope.kernels import MaskSpec
+
 STATS = ("entropy", "previous_token", "self", "first_token", "mean_distance")
 
 
@@ -100,3 +102,53 @@ def assert_close(actual, expected, atol, what=""):
     if err.numel() and float(err.max()) > atol:
         worst = torch.nonzero(err == err.max())[:5].tolist()
         raise AssertionError(f"{what}: max error {float(err.max()):.3g} > {atol} at indices {worst}")
+
+
+MASKS = {
+    "bidirectional": {},
+    "causal": {"causal": True},
+    "causal_window": {"causal": True, "window": 6},
+    "bidirectional_window": {"window": 5},
+    "softcap": {"causal": True, "softcap": 2.0},
+    "sinks": {"causal": True, "sinks": True},
+    "padding": {"padding": True},
+    "causal_padding_window": {"causal": True, "window": 9, "padding": True},
+}
+
+
+def random_case(rng, mask, dtype, hq=4, hkv=2, lq=37, lk=37, d=24):
+    """Fresh random Q/K (strided, as captured), a MaskSpec and the dense float64 P of the same inputs."""
+    q = torch.randn(hq, lq, d, generator=rng, dtype=torch.float64).to(dtype)
+    k = torch.randn(hkv, lk, d, generator=rng, dtype=torch.float64).to(dtype)
+    # Non-contiguous views, as captured from a model: [L, H, D] storage seen as [H, L, D].
+    q = q.transpose(0, 1).contiguous().transpose(0, 1)
+    k = k.transpose(0, 1).contiguous().transpose(0, 1)
+    opts = dict(mask)
+    sinks = torch.randn(hq, generator=rng) if opts.pop("sinks", False) else None
+    key_real = None
+    if opts.pop("padding", False):
+        key_real = torch.ones(lk, dtype=torch.bool)
+        key_real[lk - 5 :] = False  # right padding
+        key_real[:3] = False  # and some left padding: rows before 3 are empty when causal
+    scaling = float(torch.rand((), generator=rng)) * 0.5 + 0.1
+    spec = MaskSpec(
+        scaling=scaling,
+        sinks=sinks,
+        key_padding=None if key_real is None else key_real[None],
+        **opts,
+    )
+    p = dense_probs(q, k, scaling, sinks=sinks, key_real=key_real, **opts)
+    return q, k, spec, p, sinks
+
+
+def within_rule(kernel, torch_result, truth, what, floor=2e-6):
+    """|kernel - truth| <= 2 |torch - truth| + floor, elementwise maximum; never NaN."""
+    kernel, torch_result, truth = (torch.as_tensor(x).double().cpu() for x in (kernel, torch_result, truth))
+    assert not kernel.isnan().any(), f"{what}: NaN at {kernel.isnan().nonzero()[:5].tolist()}"
+    finite = torch.isfinite(truth)
+    assert torch.equal(torch.isfinite(kernel), finite), f"{what}: infinities differ"
+    k_err = (kernel - truth)[finite].abs().max() if finite.any() else torch.tensor(0.0)
+    t_err = (torch_result - truth)[finite].abs().max() if finite.any() else torch.tensor(0.0)
+    assert k_err <= 2 * t_err + floor, (
+        f"{what}: kernel error {k_err:.3g} > 2 × torch error {t_err:.3g} + {floor}"
+    )

@@ -16,43 +16,7 @@ from attnscope.kernels import (
     topk_torch,
 )
 
-from reference import assert_close, dense_entropy, dense_head_stats, dense_pooled, dense_probs
-
-MASKS = {
-    "bidirectional": {},
-    "causal": {"causal": True},
-    "causal_window": {"causal": True, "window": 6},
-    "bidirectional_window": {"window": 5},
-    "softcap": {"causal": True, "softcap": 2.0},
-    "sinks": {"causal": True, "sinks": True},
-    "padding": {"padding": True},
-    "causal_padding_window": {"causal": True, "window": 9, "padding": True},
-}
-
-
-def _case(rng, mask, dtype, hq=4, hkv=2, lq=37, lk=37, d=24):
-    q = torch.randn(hq, lq, d, generator=rng, dtype=torch.float64).to(dtype)
-    k = torch.randn(hkv, lk, d, generator=rng, dtype=torch.float64).to(dtype)
-    # Non-contiguous views, as captured from a model: [L, H, D] storage seen as [H, L, D].
-    q = q.transpose(0, 1).contiguous().transpose(0, 1)
-    k = k.transpose(0, 1).contiguous().transpose(0, 1)
-    opts = dict(mask)
-    sinks = torch.randn(hq, generator=rng) if opts.pop("sinks", False) else None
-    key_real = None
-    if opts.pop("padding", False):
-        key_real = torch.ones(lk, dtype=torch.bool)
-        key_real[lk - 5 :] = False  # right padding
-        key_real[:3] = False  # and some left padding: rows before 3 are empty when causal
-    scaling = float(torch.rand((), generator=rng)) * 0.5 + 0.1
-    spec = MaskSpec(
-        scaling=scaling,
-        sinks=sinks,
-        key_padding=None if key_real is None else key_real[None],
-        **opts,
-    )
-    p = dense_probs(q, k, scaling, sinks=sinks, key_real=key_real, **opts)
-    return q, k, spec, p, sinks
-
+from reference import MASKS, assert_close, dense_entropy, dense_head_stats, dense_pooled, random_case
 
 # float64 inputs: views come back as float32, so the floor is float32 rounding of values <= 1.
 TOL = {torch.float32: 2e-6, torch.float64: 1e-7}
@@ -61,7 +25,7 @@ TOL = {torch.float32: 2e-6, torch.float64: 1e-7}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mask", list(MASKS))
 def test_every_view_matches_dense_float64(mask, dtype, rng, small_chunks):
-    q, k, spec, p, sinks = _case(rng, MASKS[mask], dtype)
+    q, k, spec, p, sinks = random_case(rng, MASKS[mask], dtype)
     tol = TOL[dtype]
     lse, ent = row_stats_torch(q, k, spec)
     assert not torch.isnan(lse).any() and not torch.isnan(ent).any()
@@ -83,7 +47,7 @@ def test_every_view_matches_dense_float64(mask, dtype, rng, small_chunks):
 
 @pytest.mark.parametrize("mask", ["causal", "causal_window", "padding", "bidirectional"])
 def test_topk_and_neuron_match_dense(mask, rng, small_chunks):
-    q, k, spec, p, _ = _case(rng, MASKS[mask], torch.float64)
+    q, k, spec, p, _ = random_case(rng, MASKS[mask], torch.float64)
     lse, _ = row_stats_torch(q, k, spec)
     head = 1
     idx, probs = topk_torch(q, k, spec, lse, head, 4, range(2, 37))
@@ -107,7 +71,7 @@ def test_topk_and_neuron_match_dense(mask, rng, small_chunks):
 
 
 def test_cross_shapes_and_uneven_blocks(rng, small_chunks):
-    q, k, spec, p, _ = _case(rng, {}, torch.float64, hq=3, hkv=3, lq=23, lk=41, d=40)
+    q, k, spec, p, _ = random_case(rng, {}, torch.float64, hq=3, hkv=3, lq=23, lk=41, d=40)
     lse, _ = row_stats_torch(q, k, spec)
     assert_close(pooled_torch(q, k, spec, lse, 6, 9), dense_pooled(p, 6, 9), 1e-7, "pooled cross")
     assert_close(received_torch(q, k, spec, lse), p.sum(1), 1e-6, "received cross")

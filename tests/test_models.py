@@ -12,6 +12,7 @@ import torch
 
 from attnscope import Extractor
 from attnscope.extract import capturing
+from attnscope.kernels import backend
 
 from eager import check_views, decoder_inputs, eager_attentions
 from reference import assert_close
@@ -81,3 +82,20 @@ def test_bart_target_sets_the_decoder_side(rng):
     dec = decoder_inputs(model, tok(text_target=tgt, return_tensors="pt")["input_ids"])
     check_views(tr, eager_attentions(model, ids, None, dec))
     assert tr.pooled(256, kind="cross").shape == (2, 4, 14, 32)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_oss", "bart", "bert"])
+def test_triton_backend_trace_matches_eager(family, rng, monkeypatch):
+    """The Trace API on the Triton kernels (interpreted on the CPU) against eager attention.
+
+    float32 throughout: the kernels take fp16/bf16/fp32 (float64 traces stay on torch).
+    """
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")
+    assert backend.backend_name(torch.device("cpu")) == "triton"
+    model = build(family, dtype=torch.float32)
+    tok = word_tokenizer()
+    text = random_text(35, rng)
+    tr = Extractor(model, tok).trace(text)
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    dec = decoder_inputs(model, ids) if model.config.is_encoder_decoder else None
+    check_views(tr, eager_attentions(model, ids, None, dec))

@@ -1,0 +1,116 @@
+"""Every Triton kernel against a dense float64 recompute and against the torch backend.
+
+On the CPU these run under ``TRITON_INTERPRET=1`` (set in conftest.py) with small tiles, so that
+L = 37 or 41 spans several uneven blocks. Outputs are poisoned with NaN before each launch. The
+acceptance rule follows FlashAttention's tests: the kernel's error against float64 may be at most
+twice the torch backend's error in the same input precision, plus a float32-rounding floor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnscope.kernels import MaskSpec, headstats, neuron, pooled, rowstats, tiles, topk, triton_common
+
+from reference import MASKS, assert_close, dense_entropy, dense_pooled, random_case, within_rule
+
+pytestmark = pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BLOCKS = {"block_m": 16, "block_n": 16}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setattr(triton_common, "POISON_OUTPUTS", True)
+
+
+SHAPES = {
+    "gqa2_d24_L37": (4, 2, 37, 37, 24),
+    "mha_d80_cross": (2, 2, 23, 41, 80),
+    "gqa4_d32_L50": (4, 1, 50, 50, 32),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_kernels_match_float64_and_torch_backend(shape, mask, dtype, rng):
+    hq, hkv, lq, lk, d = SHAPES[shape]
+    q, k, spec, p, sinks = random_case(rng, MASKS[mask], dtype, hq=hq, hkv=hkv, lq=lq, lk=lk, d=d)
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    spec_dev = (
+        spec
+        if spec.key_padding is None
+        else type(spec)(**{**spec.__dict__, "key_padding": spec.key_padding.to(DEVICE)})
+    )
+    lse_t, ent_t = rowstats.row_stats_torch(q, k, spec_dev)
+    lse_k, ent_k = rowstats.row_stats_triton(q, k, spec_dev, **BLOCKS)
+    lse64, _ = rowstats.row_stats_torch(q.double(), k.double(), spec_dev)
+    within_rule(lse_k, lse_t, lse64, "lse")
+    within_rule(ent_k, ent_t, dense_entropy(p, sinks), "entropy", floor=2e-5)
+
+    for head in range(hq):
+        tile_k = tiles.probs_tile_triton(q, k, spec_dev, lse_k, head, range(lq), range(lk), **BLOCKS)
+        tile_t = tiles.probs_tile_torch(q, k, spec_dev, lse_t, head, range(lq), range(lk))
+        within_rule(tile_k, tile_t, p[head], f"tile head {head}")
+    sub_k = tiles.probs_tile_triton(q, k, spec_dev, lse_k, hq - 1, range(3, lq - 2), range(5, lk), **BLOCKS)
+    sub_t = tiles.probs_tile_torch(q, k, spec_dev, lse_t, hq - 1, range(3, lq - 2), range(5, lk))
+    within_rule(sub_k, sub_t, p[hq - 1, 3 : lq - 2, 5:], "sub-tile")
+
+    for sq, sk in ((5, 7), (lq, lk), (min(13, lq), min(36, lk)), (1, 1)):
+        digest = pooled.digest_triton(
+            q, k, spec_dev, lse_k, pooled_size=(sq, sk), received=True, terms=True, **BLOCKS
+        )
+        within_rule(
+            digest["pooled"],
+            pooled.pooled_torch(q, k, spec_dev, lse_t, sq, sk),
+            dense_pooled(p, sq, sk),
+            f"pooled {sq}x{sk}",
+        )
+        within_rule(
+            digest["received"], pooled.received_torch(q, k, spec_dev, lse_t), p.sum(1), "received", 2e-5
+        )
+    terms_t = headstats.row_terms_torch(q, k, spec_dev, lse_t)
+    terms64 = headstats.row_terms_torch(q.double(), k.double(), spec_dev, lse64)
+    within_rule(digest["terms"], terms_t, terms64, "head-stat row terms", floor=5e-5)
+
+    view_k = neuron.neuron_triton(q, k, spec_dev, lse_k, 1, lq - 3, range(2, lk), block_n=16)
+    view_t = neuron.neuron_torch(q, k, spec_dev, lse_t, 1, lq - 3, range(2, lk))
+    for name, a, b in zip(view_k._fields, view_k, view_t, strict=True):
+        if name == "scores":
+            assert torch.equal(torch.isinf(a), torch.isinf(b)), "masked scores differ"
+            a, b = a[torch.isfinite(b)], b[torch.isfinite(b)]
+        assert_close(a, b, 1e-5, f"neuron {name}")
+    assert_close(view_k.probs, p[1, lq - 3, 2:], 1e-5, "neuron probs vs float64")
+
+    idx_k, val_k = topk.topk_triton(q, k, spec_dev, lse_k, 0, 4, range(lq))
+    _, val_t = topk.topk_torch(q, k, spec_dev, lse_t, 0, 4, range(lq))
+    assert_close(val_k, val_t, 1e-5, "topk probs")
+    assert_close(p[0].gather(1, idx_k.clamp(min=0).cpu()) * (idx_k >= 0).cpu(), val_k, 1e-5, "topk indices")
+
+
+def test_repeated_runs_agree(rng):
+    """Atomics may reorder float additions, but never lose or double an update (races)."""
+    q, k, spec, _, _ = random_case(rng, MASKS["causal_window"], torch.float32, lq=50, lk=50)
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    lse, _ = rowstats.row_stats_triton(q, k, spec, **BLOCKS)
+    first = pooled.digest_triton(q, k, spec, lse, pooled_size=(7, 9), received=True, **BLOCKS)
+    for _ in range(3):
+        again = pooled.digest_triton(q, k, spec, lse, pooled_size=(7, 9), received=True, **BLOCKS)
+        assert_close(again["pooled"], first["pooled"], 1e-6, "pooled repeat")
+        assert_close(again["received"], first["received"], 1e-5, "received repeat")
+
+
+def test_fully_masked_rows_are_zero(rng):
+    q = torch.randn(2, 20, 32, generator=rng).to(DEVICE)
+    k = torch.randn(2, 20, 32, generator=rng).to(DEVICE)
+    real = torch.ones(1, 20, dtype=torch.bool)
+    real[0, :5] = False
+    spec = MaskSpec(scaling=0.2, causal=True, key_padding=real.to(DEVICE))
+    lse, ent = rowstats.row_stats_triton(q, k, spec, **BLOCKS)
+    assert torch.isneginf(lse[:, :5]).all() and (ent[:, :5] == 0).all()
+    tile = tiles.probs_tile_triton(q, k, spec, lse, 0, range(20), range(20), **BLOCKS)
+    assert not tile.isnan().any() and (tile[:5] == 0).all()
+    terms = pooled.digest_triton(q, k, spec, lse, pooled_size=(4, 4), received=True, terms=True, **BLOCKS)
+    assert not any(t.isnan().any() for t in terms.values())
