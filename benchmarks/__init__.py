@@ -1,0 +1,1 @@
+"""Reproducible timing and memory runs; each writes JSON and a markdown table under results/."""

@@ -1,0 +1,87 @@
+"""What every benchmark records beside its numbers: the machine, the versions, the commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict:
+    import transformers
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=RESULTS.parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "transformers": transformers.__version__,
+        "commit": commit,
+    }
+
+
+def median_seconds(fn: Callable[[], object], warmup: int = 2, repeats: int = 7) -> float:
+    """Median wall time of `fn`; CUDA events on the GPU, perf_counter elsewhere."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(stop) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def write(
+    name: str, env: dict, rows: list[dict], columns: list[tuple[str, str]], out_dir: Path, notes: str = ""
+) -> Path:
+    """Write `name`.json (env + rows) and `name`.md (a table of `columns`: (key, header))."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
+    lines = [f"# {name}", "", ", ".join(f"{k}: {v}" for k, v in env.items()), ""]
+    if notes:
+        lines += [notes, ""]
+    lines.append("| " + " | ".join(h for _, h in columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        cells = [f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    md = out_dir / f"{name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
