@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 TEXT   ?= The doctor asked the nurse a question. She said she would help.
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Recompile the wire contract's descriptor after editing proto/attnscope/v1/attnscope.proto.
+proto: $(VENV)/.installed-dev
+	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. --descriptor_set_out=attnscope/v1/attnscope.desc attnscope/v1/attnscope.proto

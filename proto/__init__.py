@@ -1,0 +1,76 @@
+"""The attnscope.v1 message classes, built at import from the compiled form of
+`attnscope/v1/attnscope.proto` (the single source of truth for the wire).
+
+Why not protoc's generated ``_pb2`` modules: generated code pins the protobuf runtime it may run
+with (protobuf 5.26+ checks the generator's version at import), and attnscope must import under
+both the GPU machine's protobuf and the newest on PyPI. A FileDescriptorSet is plain data that
+every protobuf 4.x-7.x runtime loads. `make proto` recompiles it with grpcio-tools, and
+tests/test_proto.py fails when it no longer matches the .proto.
+
+Messages are registered in protobuf's default descriptor pool, so gRPC server reflection serves
+them like generated ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+PROTO_FILE = Path(__file__).parent / "attnscope" / "v1" / "attnscope.proto"
+DESCRIPTOR_SET = PROTO_FILE.with_suffix(".desc")
+PACKAGE = "attnscope.v1"
+SERVICE_NAME = f"{PACKAGE}.AttentionService"
+
+
+def _load_file():
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindFileByName("attnscope/v1/attnscope.proto")
+    except KeyError:
+        pass
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
+    for proto in files.file:
+        pool.AddSerializedFile(proto.SerializeToString())
+    return pool.FindFileByName("attnscope/v1/attnscope.proto")
+
+
+def _message_class(descriptor):
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory().GetPrototype(descriptor)  # pragma: no cover
+
+
+FILE = _load_file()
+SERVICE = FILE.services_by_name["AttentionService"]
+
+Tensor = _message_class(FILE.message_types_by_name["Tensor"])
+Range = _message_class(FILE.message_types_by_name["Range"])
+Selection = _message_class(FILE.message_types_by_name["Selection"])
+PooledView = _message_class(FILE.message_types_by_name["PooledView"])
+HeadStatsView = _message_class(FILE.message_types_by_name["HeadStatsView"])
+ReceivedView = _message_class(FILE.message_types_by_name["ReceivedView"])
+TileView = _message_class(FILE.message_types_by_name["TileView"])
+TopkView = _message_class(FILE.message_types_by_name["TopkView"])
+NeuronView = _message_class(FILE.message_types_by_name["NeuronView"])
+ViewRequest = _message_class(FILE.message_types_by_name["ViewRequest"])
+ExtractRequest = _message_class(FILE.message_types_by_name["ExtractRequest"])
+TraceInfo = _message_class(FILE.message_types_by_name["TraceInfo"])
+ExtractResponse = _message_class(FILE.message_types_by_name["ExtractResponse"])
+CreateTraceRequest = _message_class(FILE.message_types_by_name["CreateTraceRequest"])
+GetViewsRequest = _message_class(FILE.message_types_by_name["GetViewsRequest"])
+DeleteTraceRequest = _message_class(FILE.message_types_by_name["DeleteTraceRequest"])
+DeleteTraceResponse = _message_class(FILE.message_types_by_name["DeleteTraceResponse"])
+ListModelsRequest = _message_class(FILE.message_types_by_name["ListModelsRequest"])
+ModelInfo = _message_class(FILE.message_types_by_name["ModelInfo"])
+ListModelsResponse = _message_class(FILE.message_types_by_name["ListModelsResponse"])
+
+#: DType enum numbers by name ("FLOAT32" -> 1, ...).
+DType = {name: value.number for name, value in FILE.enum_types_by_name["DType"].values_by_name.items()}
+
+
+def method_path(name: str) -> str:
+    """The HTTP/2 path of an RPC, e.g. "/attnscope.v1.AttentionService/Extract"."""
+    if name not in SERVICE.methods_by_name:
+        raise ValueError(f"AttentionService has no method {name!r}")
+    return f"/{SERVICE_NAME}/{name}"
