@@ -10,6 +10,7 @@ Public API (a contract, see DESIGN.md):
 
 from attnscope.extract import Extractor, Trace
 from attnscope.kernels import HEAD_STAT_NAMES, MaskSpec, NeuronView
+from attnscope.service import Client, views
 
-__all__ = ["HEAD_STAT_NAMES", "Extractor", "MaskSpec", "NeuronView", "Trace"]
+__all__ = ["HEAD_STAT_NAMES", "Client", "Extractor", "MaskSpec", "NeuronView", "Trace", "views"]
 __version__ = "0.1.0"

@@ -3,13 +3,14 @@
 from .capture import IMPLEMENTATION, capturing, register
 from .default_model import DEFAULT_MODEL_NAME, default_model_path
 from .extractor import Extractor
-from .trace import KINDS, LayerQK, Trace
+from .trace import KINDS, IndexOutOfRange, LayerQK, Trace
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "IMPLEMENTATION",
     "KINDS",
     "Extractor",
+    "IndexOutOfRange",
     "LayerQK",
     "Trace",
     "capturing",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ class CapturedCall:
 @dataclass
 class Recording:
     calls: list[CapturedCall] = field(default_factory=list)
+    #: time.monotonic() after which the forward pass stops at the next attention layer.
+    deadline: float | None = None
 
 
 _ACTIVE: contextvars.ContextVar[Recording | None] = contextvars.ContextVar(
@@ -93,8 +96,12 @@ def attnscope_attention(
         sinks=s_aux.detach() if s_aux is not None else None,
         key_padding=attention_mask.bool() if attention_mask is not None else None,
     )
-    out = attention_output(query, key, value, spec, dropout)
     recording = _ACTIVE.get()
+    if recording is not None and recording.deadline is not None and time.monotonic() > recording.deadline:
+        raise TimeoutError(
+            f"deadline exceeded during the forward pass, after {len(recording.calls)} attention layers"
+        )
+    out = attention_output(query, key, value, spec, dropout)
     if recording is not None:
         recording.calls.append(CapturedCall(module, _compact(query), _compact(key), spec))
     return out, None
@@ -126,11 +133,15 @@ def register() -> None:
 
 
 @contextlib.contextmanager
-def capturing(model: torch.nn.Module) -> Iterator[Recording]:
-    """Run `model` with the attnscope implementation and record its attention calls."""
+def capturing(model: torch.nn.Module, deadline: float | None = None) -> Iterator[Recording]:
+    """Run `model` with the attnscope implementation and record its attention calls.
+
+    With a `deadline` (a time.monotonic() value) the forward pass raises TimeoutError at the first
+    attention layer reached after it.
+    """
     register()
     previous = model.config._attn_implementation
-    recording = Recording()
+    recording = Recording(deadline=deadline)
     token = _ACTIVE.set(recording)
     model.set_attn_implementation(IMPLEMENTATION)
     try:

@@ -93,11 +93,13 @@ class Extractor:
         *,
         input_ids: torch.Tensor | None = None,
         target: str | None = None,
+        deadline: float | None = None,
     ) -> Trace:
         """Trace one input: a text (with an optional second sentence `pair`) or `input_ids` [1, L].
 
         Encoder-decoder models also take `target`, the decoder's text (its tokens shifted right
-        behind the decoder start token); without it the decoder reads `text`.
+        behind the decoder start token); without it the decoder reads `text`. `deadline`, a
+        time.monotonic() value, stops the forward pass between layers with TimeoutError.
         """
         if (text is None) == (input_ids is None):
             raise ValueError("pass exactly one of text or input_ids")
@@ -112,7 +114,7 @@ class Extractor:
             targets = [self._target(target if target is not None else text)]
         elif target is not None:
             raise ValueError("target is only for encoder-decoder models")
-        return self._run([item], targets)[0]
+        return self._run([item], targets, deadline)[0]
 
     def trace_batch(
         self, texts: list[str], pairs: list[str | None] | None = None, targets: list[str] | None = None
@@ -175,7 +177,13 @@ class Extractor:
             return "encoder" if name.startswith(self._encoder_prefix) else "decoder"
         return "decoder" if call.spec.causal else "encoder"
 
-    def _run(self, items: list[Encoded], targets: list[Encoded] | None) -> list[Trace]:
+    def count_tokens(self, text: str, pair: str | None = None) -> int:
+        """Tokens `trace(text, pair)` would run on, special tokens included."""
+        return len(encode(self._need_tokenizer(), text, pair).ids)
+
+    def _run(
+        self, items: list[Encoded], targets: list[Encoded] | None, deadline: float | None = None
+    ) -> list[Trace]:
         self._check_length(items, "the input")
         side = getattr(self.tokenizer, "padding_side", "right") or "right"
         src = pad(items, self._pad_id(), side)
@@ -200,7 +208,7 @@ class Extractor:
             kwargs["decoder_attention_mask"] = tgt.mask.to(device)
         if "use_cache" in self._forward_params:
             kwargs["use_cache"] = False
-        with capturing(self.model) as recording, torch.inference_mode():
+        with capturing(self.model, deadline) as recording, torch.inference_mode():
             self.model(**kwargs)
         if not recording.calls:
             raise RuntimeError(

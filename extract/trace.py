@@ -17,6 +17,12 @@ import torch
 from ..kernels import HEAD_STAT_NAMES, MaskSpec, NeuronView, backend
 
 KINDS = ("encoder", "decoder", "cross")
+
+
+class IndexOutOfRange(ValueError):
+    """A layer, head, position or range outside what the trace holds (the message names the bounds)."""
+
+
 Span = slice | int | range | None
 
 
@@ -35,7 +41,7 @@ def _span(value: Span, length: int, what: str) -> range:
         return range(length)
     if isinstance(value, int) and not isinstance(value, bool):
         if not -length <= value < length:
-            raise ValueError(f"{what} index must be in [{-length}, {length}), got {value}")
+            raise IndexOutOfRange(f"{what} index must be in [{-length}, {length}), got {value}")
         value %= length
         return range(value, value + 1)
     if isinstance(value, range):
@@ -46,7 +52,7 @@ def _span(value: Span, length: int, what: str) -> range:
     if step != 1:
         raise ValueError(f"{what} slice step must be 1, got {value.step}")
     if stop <= start:
-        raise ValueError(f"{what} slice {value} selects nothing from {length} positions")
+        raise IndexOutOfRange(f"{what} slice {value} selects nothing from {length} positions")
     return range(start, stop)
 
 
@@ -54,7 +60,7 @@ def _index(value: int, length: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} must be an int in [0, {length}), got {value!r}")
     if not 0 <= value < length:
-        raise ValueError(f"{what} must be in [0, {length}), got {value}")
+        raise IndexOutOfRange(f"{what} must be in [0, {length}), got {value}")
     return value
 
 
@@ -202,8 +208,10 @@ class Trace:
         lqk = self.layer_qk(layer, kind)
         head = _index(head, lqk.q.shape[0], "head")
         lk = lqk.k.shape[1]
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= lk:
+        if isinstance(k, bool) or not isinstance(k, int):
             raise ValueError(f"k must be an int in [1, {lk}], got {k!r}")
+        if not 1 <= k <= lk:
+            raise IndexOutOfRange(f"k must be an int in [1, {lk}], got {k!r}")
         q_rows = _span(queries, lqk.q.shape[1], "queries")
         lse, _ = self.row_stats(layer, kind)
         idx, probs = backend.top_k(lqk.q, lqk.k, lqk.spec, lse, head, k, q_rows)

@@ -1,0 +1,128 @@
+"""`Client`: the Python side of the wire, returning tokens and numpy arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from .. import proto
+from .server import MAX_MESSAGE_BYTES
+from .tensors import assemble
+
+
+@dataclass
+class Result:
+    """What Extract or GetViews returned: the trace's description and every tensor by name."""
+
+    info: object  # proto.TraceInfo
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self.info.tokens)
+
+    @property
+    def trace_id(self) -> str:
+        return self.info.trace_id
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.tensors[name]
+
+
+class Client:
+    """Talks to `attnscope serve`: ``Client("127.0.0.1:50051").extract("some text")``.
+
+    Errors arrive as `grpc.RpcError` with the server's status code and message.
+    """
+
+    def __init__(
+        self, address: str = "127.0.0.1:50051", token: str | None = None, timeout: float | None = None
+    ):
+        self.address = address
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._calls = {}
+        for name, method in proto.SERVICE.methods_by_name.items():
+            request_cls = getattr(proto, method.input_type.name)
+            response_cls = getattr(proto, method.output_type.name)
+            make = self._channel.unary_stream if method.server_streaming else self._channel.unary_unary
+            self._calls[name] = make(
+                proto.method_path(name),
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=response_cls.FromString,
+            )
+
+    def _call(self, name: str, request, timeout: float | None):
+        return self._calls[name](
+            request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata
+        )
+
+    def _collect(self, stream) -> Result:
+        info, pieces = None, []
+        for message in stream:
+            if message.WhichOneof("piece") == "info":
+                info = message.info
+            else:
+                pieces.append(message.tensor)
+        return Result(info, assemble(pieces))
+
+    def extract(
+        self,
+        text: str,
+        model: str = "",
+        pair: str = "",
+        target: str = "",
+        views=None,
+        keep_trace: bool = False,
+        timeout: float | None = None,
+    ) -> Result:
+        """Trace `text` on the server; `views` from `attnscope.service.views` (default: stats + pooled)."""
+        request = proto.ExtractRequest(
+            model=model,
+            text=text,
+            text_pair=pair,
+            target=target,
+            views=list(views or []),
+            keep_trace=keep_trace,
+        )
+        return self._collect(self._call("Extract", request, timeout))
+
+    def create_trace(
+        self, text: str, model: str = "", pair: str = "", target: str = "", timeout: float | None = None
+    ):
+        """Run the model once and keep the trace on the server; returns its TraceInfo (with trace_id)."""
+        return self._call(
+            "CreateTrace",
+            proto.CreateTraceRequest(model=model, text=text, text_pair=pair, target=target),
+            timeout,
+        )
+
+    def views(self, trace_id: str, views=None, timeout: float | None = None) -> Result:
+        """Views of a kept trace, without re-running the model."""
+        return self._collect(
+            self._call("GetViews", proto.GetViewsRequest(trace_id=trace_id, views=list(views or [])), timeout)
+        )
+
+    def delete_trace(self, trace_id: str, timeout: float | None = None) -> bool:
+        return self._call("DeleteTrace", proto.DeleteTraceRequest(trace_id=trace_id), timeout).deleted
+
+    def list_models(self, timeout: float | None = None) -> list:
+        return list(self._call("ListModels", proto.ListModelsRequest(), timeout).models)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

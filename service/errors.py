@@ -1,0 +1,56 @@
+"""The one place where failures become gRPC status codes with a message a person can act on."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from ..extract import IndexOutOfRange
+
+log = logging.getLogger("attnscope.service")
+
+
+class ServiceError(Exception):
+    """An error with a gRPC status; the message is sent to the client as is."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(status code, message) for any exception raised while serving a call."""
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    if isinstance(exc, IndexOutOfRange):
+        return grpc.StatusCode.OUT_OF_RANGE, str(exc)
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, str(exc)
+    if (
+        isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    ):  # torch.cuda.OutOfMemoryError
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"out of memory: {exc}; ask for a shorter input or smaller views",
+        )
+    log.exception("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
