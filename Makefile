@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 TEXT   ?= The doctor asked the nurse a question. She said she would help.
 
-.PHONY: run test lint format clean proto
+.PHONY: run trace test lint format clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
+# The service and the viewer on the bundled model; prints both addresses. Stop with Ctrl-C.
 run: $(VENV)/.installed
+	$(BIN)/attnscope serve $(SERVE_ARGS)
+
+# One trace printed in the terminal, without the service.
+trace: $(VENV)/.installed
 	$(BIN)/attnscope trace "$(TEXT)"
 
 test: $(VENV)/.installed-dev

@@ -37,6 +37,85 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_models(names: list[str], device: str | None, dtype: str | None) -> dict:
+    import torch
+
+    from attnscope import Extractor
+    from attnscope.extract import DEFAULT_MODEL_NAME
+
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    if not names:
+        return {DEFAULT_MODEL_NAME: Extractor.from_pretrained(None, device=device, dtype=torch_dtype)}
+    return {name: Extractor.from_pretrained(name, device=device, dtype=torch_dtype) for name in names}
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from attnscope.service import AttentionCore, Limits, Server
+    from attnscope.service.gateway import Gateway
+
+    server = None
+    grpc_address = args.grpc
+    if grpc_address is None:
+        limits = Limits(
+            max_tokens=args.max_tokens,
+            max_pooled_size=args.max_pooled_size,
+            trace_cache_bytes=args.trace_cache_mb * 2**20,
+            trace_ttl_s=args.trace_ttl,
+        )
+        core = AttentionCore(_load_models(args.model, args.device, args.dtype), limits)
+        server = Server(core, args.host, args.grpc_port, token=args.token, max_pending=args.max_pending)
+        await server.start()
+        grpc_address = server.address
+        print(f"attnscope: gRPC on {server.address} (models: {', '.join(core.models)})", flush=True)
+    gateway = None
+    if args.http_port >= 0:
+        gateway = Gateway(grpc_address, args.host, args.http_port)
+        gateway.start()
+        print(f"attnscope: viewer on {gateway.url}  (gRPC at {grpc_address})", flush=True)
+    try:
+        if server is not None:
+            await server.run_until_signal(args.grace)
+        else:
+            import asyncio
+            import signal
+
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            await stop.wait()
+    finally:
+        if gateway is not None:
+            gateway.stop()
+    print("attnscope: stopped", flush=True)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return asyncio.run(_serve(args))
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from attnscope.service import Client, views
+
+    requested = [views.head_stats(), views.pooled(args.pooled_size)]
+    if args.received:
+        requested.append(views.received())
+    with Client(args.server, token=args.token, timeout=args.timeout) as client:
+        result = client.extract(args.text, model=args.model, pair=args.pair or "", views=requested)
+    np.savez(args.out, tokens=np.array(result.tokens), **result.tensors)
+    print(
+        f"wrote {args.out}: {len(result.tokens)} tokens; "
+        + ", ".join(f"{name} {list(array.shape)}" for name, array in result.tensors.items())
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnscope", description="Exact attention views for transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,15 +128,81 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     tr.add_argument("--top", type=int, default=5, help="heads to list per statistic (default 5)")
     tr.set_defaults(func=_cmd_trace)
+
+    sv = sub.add_parser("serve", help="run the gRPC service and the viewer's HTTP port")
+    sv.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="model name or local path to serve (repeatable; the first is the default; "
+        "none = the bundled all-MiniLM-L6-v2). Requests can name only these.",
+    )
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    sv.add_argument(
+        "--grpc-port", type=int, default=50051, help="gRPC port (0 picks a free one; default 50051)"
+    )
+    sv.add_argument(
+        "--http-port", type=int, default=8000, help="viewer port (0 picks a free one, -1 none; default 8000)"
+    )
+    sv.add_argument(
+        "--grpc",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve only the viewer, backed by a remote attnscope gRPC server",
+    )
+    sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    sv.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="model dtype (default: float32 on CPU, the checkpoint's on GPU)",
+    )
+    sv.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on every call")
+    sv.add_argument("--max-tokens", type=int, default=16384, help="longest input in tokens (default 16384)")
+    sv.add_argument(
+        "--max-pooled-size", type=int, default=2048, help="largest pooled map side (default 2048)"
+    )
+    sv.add_argument(
+        "--trace-cache-mb", type=int, default=2048, help="device memory for kept traces (default 2048 MiB)"
+    )
+    sv.add_argument(
+        "--trace-ttl", type=float, default=600.0, help="seconds a kept trace lives unused (default 600)"
+    )
+    sv.add_argument(
+        "--max-pending", type=int, default=64, help="calls in flight before RESOURCE_EXHAUSTED (default 64)"
+    )
+    sv.add_argument(
+        "--grace", type=float, default=30.0, help="seconds calls in flight get on SIGTERM (default 30)"
+    )
+    sv.set_defaults(func=_cmd_serve)
+
+    ex = sub.add_parser("extract", help="call a running server's Extract and write what it returned to .npz")
+    ex.add_argument("text", help="the input text")
+    ex.add_argument("--server", default="127.0.0.1:50051", help="gRPC address (default 127.0.0.1:50051)")
+    ex.add_argument("--out", required=True, help="output .npz (tokens, head_stats/*, pooled, ...)")
+    ex.add_argument("--model", default="", help="model name on the server (default: its default)")
+    ex.add_argument("--pair", default=None, help="optional second sentence")
+    ex.add_argument("--pooled-size", type=int, default=0, help="pooled map side (0 = min(L, 256))")
+    ex.add_argument("--received", action="store_true", help="also fetch received attention per key")
+    ex.add_argument("--token", default=None, help="bearer token, if the server requires one")
+    ex.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    ex.set_defaults(func=_cmd_extract)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import grpc
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"attnscope: error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"attnscope: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
 
 
