@@ -142,3 +142,11 @@ def test_from_pretrained_loads_a_local_checkpoint(tmp_path, rng):
     tr = ex.trace(random_text(12, rng))
     assert tr.seq_len == 14 and tr.tokens[0] == "[CLS]"
     assert torch.allclose(tr.attention(1, 0).sum(-1), torch.ones(14), atol=1e-5)
+
+
+def test_deadline_stops_the_forward_pass_between_layers(tiny):
+    import time
+
+    with pytest.raises(TimeoutError, match="after 0 attention layers"):
+        tiny.trace("w1 w2 w3", deadline=time.monotonic() - 1)
+    assert tiny.trace("w1 w2 w3", deadline=time.monotonic() + 60).seq_len == 5

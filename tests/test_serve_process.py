@@ -1,0 +1,178 @@
+"""`attnscope serve` as a user runs it: a subprocess, its printed addresses, the HTTP gateway,
+`attnscope extract`, and a graceful stop on SIGTERM while a call is in flight."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from attnscope import Client, views
+from attnscope.cli import main as cli_main
+
+from tiny_models import build, random_text, word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build("llama", dtype=torch.float32, attn="sdpa").save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    return path
+
+
+def start_serve(model_dir, *extra):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attnscope.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    grpc_address = http_url = None
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (grpc_address and http_url):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if m := re.search(r"gRPC on (\S+)", line):
+            grpc_address = m.group(1)
+        if m := re.search(r"viewer on (http://\S+)", line):
+            http_url = m.group(1)
+    if not (grpc_address and http_url):
+        proc.kill()
+        raise AssertionError("serve did not print its addresses:\n" + "".join(lines))
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return proc, grpc_address, http_url, lines
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    proc, address, url, _lines = start_serve(model_dir)
+    yield address, url, str(model_dir)
+    proc.terminate()
+    proc.wait(30)
+
+
+def post(url: str, method: str, body: dict) -> tuple[int, object]:
+    request = urllib.request.Request(
+        f"{url}/api/{method}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_gateway_serves_the_page_and_the_service(served):
+    address, url, model = served
+    with urllib.request.urlopen(f"{url}/", timeout=30) as reply:
+        assert reply.status == 200 and b"<title>attnscope</title>" in reply.read()
+    with urllib.request.urlopen(f"{url}/main.js", timeout=30) as reply:
+        assert reply.headers["Content-Type"].startswith("text/javascript")
+    status, models = post(url, "ListModels", {})
+    assert status == 200 and models["models"][0]["name"] == model
+    status, messages = post(url, "Extract", {"text": "w1 w2 w3", "views": [{"headStats": {}}]})
+    assert status == 200 and messages[0]["info"]["tokens"] == ["[CLS]", "w1", "w2", "w3", "[SEP]"]
+    assert {m["tensor"]["name"] for m in messages[1:]} >= {"head_stats/entropy", "head_stats/previous_token"}
+    with Client(address) as client:  # the same numbers as the gRPC client gets
+        direct = client.extract("w1 w2 w3", views=[views.head_stats()])
+    piece = next(m["tensor"] for m in messages[1:] if m["tensor"]["name"] == "head_stats/entropy")
+    values = np.frombuffer(base64.b64decode(piece["data"]), dtype="<f4").reshape(2, 4)
+    np.testing.assert_array_equal(values, direct["head_stats/entropy"])
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status", "code"),
+    [
+        ("Extract", {"text": "w1", "model": "nope"}, 404, "NOT_FOUND"),
+        ("Extract", {"text": "w1", "views": [{"tile": {"layer": 7}}]}, 400, "OUT_OF_RANGE"),
+        ("Extract", {"text": ""}, 400, "INVALID_ARGUMENT"),
+        ("Extract", {"text": 5, "bogus": 1}, 400, "INVALID_ARGUMENT"),
+        ("Nope", {}, 404, "NOT_FOUND"),
+    ],
+)
+def test_gateway_errors_are_json_with_the_grpc_code(served, method, body, status, code):
+    got_status, reply = post(served[1], method, body)
+    assert (got_status, reply["code"]) == (status, code) and reply["message"]
+
+
+def test_cli_extract_writes_npz(served, tmp_path):
+    out = tmp_path / "result.npz"
+    assert (
+        cli_main(
+            [
+                "extract",
+                "w5 w6 w7 w8",
+                "--server",
+                served[0],
+                "--out",
+                str(out),
+                "--pooled-size",
+                "3",
+                "--received",
+            ]
+        )
+        == 0
+    )
+    data = np.load(out)
+    assert list(data["tokens"]) == ["[CLS]", "w5", "w6", "w7", "w8", "[SEP]"]
+    assert data["pooled"].shape == (2, 4, 3, 3) and data["received"].shape == (2, 4, 6)
+    assert data["head_stats/entropy"].shape == (2, 4)
+
+
+def test_sigterm_lets_the_call_in_flight_finish(model_dir):
+    proc, address, _, lines = start_serve(model_dir, "--grace", "60")
+    text = random_text(2500, torch.Generator().manual_seed(0))
+    requested = [views.topk(layer, head, 64) for layer in range(2) for head in range(4)]
+    outcome: dict = {}
+
+    def call():
+        try:
+            with Client(address, timeout=300) as client:
+                outcome["result"] = client.extract(text, views=requested)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=call)
+    started = time.monotonic()
+    caller.start()
+    time.sleep(0.5)
+    assert caller.is_alive(), "the call finished before SIGTERM; make it longer"
+    proc.send_signal(signal.SIGTERM)
+    caller.join(300)
+    assert proc.wait(120) == 0
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result["topk/7/indices"].shape == (2502, 64) and len(result.tokens) == 2502
+    assert (result["topk/7/probs"][:, 0] > 0).all()
+    assert time.monotonic() - started > 0.5
+    assert any("stopped" in line for line in lines)
