@@ -54,3 +54,11 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         )
     log.exception("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+
+
+def _release_cached_device_memory() -> None:
+    """After an out-of-memory, hand the allocator's cached blocks back so the next call can fit."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

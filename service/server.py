@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from .. import proto
 from .core import AttentionCore
@@ -195,6 +193,11 @@ class Server:
         )
         self.servicer = AttentionServicer(core, max_pending)
         self._grpc.add_generic_rpc_handlers([self.servicer.handler()])
+        # Imported here so that `import attnscope` (and the client) work where only grpcio is installed.
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
+        self._health_pb2 = health_pb2
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
@@ -211,9 +214,8 @@ class Server:
         self.address = f"{host}:{self.port}"
 
     async def _set_health(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        response = self._health_pb2.HealthCheckResponse
+        status = response.SERVING if serving else response.NOT_SERVING
         for service in ("", proto.SERVICE_NAME):
             await self.health.set(service, status)
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import numpy as np
 import pytest
+
+# The GPU machine has grpcio but not the health/reflection packages: skip there, run everywhere else.
+pytest.importorskip("grpc_health")
+pytest.importorskip("grpc_reflection")
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -290,3 +295,44 @@ def _healthy(address: str) -> bool:
             health_pb2.HealthCheckRequest(service=""), timeout=10
         )
     return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_trace_cache_evicts_least_recently_used_first(extractor, clock):
+    from attnscope.service.cache import TraceCache, trace_bytes
+
+    traces = [extractor.trace(f"w{i} w{i + 1} w{i + 2}") for i in range(3)]
+    size = trace_bytes(traces[0])
+    assert size == 2 * (4 * 5 * 16 + 2 * 5 * 16) * 4  # 2 layers × (Q [4,5,16] + K [2,5,16]) float32
+    cache = TraceCache(max_bytes=2 * size, ttl_s=60, clock=clock)
+    first, second = cache.put(traces[0], "tiny"), cache.put(traces[1], "tiny")
+    cache.get(first)  # first is now the most recently used
+    third = cache.put(traces[2], "tiny")
+    assert len(cache) == 2 and cache.used_bytes == 2 * size
+    assert cache.get(first)[0] is traces[0] and cache.get(third)[0] is traces[2]
+    with pytest.raises(Exception, match="no trace with id"):
+        cache.get(second)
+
+
+def test_a_busy_server_refuses_instead_of_queueing(extractor, rng):
+    running = BackgroundServer(AttentionCore({"tiny": extractor}), max_pending=1)
+    slow_text = random_text(2500, rng)
+    slow = [views.topk(layer, head, 64) for layer in range(2) for head in range(4)]
+    outcome: dict = {}
+
+    def first_call():
+        with Client(running.address, timeout=300) as c:
+            outcome["first"] = c.extract(slow_text, views=slow)
+
+    try:
+        caller = threading.Thread(target=first_call)
+        caller.start()
+        time.sleep(0.3)
+        with Client(running.address, timeout=60) as c, pytest.raises(grpc.RpcError) as err:
+            c.extract("w1 w2")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "server busy" in err.value.details()
+        caller.join(300)
+        assert outcome["first"]["topk/0/indices"].shape == (2502, 64)
+        with Client(running.address, timeout=60) as c:
+            assert c.extract("w1 w2").tokens == ["[CLS]", "w1", "w2", "[SEP]"]
+    finally:
+        running.stop()
