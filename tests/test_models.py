@@ -12,7 +12,7 @@ import torch
 
 from attnscope import Extractor
 from attnscope.extract import capturing
-from attnscope.kernels import backend
+from attnscope.kernels import backend, triton_common
 
 from eager import check_views, decoder_inputs, eager_attentions
 from reference import assert_close
@@ -84,6 +84,7 @@ def test_bart_target_sets_the_decoder_side(rng):
     assert tr.pooled(256, kind="cross").shape == (2, 4, 14, 32)
 
 
+@pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_oss", "bart", "bert"])
 def test_triton_backend_trace_matches_eager(family, rng, monkeypatch):
     """The Trace API on the Triton kernels (interpreted on the CPU) against eager attention.
