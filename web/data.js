@@ -3,46 +3,97 @@
 const DTYPES = { FLOAT32: Float32Array, INT64: BigInt64Array, INT32: Int32Array };
 
 async function call(method, body) {
-  const response = await fetch(`/api/${method}`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  const data = await response.json();
+  let response;
+  try {
+    response = await fetch(`/api/${method}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new Error(`the attnscope server did not answer (${err.message}); is \`attnscope serve\` running?`);
+  }
+  let data;
+  try {
+    data = await response.json();
+  } catch {
+    throw new Error(`the server answered ${response.status} without JSON`);
+  }
   if (!response.ok) throw new Error(`${data.code}: ${data.message}`);
   return data;
 }
 
-// Join streamed Tensor pieces (base64 bytes, little-endian) into typed arrays by name.
-function assemble(messages) {
+function decodeBase64(text, out, at) {
+  const raw = atob(text || "");
+  for (let i = 0; i < raw.length; i++) out[at + i] = raw.charCodeAt(i);
+  return raw.length;
+}
+
+// Join streamed Tensor pieces (base64, little-endian, row-major) into typed arrays by name.
+export function assemble(messages) {
   const parts = new Map();
   let info = null;
   for (const m of messages) {
-    if (m.info) { info = m.info; continue; }
+    if (m.info) {
+      info = m.info;
+      continue;
+    }
     const t = m.tensor;
-    if (!parts.has(t.name)) parts.set(t.name, { t, chunks: [] });
-    parts.get(t.name).chunks.push(t);
+    if (!parts.has(t.name)) parts.set(t.name, []);
+    parts.get(t.name).push(t);
   }
   const tensors = {};
-  for (const [name, { t, chunks }] of parts) {
-    chunks.sort((a, b) => Number(a.offset || 0) - Number(b.offset || 0));
-    const bytes = new Uint8Array(Number(t.totalBytes || 0));
+  for (const [name, pieces] of parts) {
+    pieces.sort((a, b) => Number(a.offset || 0) - Number(b.offset || 0));
+    const first = pieces[0];
+    const bytes = new Uint8Array(Number(first.totalBytes || 0));
     let at = 0;
-    for (const c of chunks) {
-      const raw = atob(c.data || "");
-      for (let i = 0; i < raw.length; i++) bytes[at + i] = raw.charCodeAt(i);
-      at += raw.length;
-    }
-    const Type = DTYPES[t.dtype] || Float16Array;
-    tensors[name] = { shape: (t.shape || []).map(Number), data: new Type(bytes.buffer) };
+    for (const p of pieces) at += decodeBase64(p.data, bytes, at);
+    const Type = DTYPES[first.dtype || "FLOAT32"];
+    if (!Type) throw new Error(`tensor ${name}: unsupported dtype ${first.dtype}`);
+    tensors[name] = { shape: (first.shape || []).map(Number), data: new Type(bytes.buffer) };
   }
-  return { info, tensors };
+  return { info: normalizeInfo(info), tensors };
 }
+
+function normalizeInfo(info) {
+  if (!info) return null;
+  return {
+    traceId: info.traceId || "",
+    model: info.model || "",
+    tokens: info.tokens || [],
+    numLayers: info.numLayers || 0,
+    numHeads: info.numHeads || 0,
+    seqLen: info.seqLen || 0,
+    kinds: info.kinds || [],
+    sentenceBStart: info.sentenceBStart ?? -1,
+    targetTokens: info.targetTokens || [],
+  };
+}
+
+const range = (r) => (r ? { start: r[0], stop: r[1] } : undefined);
+
+// View requests in the proto3 JSON mapping of attnscope.v1.ViewRequest.
+export const views = {
+  pooled: (size, kind = "", layers = [], heads = []) => ({ kind, pooled: { size, selection: { layers, heads } } }),
+  headStats: (kind = "") => ({ kind, headStats: {} }),
+  tile: (layer, head, queries, keys, kind = "") => ({ kind, tile: { layer, head, queries: range(queries), keys: range(keys) } }),
+  topk: (layer, head, k, queries, kind = "") => ({ kind, topk: { layer, head, k, queries: range(queries) } }),
+  neuron: (layer, head, query, keys, kind = "") => ({ kind, neuron: { layer, head, query, keys: range(keys) } }),
+};
 
 export async function listModels() {
   return (await call("ListModels", {})).models || [];
 }
 
-export async function extract(model, text) {
-  return assemble(await call("Extract", { model, text }));
+export async function createTrace({ model, text, pair }) {
+  return normalizeInfo(await call("CreateTrace", { model, text, textPair: pair }));
+}
+
+export async function getViews(traceId, requested) {
+  return assemble(await call("GetViews", { traceId, views: requested }));
+}
+
+export async function deleteTrace(traceId) {
+  return call("DeleteTrace", { traceId });
 }

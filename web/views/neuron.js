@@ -1,0 +1,213 @@
+// Neuron view: for one query token of one head, the query vector q, each key's vector k, their
+// elementwise product q×k, the scaled dot product q·k and the softmax; blue for positive, orange
+// for negative, intensity by magnitude; numbers on hover. Long inputs show the top keys first.
+import { signedColor } from "../colors.js";
+import { getViews, views } from "../data.js";
+
+export const ALL_KEYS_LIMIT = 4096; // beyond, keys are fetched in windows as the user pages
+const ROW = 18;
+
+// ---- pure drawing ------------------------------------------------------------------------------
+// m: { rows: [{ key, token, k: Float32Array, qk: Float32Array, score, prob }], q, dim, cell, textColor }
+export function draw(ctx, m) {
+  const { rows, q, dim, cell } = m;
+  ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
+  ctx.font = "12px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  const scale = (arr) => arr.reduce((a, v) => Math.max(a, Math.abs(v)), 0) || 1;
+  const kScale = Math.max(...rows.map((r) => scale(r.k)), 1e-9);
+  const qkScale = Math.max(...rows.map((r) => scale(r.qk)), 1e-9);
+  const scoreScale = Math.max(...rows.map((r) => (Number.isFinite(r.score) ? Math.abs(r.score) : 0)), 1e-9);
+  const x = m.columns;
+  // Header and the query vector.
+  ctx.fillStyle = m.textColor;
+  ctx.textAlign = "left";
+  ctx.fillText("q", x.k - 14, ROW / 2);
+  const qScale = scale(q);
+  for (let d = 0; d < dim; d++) {
+    ctx.fillStyle = signedColor(q[d], qScale);
+    ctx.fillRect(x.k + d * cell, 2, cell - 1, ROW - 4);
+  }
+  ctx.fillStyle = m.textColor;
+  ctx.fillText("k", x.k, ROW * 1.5);
+  ctx.fillText("q × k", x.qk, ROW * 1.5);
+  ctx.fillText("q · k", x.score, ROW * 1.5);
+  ctx.fillText("softmax", x.prob, ROW * 1.5);
+  rows.forEach((r, i) => {
+    const y = ROW * (i + 2);
+    ctx.fillStyle = m.textColor;
+    ctx.textAlign = "right";
+    ctx.fillText(r.token, x.k - 6, y + ROW / 2, x.k - 10);
+    for (let d = 0; d < dim; d++) {
+      ctx.fillStyle = signedColor(r.k[d], kScale);
+      ctx.fillRect(x.k + d * cell, y + 2, cell - 1, ROW - 4);
+      ctx.fillStyle = signedColor(r.qk[d], qkScale);
+      ctx.fillRect(x.qk + d * cell, y + 2, cell - 1, ROW - 4);
+    }
+    if (Number.isFinite(r.score)) {
+      ctx.fillStyle = signedColor(r.score, scoreScale);
+      ctx.fillRect(x.score, y + 2, 40, ROW - 4);
+    }
+    ctx.fillStyle = "rgba(31, 119, 180, 0.85)";
+    ctx.fillRect(x.prob, y + 3, Math.max(0, r.prob) * 120, ROW - 6);
+    ctx.fillStyle = m.textColor;
+    ctx.textAlign = "left";
+    ctx.fillText(r.prob.toFixed(3), x.prob + 124, y + ROW / 2);
+  });
+}
+
+export function columns(dim, cell, labelWidth = 110) {
+  const k = labelWidth;
+  const qk = k + dim * cell + 24;
+  const score = qk + dim * cell + 24;
+  const prob = score + 56;
+  return { k, qk, score, prob, width: prob + 170 };
+}
+
+// ---- mounting ----------------------------------------------------------------------------------
+export function mount(root, app) {
+  root.innerHTML = `
+    <div class="controls">
+      <label>Layer <select class="layer"></select></label>
+      <label>Head <select class="head"></select></label>
+      <label class="kind-label" hidden>Attention <select class="kind"></select></label>
+      <label>Keys <select class="order"><option value="top">top 20 by weight</option><option value="all">all, in order</option></select></label>
+      <span class="note"></span>
+    </div>
+    <p class="query-tokens" title="hover a token to preview, click to pin it as the query"></p>
+    <div class="neuron-body"><canvas class="neuron"></canvas></div>
+    <div class="tooltip" hidden></div>`;
+  const $ = (sel) => root.querySelector(sel);
+  const canvas = $(".neuron");
+  const tooltip = $(".tooltip");
+  let current = null; // { key, info, kind, tokens, keyTokens }
+  let shown = null; // { rows, q, dim, cell, columns }
+  let preview = -1;
+  const cache = new Map();
+
+  $(".layer").addEventListener("change", (e) => app.update({ layer: Number(e.target.value) }));
+  $(".head").addEventListener("change", (e) => app.update({ head: Number(e.target.value) }));
+  $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
+  $(".order").addEventListener("change", () => app.update({}));
+
+  async function fetchNeuron(layer, head, query) {
+    const key = `${current.key}/${layer}/${head}/${query}`;
+    if (!cache.has(key)) {
+      const lk = current.keyTokens.length;
+      const keys = lk > ALL_KEYS_LIMIT ? [Math.max(0, query - ALL_KEYS_LIMIT + 1), query + 1] : null;
+      const { tensors } = await getViews(current.info.traceId, [views.neuron(layer, head, query, keys, current.kind)]);
+      const t = (n) => tensors[`neuron/0/${n}`];
+      cache.set(key, { offset: keys ? keys[0] : 0, q: t("q").data, k: t("k"), qk: t("q_times_k"),
+        scores: t("scores").data, probs: t("probs").data });
+    }
+    return cache.get(key);
+  }
+
+  function tokensBar(query) {
+    const bar = $(".query-tokens");
+    bar.replaceChildren(...current.tokens.map((tok, i) => {
+      const span = document.createElement("span");
+      span.textContent = tok;
+      span.dataset.index = String(i);
+      span.className = i === query ? "token pinned" : "token";
+      return span;
+    }));
+  }
+
+  $(".query-tokens").addEventListener("mouseover", (e) => {
+    const i = Number(e.target.dataset?.index);
+    if (!Number.isNaN(i) && i !== preview) {
+      preview = i;
+      show();
+    }
+  });
+  $(".query-tokens").addEventListener("mouseleave", () => {
+    preview = -1;
+    show();
+  });
+  $(".query-tokens").addEventListener("click", (e) => {
+    const i = Number(e.target.dataset?.index);
+    if (!Number.isNaN(i)) app.update({ query: i });
+  });
+
+  canvas.addEventListener("mousemove", (event) => {
+    if (!shown) return;
+    const rect = canvas.getBoundingClientRect();
+    const x = event.clientX - rect.left;
+    const row = Math.floor((event.clientY - rect.top) / ROW) - 2;
+    const { columns: c, cell, dim, rows } = shown;
+    let text = "";
+    if (row === -2 && x >= c.k && x < c.k + dim * cell) {
+      const d = Math.floor((x - c.k) / cell);
+      text = `q[${d}] = ${shown.q[d].toFixed(4)}`;
+    } else if (row >= 0 && row < rows.length) {
+      const r = rows[row];
+      if (x >= c.k && x < c.k + dim * cell) text = `k[${Math.floor((x - c.k) / cell)}] = ${r.k[Math.floor((x - c.k) / cell)].toFixed(4)}`;
+      else if (x >= c.qk && x < c.qk + dim * cell) text = `(q×k)[${Math.floor((x - c.qk) / cell)}] = ${r.qk[Math.floor((x - c.qk) / cell)].toFixed(4)}`;
+      else if (x >= c.score && x < c.prob) text = `q·k (scaled) = ${Number.isFinite(r.score) ? r.score.toFixed(4) : "masked"}`;
+      else if (x >= c.prob) text = `softmax = ${r.prob.toFixed(6)}`;
+      if (text) text = `${r.token} (key ${r.key}): ${text}`;
+    }
+    tooltip.hidden = !text;
+    tooltip.textContent = text;
+    tooltip.style.left = `${event.clientX + 12}px`;
+    tooltip.style.top = `${event.clientY + 12}px`;
+  });
+  canvas.addEventListener("mouseleave", () => { tooltip.hidden = true; });
+
+  async function show() {
+    if (!current) return;
+    const s = app.state;
+    const layer = Math.min(Math.max(0, s.layer), current.info.numLayers - 1);
+    const head = Math.min(Math.max(0, s.head), current.info.numHeads - 1);
+    const query = preview >= 0 ? preview : Math.min(Math.max(0, s.query), current.tokens.length - 1);
+    tokensBar(query);
+    const n = await fetchNeuron(layer, head, query);
+    const dim = n.q.length;
+    const count = n.probs.length;
+    let order = [...Array(count).keys()];
+    if ($(".order").value === "top") order = order.sort((a, b) => n.probs[b] - n.probs[a]).slice(0, 20);
+    const rows = order.map((i) => ({
+      key: n.offset + i, token: current.keyTokens[n.offset + i],
+      k: n.k.data.subarray(i * dim, (i + 1) * dim), qk: n.qk.data.subarray(i * dim, (i + 1) * dim),
+      score: n.scores[i], prob: n.probs[i],
+    }));
+    const cell = Math.max(2, Math.min(8, Math.floor(900 / (2 * dim))));
+    const cols = columns(dim, cell);
+    const height = ROW * (rows.length + 2) + 4;
+    const dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(cols.width * dpr);
+    canvas.height = Math.round(height * dpr);
+    canvas.style.width = `${cols.width}px`;
+    canvas.style.height = `${height}px`;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    shown = { rows, q: n.q, dim, cell, columns: cols };
+    draw(ctx, { ...shown, textColor: getComputedStyle(document.body).getPropertyValue("--fg").trim() || "#222" });
+    $(".note").textContent = `query ${query} “${current.tokens[query]}”, layer ${layer}, head ${head}` +
+      (count < current.keyTokens.length ? ` (keys ${n.offset}–${n.offset + count - 1})` : "");
+  }
+
+  async function render(info) {
+    const s = app.state;
+    const kind = info.kinds.includes(s.kind) ? s.kind : info.kinds[0];
+    $(".kind-label").hidden = info.kinds.length < 2;
+    $(".kind").replaceChildren(...info.kinds.map((k) => new Option(k, k, false, k === kind)));
+    $(".layer").replaceChildren(...[...Array(info.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === s.layer)));
+    $(".head").replaceChildren(...[...Array(info.numHeads).keys()].map((h) => new Option(`${h}`, h, false, h === Math.max(0, s.head))));
+    const key = `${info.traceId}/${kind}`;
+    if (!current || current.key !== key) {
+      const decoderSide = kind !== "encoder" && info.targetTokens.length > 0;
+      const tokens = decoderSide ? info.targetTokens : info.tokens;
+      current = { key, info, kind, tokens, keyTokens: kind === "cross" ? info.tokens : tokens };
+      cache.clear();
+    }
+    await app.busy(show());
+  }
+
+  return {
+    render,
+    exportPng: () => canvas,
+    exportJson: () => shown && { q: [...shown.q], rows: shown.rows.map((r) => ({ key: r.key, token: r.token, k: [...r.k], q_times_k: [...r.qk], score: r.score, prob: r.prob })) },
+  };
+}
