@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 TEXT   ?= The doctor asked the nurse a question. She said she would help.
 
-.PHONY: run trace test lint format clean proto
+.PHONY: run trace test lint format clean proto chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
+# The viewer's tests drive Debian's Chromium (Playwright's own browser download does not work here).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "the viewer tests need Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
 # The service and the viewer on the bundled model; prints both addresses. Stop with Ctrl-C.
 run: $(VENV)/.installed
 	$(BIN)/attnscope serve $(SERVE_ARGS)
@@ -31,7 +37,7 @@ run: $(VENV)/.installed
 trace: $(VENV)/.installed
 	$(BIN)/attnscope trace "$(TEXT)"
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

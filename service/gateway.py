@@ -117,7 +117,10 @@ class Gateway:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the page went away mid-answer
+                    log.info("client closed the connection before the answer was sent")
 
             def do_POST(self):
                 if not self.path.startswith("/api/"):

@@ -120,6 +120,7 @@ export function mount(root, app) {
     const hi = values ? Math.max(...values) : 1;
     const ord = order(info, current.stats, stat);
     layoutInfo = { left: 28, top: 4, cell, gap, rowH, order: ord };
+    grid.dataset.layout = JSON.stringify(layoutInfo); // geometry for tests and tools
     drawGrid(ctx, {
       layers: info.numLayers, heads: info.numHeads, cell, gap, rows: current.rows, cols: current.cols,
       pooled: current.pooled,

@@ -1,0 +1,249 @@
+"""The web viewer in a real browser: Debian's Chromium driven by Playwright, against a real
+`attnscope serve` stack (gRPC server + HTTP gateway) on the bundled MiniLM and a tiny Llama.
+
+Known pattern: MiniLM's layer 0, head 2 is a previous-token head (its previous_token statistic is
+1.000 on these sentences), so its head-view lines run from each token to the one before it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from attnscope import Extractor
+from attnscope.service import AttentionCore
+from attnscope.service.background import BackgroundServer
+from attnscope.service.gateway import Gateway
+
+from tiny_models import build, random_text, word_tokenizer
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+TEXT = "The doctor asked the nurse a question. She said she would help."
+HEAD2_GREEN = (44, 160, 44)  # colors.js: head 2
+
+
+@pytest.fixture(scope="module")
+def stack():
+    core = AttentionCore(
+        {
+            "minilm": Extractor.from_pretrained(),
+            "tiny": Extractor(build("llama", dtype=torch.float32), word_tokenizer()),
+        }
+    )
+    server = BackgroundServer(core)
+    gateway = Gateway(server.address, port=0)
+    gateway.start()
+    yield gateway.url
+    gateway.stop()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    assert executable, (
+        "the viewer tests need Debian's Chromium: `make test` installs it (apt-get install chromium)"
+    )
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def open_view(page, url: str, query: str, ready: str):
+    page.goto(f"{url}/?{query}")
+    page.wait_for_function(ready, timeout=60_000)
+
+
+def pixel(page, selector: str, x: float, y: float) -> list[int]:
+    return page.evaluate(
+        """([sel, x, y]) => { const c = document.querySelector(sel); const dpr = c.width / c.clientWidth;
+             return Array.from(c.getContext('2d').getImageData(Math.round(x * dpr), Math.round(y * dpr), 1, 1).data); }""",
+        [selector, x, y],
+    )
+
+
+def head_geometry(page) -> dict:
+    width = page.evaluate("document.querySelector('#pane-a canvas.lines').clientWidth")
+    text = min(200, max(60, width * 0.25))
+    return {"left": text + 4, "right": width - text - 4, "text": text}
+
+
+def line_midpoint(geo, q: int, k: int) -> tuple[float, float]:
+    return (geo["left"] + geo["right"]) / 2, (18 * q + 9 + 18 * k + 9) / 2
+
+
+HEAD_READY = "window.attnscopeTimings && window.attnscopeTimings.headDrawMs !== undefined"
+
+
+def test_head_view_draws_the_previous_token_head(stack, page):
+    open_view(page, stack, f"model=minilm&text={TEXT}&layer=0&head=2", HEAD_READY)
+    geo = head_geometry(page)
+    for q in (3, 8, 12):
+        r, g, b, a = pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, q, q - 1))
+        assert a > 200 and abs(r - HEAD2_GREEN[0]) < 40 and abs(g - HEAD2_GREEN[1]) < 40, (q, r, g, b, a)
+        assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, q, q + 2))[3] < 40
+    squares = page.locator("#pane-a .head-square")
+    assert squares.count() == 12 and page.locator("#pane-a .head-square.off").count() == 11
+
+
+def test_hover_shows_only_the_hovered_tokens_lines(stack, page):
+    open_view(page, stack, f"model=minilm&text={TEXT}&layer=0&head=2", HEAD_READY)
+    geo = head_geometry(page)
+    box = page.locator("#pane-a canvas.lines").bounding_box()
+    page.mouse.move(box["x"] + geo["text"] - 30, box["y"] + 18 * 5 + 9)  # over query token 5 ("nurse")
+    page.wait_for_timeout(300)
+    assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 5, 4))[3] > 200
+    assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 9, 8))[3] < 20, (
+        "other queries' lines hidden"
+    )
+    page.mouse.move(box["x"] + geo["right"] + 30, box["y"] + 18 * 4 + 9)  # key token 4 ("the")
+    page.wait_for_timeout(200)
+    page.mouse.move(box["x"] + geo["right"] + 31, box["y"] + 18 * 4 + 9)
+    page.mouse.move(box["x"] + 5, box["y"] + 5)
+    page.mouse.move(box["x"] + geo["text"] - 30, box["y"] + 18 * 5 + 9)
+    page.locator("#pane-a canvas.lines").click(position={"x": geo["text"] - 30, "y": 18 * 5 + 9})
+    page.wait_for_timeout(200)
+    assert "query=5" in page.url
+    page.mouse.move(box["x"] + geo["right"] + 30, box["y"] + 18 * 4 + 9)
+    page.wait_for_timeout(300)
+    tip = page.locator("#pane-a .tooltip")
+    assert tip.is_visible() and re.search(r"head 2: (0\.9\d+|1\.0+)", tip.inner_text()), tip.inner_text()
+
+
+def test_head_squares_toggle_and_isolate(stack, page):
+    open_view(page, stack, f"model=minilm&text={TEXT}&layer=0&head=2", HEAD_READY)
+    geo = head_geometry(page)
+    page.locator("#pane-a .head-square").nth(7).dblclick()
+    page.wait_for_function("location.search.includes('head=7')")
+    page.wait_for_timeout(300)
+    assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 8, 7))[:3] != list(HEAD2_GREEN)
+    page.locator("#pane-a .head-square").nth(3).click()  # from "only 7" to "7 and 3"
+    page.wait_for_timeout(300)
+    assert "head=" not in page.url
+    assert page.locator("#pane-a .head-square:not(.off)").count() == 2
+    page.locator("#pane-a .head-square").nth(7).click()  # and hide 7 again
+    page.wait_for_timeout(300)
+    assert [page.locator("#pane-a .head-square:not(.off)").get_attribute("data-head")] == ["3"]
+
+
+def test_model_view_finds_the_previous_token_head(stack, page):
+    open_view(
+        page,
+        stack,
+        f"model=minilm&text={TEXT}&view=model&sort=previous_token",
+        "window.attnscopeTimings && window.attnscopeTimings.modelDrawMs !== undefined",
+    )
+    lay = json.loads(page.locator("#pane-a canvas.grid").get_attribute("data-layout"))
+    assert lay["order"][0][0] == 2, "sorted by previous_token, head 2 leads layer 0"
+    cell = lay["cell"] / 16  # 16 tokens -> 16 × 16 pooled thumbnail
+
+    def at(row, col):
+        return pixel(
+            page, "#pane-a canvas.grid", lay["left"] + (col + 0.5) * cell, lay["top"] + (row + 0.5) * cell
+        )
+
+    for r in (4, 9, 13):
+        on, off = at(r, r - 1), at(r, r + 2)
+        assert on[0] < 120 and off[0] > 200, (
+            r,
+            on,
+            off,
+        )  # dark blue on the sub-diagonal, near white elsewhere
+    page.locator("#pane-a canvas.grid").click(
+        position={"x": lay["left"] + lay["cell"] / 2, "y": lay["top"] + lay["cell"] / 2}
+    )
+    page.wait_for_function("!location.search.includes('view=model')")  # the head view is the default
+    assert page.locator("#tabs button[aria-selected=true]").inner_text() == "Head view"
+    assert "layer=0" not in page.url and "head=2" in page.url  # layer 0 is the default
+
+
+def test_zoom_fetches_exact_tiles(stack, page):
+    text = random_text(1400, torch.Generator().manual_seed(1))
+    open_view(
+        page,
+        stack,
+        f"model=tiny&text={text}&view=model&layer=1&head=3",
+        "document.querySelector('#pane-a .region') && document.querySelector('#pane-a .region').textContent.includes('pooled')",
+    )
+    heat = page.locator("#pane-a canvas.heatmap")
+    box = heat.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6)
+    for _ in range(2):  # 1402 -> 701 -> 351 queries and keys: small enough for an exact tile
+        page.mouse.wheel(0, -100)
+        page.wait_for_timeout(100)
+    page.wait_for_function(
+        "document.querySelector('#pane-a .region').textContent.includes('exact tile')", timeout=30_000
+    )
+    assert page.evaluate("window.attnscopeTimings.tileFetches") >= 1
+    region = page.locator("#pane-a .region").inner_text()
+    q0, q1 = (int(v) for v in re.search(r"queries (\d+)–(\d+)", region).groups())
+    assert q1 - q0 + 1 <= 512
+
+
+def test_url_restores_the_neuron_view(stack, page):
+    open_view(
+        page,
+        stack,
+        f"model=minilm&text={TEXT}&view=neuron&layer=0&head=2&query=5",
+        "document.querySelector('#pane-a .note') && document.querySelector('#pane-a .note').textContent.includes('query 5')",
+    )
+    assert "“nurse”, layer 0, head 2" in page.locator("#pane-a .note").inner_text()
+    assert page.locator("#pane-a .token.pinned").inner_text() == "nurse"
+    assert page.locator("#tabs button[aria-selected=true]").inner_text() == "Neuron view"
+    page.locator("#pane-a .token").nth(9).hover()  # preview another query without pinning it
+    page.wait_for_function("document.querySelector('#pane-a .note').textContent.includes('query 9')")
+    assert "query=5" in page.url
+
+
+def test_errors_from_the_service_are_shown(stack, page):
+    page.goto(f"{stack}/?model=nope&text=hello")
+    page.wait_for_function("!document.getElementById('error').hidden", timeout=60_000)
+    assert "NOT_FOUND: model 'nope' is not served here" in page.locator("#error").inner_text()
+
+
+def test_theme_compare_and_export(stack, page):
+    open_view(
+        page,
+        stack,
+        f"model=minilm&text={TEXT}&view=model&theme=dark&compare=The doctor asked the nurse a question. He said he would help.",
+        "!document.getElementById('difference').hidden",
+    )
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert page.locator("#pane-b").is_visible()
+    # The difference map has coloured cells where the two inputs attend differently.
+    page.wait_for_function(
+        """() => { const c = document.getElementById('difference-canvas');
+        if (!c.width) return false; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) return true; return false; }""",
+        timeout=60_000,
+    )
+    with page.expect_download() as download:
+        page.locator("#export-json").click()
+    data = json.loads(download.value.path().read_text())
+    assert data["state"]["view"] == "model" and len(data["data"]["stats"]["entropy"]) == 72
