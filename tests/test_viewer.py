@@ -32,6 +32,7 @@ def stack():
         {
             "minilm": Extractor.from_pretrained(),
             "tiny": Extractor(build("llama", dtype=torch.float32), word_tokenizer()),
+            "bart": Extractor(build("bart", dtype=torch.float32), word_tokenizer()),
         }
     )
     server = BackgroundServer(core)
@@ -77,7 +78,15 @@ def page(browser):
 
 def open_view(page, url: str, query: str, ready: str):
     page.goto(f"{url}/?{query}")
-    page.wait_for_function(ready, timeout=60_000)
+    try:
+        page.wait_for_function(ready, timeout=60_000)
+    except playwright_api.TimeoutError as exc:
+        shown = page.evaluate(
+            "[document.getElementById('error').textContent, document.getElementById('status').textContent]"
+        )
+        raise AssertionError(
+            f"the view never became ready ({ready}); error: {shown[0]!r}, status: {shown[1]!r}"
+        ) from exc
 
 
 def pixel(page, selector: str, x: float, y: float) -> list[int]:
@@ -247,3 +256,39 @@ def test_theme_compare_and_export(stack, page):
         page.locator("#export-json").click()
     data = json.loads(download.value.path().read_text())
     assert data["state"]["view"] == "model" and len(data["data"]["stats"]["entropy"]) == 72
+
+
+def test_sentence_filter_and_svg_export(stack, page):
+    open_view(
+        page,
+        stack,
+        "model=minilm&text=The doctor asked the nurse.&pair=She said yes.&layer=0&head=2",
+        HEAD_READY,
+    )
+    geo = head_geometry(page)
+    b_start = 7  # [CLS] the doctor asked the nurse . [SEP] | she ...
+    on_b = line_midpoint(geo, b_start + 1, b_start)  # "said" -> "she": a B -> B line
+    assert pixel(page, "#pane-a canvas.lines", *on_b)[3] > 100
+    page.locator("#pane-a select.filter").select_option("AA")
+    page.wait_for_function("location.search.includes('filter=AA')")
+    page.wait_for_timeout(300)
+    assert pixel(page, "#pane-a canvas.lines", *on_b)[3] < 20, "B -> B lines hidden by the A -> A filter"
+    assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 3, 2))[3] > 200
+    with page.expect_download() as download:
+        page.locator("#export-svg").click()
+    svg = download.value.path().read_text()
+    assert svg.startswith("<svg") and svg.count("<line") > 0 and ">nurse</text>" in svg
+
+
+def test_encoder_decoder_kinds(stack, page):
+    open_view(page, stack, "model=bart&text=w1 w2 w3 w4 w5 w6", HEAD_READY)
+    kind = page.locator("#pane-a select.kind")
+    assert kind.is_visible()
+    assert [o.inner_text() for o in kind.locator("option").all()] == ["encoder", "decoder", "cross"]
+    kind.select_option("cross")
+    page.wait_for_function("location.search.includes('kind=cross')")
+    page.wait_for_timeout(300)
+    filled = page.evaluate("""() => { const c = document.querySelector('#pane-a canvas.lines');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert filled > 500, "cross-attention lines and tokens are drawn"

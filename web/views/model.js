@@ -131,7 +131,9 @@ export function mount(root, app) {
         return LOW_IS_NOTABLE.has(stat) ? 1 - t : t;
       },
     });
-    window.attnscopeTimings = { ...(window.attnscopeTimings || {}), modelDrawMs: performance.now() - t0 };
+    const t = window.attnscopeTimings || {};
+    // modelDrawMs: drawing alone; modelReadyMs: from navigation start to the first drawn grid.
+    window.attnscopeTimings = { ...t, modelDrawMs: performance.now() - t0, modelReadyMs: t.modelReadyMs ?? performance.now() };
   }
 
   function cellAt(event) {

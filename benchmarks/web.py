@@ -1,0 +1,151 @@
+"""Viewer benchmark, through the same browser as the tests (Debian's Chromium via Playwright).
+
+    python -m benchmarks.web [--repeats 5] [--out benchmarks/results]
+
+* model view: time to draw the 12 × 12 grid of pooled thumbnails for a 4,096-token input
+  (target < 1 s), measured inside the page around the drawing code (data already fetched), and,
+  once, the time from page load to the first drawn grid (model run on the CPU, fetch, draw);
+* head view hover: time from a mousemove over a query token to the redrawn canvas at 2,048 tokens
+  (target < 50 ms), measured inside the page.
+The model is a random 12-layer, 12-head Llama built from a config (no download), served by a real
+`attnscope serve` stack (gRPC server + HTTP gateway) on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import transformers as tf
+from playwright.sync_api import sync_playwright
+
+from attnscope import Extractor
+from attnscope.service import AttentionCore, Limits
+from attnscope.service.background import BackgroundServer
+from attnscope.service.gateway import Gateway
+
+from .common import RESULTS, environment, write
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny_models import word_tokenizer
+
+
+def model_12x12() -> Extractor:
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(
+        hidden_size=96,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        intermediate_size=128,
+        vocab_size=128,
+        max_position_embeddings=8192,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    return Extractor(tf.LlamaForCausalLM(config).model.eval(), word_tokenizer())
+
+
+def words(n: int) -> str:
+    return " ".join(f"w{(i * 7) % 100}" for i in range(n))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    core = AttentionCore({"llama-12x12": model_12x12()}, Limits(max_tokens=8192))
+    server = BackgroundServer(core, warm_up=False)
+    gateway = Gateway(server.address, port=0)
+    gateway.start()
+    rows = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium"),
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # Model view, 4,096 tokens: redraw the grid `repeats` times (a resize redraws from cached data).
+            page.goto(f"{gateway.url}/?view=model&text={words(4094)}")
+            page.wait_for_function(
+                "window.attnscopeTimings && window.attnscopeTimings.modelDrawMs !== undefined",
+                timeout=600_000,
+            )
+            ready = page.evaluate("window.attnscopeTimings.modelReadyMs")
+            rows.append(
+                {
+                    "measure": "model view from page load (trace on CPU, fetch, draw)",
+                    "tokens": 4096,
+                    "median_ms": ready,
+                    "max_ms": ready,
+                    "target_ms": None,
+                }
+            )
+            draws = []
+            for i in range(args.repeats):
+                page.set_viewport_size({"width": 1400 - 10 * (i % 2), "height": 1000})
+                page.wait_for_timeout(400)
+                draws.append(page.evaluate("window.attnscopeTimings.modelDrawMs"))
+            rows.append(
+                {
+                    "measure": "model view draw, 12×12 heads",
+                    "tokens": 4096,
+                    "median_ms": statistics.median(draws),
+                    "max_ms": max(draws),
+                    "target_ms": 1000,
+                }
+            )
+            # Head view hover, 2,048 tokens.
+            page.goto(f"{gateway.url}/?view=head&text={words(2046)}")
+            page.wait_for_function(
+                "window.attnscopeTimings && window.attnscopeTimings.headDrawMs !== undefined", timeout=600_000
+            )
+            canvas = page.locator("#pane-a canvas.lines").bounding_box()
+            hovers = []
+            for i in range(args.repeats * 4):
+                page.mouse.move(canvas["x"] + 40, canvas["y"] + 18 * (2 + i % 20) + 9)
+                page.wait_for_timeout(60)
+                hovers.append(page.evaluate("window.attnscopeTimings.hoverMs"))
+            rows.append(
+                {
+                    "measure": "head view hover redraw",
+                    "tokens": 2048,
+                    "median_ms": statistics.median(hovers),
+                    "max_ms": max(hovers),
+                    "target_ms": 50,
+                }
+            )
+            browser.close()
+    finally:
+        gateway.stop()
+        server.stop()
+    for row in rows:
+        print(row)
+    md = write(
+        "web",
+        environment(),
+        rows,
+        [(k, k) for k in rows[0]],
+        args.out,
+        notes=" ".join(__doc__.split("\n\n")[2].split()),
+    )
+    print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
