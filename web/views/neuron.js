@@ -4,7 +4,7 @@
 import { signedColor } from "../colors.js";
 import { getViews, views } from "../data.js";
 
-export const ALL_KEYS_LIMIT = 4096; // beyond, keys are fetched in windows as the user pages
+export const ALL_KEYS_LIMIT = 16384; // beyond, keys come in windows of this size that the user pages through
 const ROW = 18;
 
 // ---- pure drawing ------------------------------------------------------------------------------
@@ -72,6 +72,8 @@ export function mount(root, app) {
       <label>Head <select class="head"></select></label>
       <label class="kind-label" hidden>Attention <select class="kind"></select></label>
       <label>Keys <select class="order"><option value="top">top 20 by weight</option><option value="all">all, in order</option></select></label>
+      <span class="paging" hidden><button type="button" class="earlier">◀ earlier keys</button>
+        <button type="button" class="later">later keys ▶</button></span>
       <span class="note"></span>
     </div>
     <p class="query-tokens" title="hover a token to preview, click to pin it as the query"></p>
@@ -83,18 +85,33 @@ export function mount(root, app) {
   let current = null; // { key, info, kind, tokens, keyTokens }
   let shown = null; // { rows, q, dim, cell, columns }
   let preview = -1;
+  let windowStart = null; // first key of the window for inputs longer than ALL_KEYS_LIMIT
+  let lastQuery = -1;
   const cache = new Map();
 
   $(".layer").addEventListener("change", (e) => app.update({ layer: Number(e.target.value) }));
   $(".head").addEventListener("change", (e) => app.update({ head: Number(e.target.value) }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
   $(".order").addEventListener("change", () => app.update({}));
+  const page = (direction) => {
+    const lk = current.keyTokens.length;
+    windowStart = Math.max(0, Math.min(lk - ALL_KEYS_LIMIT, (windowStart ?? 0) + direction * ALL_KEYS_LIMIT));
+    show();
+  };
+  $(".earlier").addEventListener("click", () => page(-1));
+  $(".later").addEventListener("click", () => page(1));
 
   async function fetchNeuron(layer, head, query) {
-    const key = `${current.key}/${layer}/${head}/${query}`;
+    const lk = current.keyTokens.length;
+    let keys = null;
+    if (lk > ALL_KEYS_LIMIT) {
+      // By default the window that ends at the query (all a causal query can see, if it fits).
+      if (windowStart === null) windowStart = Math.max(0, Math.min(lk - ALL_KEYS_LIMIT, query - ALL_KEYS_LIMIT + 1));
+      keys = [windowStart, windowStart + ALL_KEYS_LIMIT];
+    }
+    $(".paging").hidden = !keys;
+    const key = `${current.key}/${layer}/${head}/${query}/${keys ? keys[0] : 0}`;
     if (!cache.has(key)) {
-      const lk = current.keyTokens.length;
-      const keys = lk > ALL_KEYS_LIMIT ? [Math.max(0, query - ALL_KEYS_LIMIT + 1), query + 1] : null;
       const { tensors } = await getViews(current.info.traceId, [views.neuron(layer, head, query, keys, current.kind)]);
       const t = (n) => tensors[`neuron/0/${n}`];
       cache.set(key, { offset: keys ? keys[0] : 0, q: t("q").data, k: t("k"), qk: t("q_times_k"),
@@ -161,6 +178,8 @@ export function mount(root, app) {
     const layer = Math.min(Math.max(0, s.layer), current.info.numLayers - 1);
     const head = Math.min(Math.max(0, s.head), current.info.numHeads - 1);
     const query = preview >= 0 ? preview : Math.min(Math.max(0, s.query), current.tokens.length - 1);
+    if (query !== lastQuery) windowStart = null; // a new query starts at its own window
+    lastQuery = query;
     tokensBar(query);
     const n = await fetchNeuron(layer, head, query);
     const dim = n.q.length;
@@ -201,6 +220,7 @@ export function mount(root, app) {
       const tokens = decoderSide ? info.targetTokens : info.tokens;
       current = { key, info, kind, tokens, keyTokens: kind === "cross" ? info.tokens : tokens };
       cache.clear();
+      windowStart = null;
     }
     await app.busy(show());
   }
