@@ -292,3 +292,24 @@ def test_encoder_decoder_kinds(stack, page):
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
     assert filled > 500, "cross-attention lines and tokens are drawn"
+
+
+def test_long_input_is_virtualized_with_top_k_lines_and_a_minimap(stack, page):
+    text = random_text(
+        598, torch.Generator().manual_seed(2)
+    )  # 600 tokens: over the 256-token full-weight limit
+    open_view(page, stack, f"model=tiny&text={text}&layer=1", HEAD_READY)
+    assert "top 16 keys per head" in page.locator("#pane-a .note").inner_text()
+    assert page.evaluate("document.querySelector('#pane-a .scroller').scrollTop") == 0
+    mini = page.locator("#pane-a canvas.minimap").bounding_box()
+    page.mouse.click(mini["x"] + 5, mini["y"] + mini["height"] - 5)  # jump to the end
+    page.wait_for_timeout(400)
+    top = page.evaluate("document.querySelector('#pane-a .scroller').scrollTop")
+    assert top > 18 * 400, f"the minimap jumped to {top}px"
+    drawn = page.evaluate("""() => { const c = document.querySelector('#pane-a canvas.lines');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert drawn > 1000, "rows near the end are drawn after the jump"
+    with page.expect_download() as download:
+        page.locator("#export-png").click()
+    assert download.value.path().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
