@@ -1,8 +1,20 @@
-// The only module that knows the gateway's URLs and how tensors are encoded.
+// The only module that knows the gateway's URLs and how tensors are encoded. A standalone file
+// (exported HTML, notebooks) swaps the HTTP transport for one that answers from embedded data.
 
-const DTYPES = { FLOAT32: Float32Array, INT64: BigInt64Array, INT32: Int32Array };
+const DTYPES = { FLOAT32: Float32Array, INT64: BigInt64Array, INT32: Int32Array, FLOAT16: Uint16Array };
 
-async function call(method, body) {
+let transport = httpCall;
+
+// Route every call through `fn(method, body) -> response JSON` instead of the HTTP gateway.
+export function useTransport(fn) {
+  transport = fn;
+}
+
+function call(method, body) {
+  return transport(method, body);
+}
+
+async function httpCall(method, body) {
   let response;
   try {
     response = await fetch(`/api/${method}`, {
@@ -51,9 +63,25 @@ export function assemble(messages) {
     for (const p of pieces) at += decodeBase64(p.data, bytes, at);
     const Type = DTYPES[first.dtype || "FLOAT32"];
     if (!Type) throw new Error(`tensor ${name}: unsupported dtype ${first.dtype}`);
-    tensors[name] = { shape: (first.shape || []).map(Number), data: new Type(bytes.buffer) };
+    const raw = new Type(bytes.buffer);
+    tensors[name] = { shape: (first.shape || []).map(Number), data: first.dtype === "FLOAT16" ? halfToFloat(raw) : raw };
   }
   return { info: normalizeInfo(info), tensors };
+}
+
+// IEEE half floats (as uint16) to Float32Array: the compact encoding of exported files.
+export function halfToFloat(half) {
+  const out = new Float32Array(half.length);
+  for (let i = 0; i < half.length; i++) {
+    const h = half[i];
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >> 10) & 0x1f;
+    const frac = h & 0x3ff;
+    if (exp === 0) out[i] = sign * 2 ** -14 * (frac / 1024);
+    else if (exp === 31) out[i] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+    else out[i] = sign * 2 ** (exp - 15) * (1 + frac / 1024);
+  }
+  return out;
 }
 
 function normalizeInfo(info) {

@@ -139,7 +139,11 @@ function setupExports() {
 }
 
 async function init() {
-  loadFromUrl();
+  loadFromUrl(window.location.search, window.attnscopeEmbedded?.initialState || {});
+  if (window.attnscopeEmbedded) {
+    // A standalone file holds one input: its texts are shown, not edited.
+    for (const id of ["text", "pair", "compare", "run"]) $(id).disabled = true;
+  }
   document.documentElement.dataset.theme = state.theme;
   try {
     const models = await listModels();

@@ -21,7 +21,9 @@ export const state = { ...DEFAULTS };
 const listeners = new Set();
 let pending = false;
 
-export function loadFromUrl(search = window.location.search) {
+export function loadFromUrl(search = window.location.search, initial = {}) {
+  // `initial`: a starting state chosen at export time; the URL, when it says otherwise, wins.
+  for (const [key, value] of Object.entries(initial)) if (key in DEFAULTS) state[key] = value;
   const params = new URLSearchParams(search);
   for (const key of Object.keys(DEFAULTS)) {
     if (!params.has(key)) continue;
@@ -37,7 +39,11 @@ function saveToUrl() {
     if (value !== DEFAULTS[key]) params.set(key, String(value));
   }
   const query = params.toString();
-  window.history.replaceState(null, "", query ? `?${query}` : window.location.pathname);
+  try {
+    window.history.replaceState(null, "", query ? `?${query}` : window.location.pathname);
+  } catch {
+    // about:srcdoc (notebook iframes) has no URL to keep the state in: the picture still works.
+  }
 }
 
 export function update(patch) {
