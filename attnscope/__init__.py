@@ -11,6 +11,19 @@ Public API (a contract, see DESIGN.md):
 from attnscope.extract import Extractor, Trace
 from attnscope.kernels import HEAD_STAT_NAMES, MaskSpec, NeuronView
 from attnscope.service import Client, views
+from attnscope.web.notebook import head_view, model_view, neuron_view, show
 
-__all__ = ["HEAD_STAT_NAMES", "Client", "Extractor", "MaskSpec", "NeuronView", "Trace", "views"]
+__all__ = [
+    "HEAD_STAT_NAMES",
+    "Client",
+    "Extractor",
+    "MaskSpec",
+    "NeuronView",
+    "Trace",
+    "head_view",
+    "model_view",
+    "neuron_view",
+    "show",
+    "views",
+]
 __version__ = "0.1.0"

@@ -116,6 +116,58 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_tiles(specs: list[str]) -> list[tuple[int, int]]:
+    tiles = []
+    for spec in specs:
+        try:
+            layer, head = (int(v) for v in spec.split(":"))
+        except ValueError as exc:
+            raise ValueError(f"--tile takes LAYER:HEAD, got {spec!r}") from exc
+        tiles.append((layer, head))
+    return tiles
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from attnscope.service.exports import export_file
+
+    tiles = _parse_tiles(args.tile)
+    queries = [int(q) for q in args.neuron_queries.split(",")] if args.neuron_queries else None
+    if args.server:
+        from attnscope.service import Client
+
+        with Client(args.server, token=args.token, timeout=args.timeout) as client:
+            path = client.export(
+                args.text,
+                args.out,
+                model=args.model or "",
+                pair=args.pair or "",
+                pooled_size=args.pooled_size,
+                tiles=tiles,
+                neuron_queries=queries,
+            )
+    else:
+        from attnscope import Extractor
+        from attnscope.extract import DEFAULT_MODEL_NAME
+        from attnscope.service.core import trace_info
+        from attnscope.web.standalone import trace_fetch
+
+        ex = Extractor.from_pretrained(args.model, device=args.device)
+        trace = ex.trace(args.text, pair=args.pair)
+        info = trace_info(trace, args.model or DEFAULT_MODEL_NAME)
+        path = export_file(
+            args.out,
+            info,
+            trace_fetch(trace),
+            text=args.text,
+            pair=args.pair or "",
+            pooled_size=args.pooled_size,
+            tiles=tiles,
+            neuron_queries=queries,
+        )
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnscope", description="Exact attention views for transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +241,40 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--token", default=None, help="bearer token, if the server requires one")
     ex.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     ex.set_defaults(func=_cmd_extract)
+
+    xp = sub.add_parser(
+        "export", help="write a trace's views to .npz, .safetensors or a standalone .html viewer"
+    )
+    xp.add_argument("text", help="the input text")
+    xp.add_argument("--out", required=True, help="output file: .npz, .safetensors or .html")
+    xp.add_argument(
+        "--model",
+        default=None,
+        help="model name or local path (default: the bundled MiniLM); "
+        "with --server, a model name on that server",
+    )
+    xp.add_argument("--pair", default=None, help="optional second sentence")
+    xp.add_argument(
+        "--pooled-size", type=int, default=256, help="pooled map side in .npz/.safetensors (default 256)"
+    )
+    xp.add_argument(
+        "--tile",
+        action="append",
+        default=[],
+        metavar="LAYER:HEAD",
+        help="also store that head's exact attention (repeatable; .npz/.safetensors)",
+    )
+    xp.add_argument(
+        "--neuron-queries",
+        default=None,
+        metavar="I,J,...",
+        help="query tokens whose neuron view the .html holds (default: all)",
+    )
+    xp.add_argument("--server", default=None, metavar="HOST:PORT", help="trace on a running attnscope server")
+    xp.add_argument("--device", default=None, help="cpu, cuda, ... (without --server)")
+    xp.add_argument("--token", default=None, help="bearer token for --server")
+    xp.add_argument("--timeout", type=float, default=None, help="seconds before giving up (with --server)")
+    xp.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -118,6 +118,35 @@ class Client:
     def list_models(self, timeout: float | None = None) -> list:
         return list(self._call("ListModels", proto.ListModelsRequest(), timeout).models)
 
+    def export(
+        self,
+        text: str,
+        path,
+        model: str = "",
+        pair: str = "",
+        pooled_size: int = 256,
+        tiles=(),
+        neuron_queries=None,
+        timeout: float | None = None,
+    ):
+        """Write an .npz, .safetensors or standalone .html export of `text` traced on the server."""
+        from .exports import export_file
+
+        info = self.create_trace(text, model=model, pair=pair, timeout=timeout)
+        try:
+            return export_file(
+                path,
+                info,
+                lambda v: self.views(info.trace_id, v, timeout=timeout).tensors,
+                text=text,
+                pair=pair,
+                pooled_size=pooled_size,
+                tiles=tiles,
+                neuron_queries=neuron_queries,
+            )
+        finally:
+            self.delete_trace(info.trace_id, timeout=timeout)
+
     def close(self) -> None:
         self._channel.close()
 

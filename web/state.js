@@ -9,6 +9,7 @@ const DEFAULTS = {
   kind: "", // encoder | decoder | cross ("" = the model's default)
   layer: 0,
   head: -1, // -1 = all heads
+  heads: "", // head view: comma-separated heads shown at start ("" = all)
   query: -1, // pinned query token (-1 = none)
   filter: "all", // sentence filter for pairs: all | AA | AB | BA | BB
   sort: "", // model view: head statistic to sort and colour by

@@ -192,6 +192,7 @@ export function mount(root, app) {
   const tooltip = $(".tooltip");
   let current = null; // { key, data, info, queryTokens, keyTokens }
   let hidden = new Set();
+  let appliedHeads = false; // state.heads (a starting selection) is applied once
   let hover = null;
   let lastDrawMs = 0;
 
@@ -346,6 +347,11 @@ export function mount(root, app) {
     $(".kind").replaceChildren(...kinds.map((k) => new Option(k, k, false, k === kind)));
     $(".filter-label").hidden = info.sentenceBStart < 0 || kind === "cross";
     $(".filter").value = s.filter;
+    if (s.heads && !appliedHeads) {
+      const shown = new Set(s.heads.split(",").map(Number));
+      hidden = new Set([...Array(info.numHeads).keys()].filter((h) => !shown.has(h)));
+    }
+    appliedHeads = true;
     drawHeadSquares(info);
     if (!current || current.key !== key) {
       const decoderSide = kind !== "encoder" && info.targetTokens.length > 0;

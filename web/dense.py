@@ -1,0 +1,184 @@
+"""`DenseTrace`: the Trace interface over attention tensors a user already has (bertviz's input:
+`output_attentions` from an eager run), so the same views and files serve them.
+
+Pooled maps and head statistics follow the definitions of kernels/pooled.py and
+kernels/headstats.py (the block layout and the final averaging are the kernels' own functions);
+there are no q/k vectors, so there is no neuron view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from ..extract.trace import KINDS, _choose, _index, _span
+from ..kernels.headstats import HEAD_STAT_NAMES, reduce_head_stats
+from ..kernels.pooled import block_of, block_sizes
+
+
+def _stack(attention: Sequence[torch.Tensor], what: str) -> torch.Tensor:
+    """Per-layer [1, H, Lq, Lk] (or [H, Lq, Lk]) tensors -> [layers, H, Lq, Lk] float64."""
+    if attention is None or len(attention) == 0:
+        raise ValueError(f"{what} must be a non-empty tuple of per-layer attention tensors")
+    layers = []
+    for i, a in enumerate(attention):
+        a = torch.as_tensor(a).detach().cpu().double()
+        if a.dim() == 4:
+            if a.shape[0] != 1:
+                raise ValueError(f"{what}[{i}] has batch size {a.shape[0]}; pass one input (batch size 1)")
+            a = a[0]
+        if a.dim() != 3:
+            raise ValueError(f"{what}[{i}] must be [1, heads, queries, keys], got shape {tuple(a.shape)}")
+        layers.append(a)
+    return torch.stack(layers)
+
+
+class DenseTrace:
+    """Views of given attention probabilities, per kind: "encoder", "decoder", "cross"."""
+
+    def __init__(
+        self,
+        attention: dict[str, torch.Tensor],
+        tokens: dict[str, tuple[list[str], list[str]]],
+        sentence_b_start: int | None = None,
+    ) -> None:
+        self._p = attention  # kind -> [layers, H, Lq, Lk] float64
+        self._tokens = tokens
+        self.sentence_b_start = sentence_b_start
+        self.default_kind = next(k for k in KINDS if k in attention)
+        for kind, p in attention.items():
+            lq, lk = len(tokens[kind][0]), len(tokens[kind][1])
+            if p.shape[-2:] != (lq, lk):
+                raise ValueError(
+                    f"{kind} attention is {tuple(p.shape[-2:])} but there are {lq} × {lk} tokens"
+                )
+
+    @classmethod
+    def from_bertviz(
+        cls,
+        attention=None,
+        tokens=None,
+        sentence_b_start=None,
+        encoder_attention=None,
+        decoder_attention=None,
+        cross_attention=None,
+        encoder_tokens=None,
+        decoder_tokens=None,
+        include_layers: Iterable[int] | None = None,
+        include_heads: Iterable[int] | None = None,
+    ):
+        """bertviz's arguments: `attention` + `tokens`, or the encoder/decoder/cross variants."""
+        if attention is not None:
+            if tokens is None:
+                raise ValueError("tokens are required with attention")
+            tensors = {"encoder": _stack(attention, "attention")}
+            toks = {"encoder": (list(tokens), list(tokens))}
+        else:
+            if encoder_attention is None and decoder_attention is None:
+                raise ValueError("pass attention, or encoder_attention / decoder_attention / cross_attention")
+            tensors, toks = {}, {}
+            if encoder_attention is not None:
+                tensors["encoder"] = _stack(encoder_attention, "encoder_attention")
+                toks["encoder"] = (list(encoder_tokens), list(encoder_tokens))
+            if decoder_attention is not None:
+                tensors["decoder"] = _stack(decoder_attention, "decoder_attention")
+                toks["decoder"] = (list(decoder_tokens), list(decoder_tokens))
+            if cross_attention is not None:
+                tensors["cross"] = _stack(cross_attention, "cross_attention")
+                toks["cross"] = (list(decoder_tokens), list(encoder_tokens))
+        for kind, p in tensors.items():
+            if include_layers is not None:
+                p = p[_choose(list(include_layers), p.shape[0], "include_layers")]
+            if include_heads is not None:
+                p = p[:, _choose(list(include_heads), p.shape[1], "include_heads")]
+            tensors[kind] = p
+        return cls(tensors, toks, sentence_b_start)
+
+    # ---- the Trace interface used by views and exports ---------------------------------------
+    def _kind(self, kind: str | None) -> str:
+        kind = self.default_kind if kind is None else kind
+        if kind not in self._p:
+            raise ValueError(f"kind must be one of {self.kinds}, got {kind!r}")
+        return kind
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in KINDS if k in self._p)
+
+    @property
+    def tokens(self) -> list[str]:
+        return self.query_tokens()
+
+    def query_tokens(self, kind: str | None = None) -> list[str]:
+        return list(self._tokens[self._kind(kind)][0])
+
+    def key_tokens(self, kind: str | None = None) -> list[str]:
+        return list(self._tokens[self._kind(kind)][1])
+
+    def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
+        return tuple(self._p[self._kind(kind)].shape)  # type: ignore[return-value]
+
+    @property
+    def num_layers(self) -> int:
+        return self.shape()[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.shape()[1]
+
+    @property
+    def seq_len(self) -> int:
+        return self.shape()[2]
+
+    def attention(
+        self, layer: int, head: int, queries=None, keys=None, kind: str | None = None
+    ) -> torch.Tensor:
+        p = self._p[self._kind(kind)]
+        layer = _index(layer, p.shape[0], "layer")
+        head = _index(head, p.shape[1], "head")
+        q, k = _span(queries, p.shape[2], "queries"), _span(keys, p.shape[3], "keys")
+        return p[layer, head, q.start : q.stop, k.start : k.stop].float()
+
+    def pooled(self, size: int = 256, layers=None, heads=None, kind: str | None = None) -> torch.Tensor:
+        p = self._p[self._kind(kind)]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be an int >= 1, got {size!r}")
+        p = p[_choose(layers, p.shape[0], "layer")][:, _choose(heads, p.shape[1], "head")]
+        lq, lk = p.shape[-2:]
+        sq, sk = min(size, lq), min(size, lk)
+        by_key = torch.zeros(*p.shape[:3], sk, dtype=p.dtype).index_add_(3, block_of(lk, sk), p)
+        acc = torch.zeros(*p.shape[:2], sq, sk, dtype=p.dtype).index_add_(2, block_of(lq, sq), by_key)
+        return (acc / block_sizes(lq, sq).to(p.dtype)[:, None]).float()
+
+    def head_stats(self, kind: str | None = None) -> dict[str, torch.Tensor]:
+        p = self._p[self._kind(kind)]  # [layers, H, Lq, Lk]
+        _, _, lq, lk = p.shape
+        q = torch.arange(lq)[:, None]
+        k = torch.arange(lk)[None, :]
+        out = {name: [] for name in HEAD_STAT_NAMES}
+        for layer in p:
+            mass = layer.sum(-1)
+            lse = torch.where(mass > 0, torch.zeros_like(mass), torch.full_like(mass, float("-inf")))
+            entropy = torch.where(
+                layer > 0, -layer * layer.clamp_min(1e-300).log(), torch.zeros_like(layer)
+            ).sum(-1)
+            terms = torch.stack(
+                [
+                    (layer * (q - k == 1)).sum(-1),
+                    (layer * (q == k)).sum(-1),
+                    layer[..., 0],
+                    (layer * (q - k).abs()).sum(-1),
+                ]
+            )
+            for name, values in reduce_head_stats(lse, entropy, terms).items():
+                out[name].append(values)
+        return {name: torch.stack(v) for name, v in out.items()}
+
+    def neuron(self, *args, **kwargs):
+        raise ValueError(
+            "attention tensors hold no query/key vectors: use attnscope.neuron_view(model, tokenizer, ...)"
+        )
+
+    def layer_qk(self, *args, **kwargs):
+        return self.neuron()
