@@ -49,18 +49,20 @@ def assemble(pieces: Iterable) -> dict[str, np.ndarray]:
     for name, chunks in parts.items():
         chunks.sort(key=lambda c: c.offset)
         first = chunks[0]
-        data = b"".join(c.data for c in chunks)
-        expected = 0
-        for c in chunks:
-            if c.offset != expected:
-                raise ValueError(f"tensor {name!r}: piece at byte {c.offset}, expected {expected}")
-            expected += len(c.data)
-        if len(data) != first.total_bytes:
-            raise ValueError(f"tensor {name!r}: got {len(data)} bytes of {first.total_bytes}")
         dtype = _FROM_WIRE.get(first.dtype)
         if dtype is None:
             raise ValueError(f"tensor {name!r}: unknown dtype {first.dtype}")
-        out[name] = (
-            np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(tuple(first.shape))
-        )
+        data = bytearray(first.total_bytes)  # one writable buffer, filled in place
+        expected = 0
+        for c in chunks:
+            if c.offset != expected or expected + len(c.data) > len(data):
+                raise ValueError(
+                    f"tensor {name!r}: piece at byte {c.offset} of {len(data)}, expected {expected}"
+                )
+            data[expected : expected + len(c.data)] = c.data
+            expected += len(c.data)
+        if expected != first.total_bytes:
+            raise ValueError(f"tensor {name!r}: got {expected} bytes of {first.total_bytes}")
+        array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(tuple(first.shape))
+        out[name] = array.astype(dtype, copy=False)  # a copy only on big-endian machines
     return out

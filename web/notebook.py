@@ -29,10 +29,11 @@ def _html_object(markup: str):
 
 def _frame(document: str, height: int) -> str:
     # An iframe keeps the viewer's styles, ids and modules apart from the notebook's own page.
-    return (
+    frame = (
         f'<iframe srcdoc="{html_module.escape(document, quote=True)}" style="width:100%;height:{height}px;'
         'border:1px solid #ddd" sandbox="allow-scripts allow-downloads"></iframe>'
     )
+    return f'<div class="attnscope">{frame}</div>'
 
 
 def _emit(markup: str, html_action: str):
@@ -68,10 +69,10 @@ def show(
         if not text:
             raise ValueError("show(server=...) needs the text to trace")
         url = f"{server.rstrip('/')}/?{urlencode({'text': text, **state})}"
-        return _emit(
-            f'<iframe src="{html_module.escape(url)}" style="width:100%;height:{height}px;border:0"></iframe>',
-            html_action,
+        frame = (
+            f'<iframe src="{html_module.escape(url)}" style="width:100%;height:{height}px;border:0"></iframe>'
         )
+        return _emit(f'<div class="attnscope">{frame}</div>', html_action)
     if trace is None:
         raise ValueError("pass a Trace, or text= and server=")
     document = trace_standalone(
