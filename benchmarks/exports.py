@@ -24,7 +24,26 @@ from attnscope.extract import default_model_path
 
 from .common import RESULTS, environment, write
 
-WORDS = ["the", "doctor", "asked", "the", "nurse", "a", "question", "about", "the", "patient", "and", "she", "said", "she", "would", "help", "him", "soon"]
+WORDS = [
+    "the",
+    "doctor",
+    "asked",
+    "the",
+    "nurse",
+    "a",
+    "question",
+    "about",
+    "the",
+    "patient",
+    "and",
+    "she",
+    "said",
+    "she",
+    "would",
+    "help",
+    "him",
+    "soon",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
