@@ -168,6 +168,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    # The benchmarks live beside the package in a checkout (benchmarks/ is not installed).
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "e2e.py").is_file():
+        raise FileNotFoundError(
+            "attnscope bench runs from a source checkout (benchmarks/ is not part of the wheel)"
+        )
+    sys.path.insert(0, str(root))
+    from benchmarks.e2e import main as bench_main
+
+    return bench_main([a for a in args.bench_args if a != "--"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnscope", description="Exact attention views for transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,10 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--token", default=None, help="bearer token for --server")
     xp.add_argument("--timeout", type=float, default=None, help="seconds before giving up (with --server)")
     xp.set_defaults(func=_cmd_export)
+
+    bn = sub.add_parser(
+        "bench",
+        help="the end-to-end benchmark (python -m benchmarks); --quick for a smoke run",
+        add_help=False,
+    )
+    bn.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")
+    bn.set_defaults(func=_cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to python -m benchmarks, --help included
+        argv = ["bench", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
     import grpc
 

@@ -80,7 +80,8 @@ def write(
     lines.append("| " + " | ".join(h for _, h in columns) + " |")
     lines.append("|" + "---|" * len(columns))
     for row in rows:
-        cells = [f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k, _ in columns]
+        values = [row.get(k, "") for k, _ in columns]  # a run that failed has no figures for some columns
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     md = out_dir / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ CPU under ``TRITON_INTERPRET=1``). Every function here takes Q [Hq, Lq, D], K [H
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -38,38 +39,71 @@ def _triton(q: torch.Tensor) -> bool:
     return q.dtype != torch.float64 and backend_name(q.device) == "triton"
 
 
+_broken: str | None = None  # why the Triton path failed to compile here, once it has
+
+
+def _run(q: torch.Tensor, triton_fn, torch_fn):
+    """Triton where it applies; if a kernel does not compile on this machine (a Triton or driver
+    version it was not built for), warn once and use the torch backend from then on, unless
+    ATTNSCOPE_BACKEND=triton asked for Triton explicitly."""
+    global _broken
+    if _broken is None and _triton(q):
+        from triton.compiler.errors import CompilationError
+
+        try:
+            return triton_fn()
+        except CompilationError as exc:
+            if os.environ.get("ATTNSCOPE_BACKEND", "").strip().lower() == "triton":
+                raise
+            _broken = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            warnings.warn(
+                f"attnscope's Triton kernels failed to compile ({_broken}); using the torch backend",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return torch_fn()
+
+
 def row_stats(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    return (rowstats.row_stats_triton if _triton(q) else rowstats.row_stats_torch)(q, k, spec)
-
-
-def probs_tile(q, k, spec: MaskSpec, lse, head: int, queries: range, keys: range) -> torch.Tensor:
-    return (tiles.probs_tile_triton if _triton(q) else tiles.probs_tile_torch)(
-        q, k, spec, lse, head, queries, keys
+    return _run(
+        q, lambda: rowstats.row_stats_triton(q, k, spec), lambda: rowstats.row_stats_torch(q, k, spec)
     )
 
 
+def probs_tile(q, k, spec: MaskSpec, lse, head: int, queries: range, keys: range) -> torch.Tensor:
+    args = (q, k, spec, lse, head, queries, keys)
+    return _run(q, lambda: tiles.probs_tile_triton(*args), lambda: tiles.probs_tile_torch(*args))
+
+
 def pooled_map(q, k, spec: MaskSpec, lse, size_q: int, size_k: int) -> torch.Tensor:
-    if _triton(q):
-        return pooled.digest_triton(q, k, spec, lse, pooled_size=(size_q, size_k))["pooled"]
-    return pooled.pooled_torch(q, k, spec, lse, size_q, size_k)
+    return _run(
+        q,
+        lambda: pooled.digest_triton(q, k, spec, lse, pooled_size=(size_q, size_k))["pooled"],
+        lambda: pooled.pooled_torch(q, k, spec, lse, size_q, size_k),
+    )
 
 
 def received(q, k, spec: MaskSpec, lse) -> torch.Tensor:
-    if _triton(q):
-        return pooled.digest_triton(q, k, spec, lse, received=True)["received"]
-    return pooled.received_torch(q, k, spec, lse)
+    return _run(
+        q,
+        lambda: pooled.digest_triton(q, k, spec, lse, received=True)["received"],
+        lambda: pooled.received_torch(q, k, spec, lse),
+    )
 
 
 def head_stats(q, k, spec: MaskSpec, lse, entropy) -> dict[str, torch.Tensor]:
-    if _triton(q):
+    def on_triton():
         terms = pooled.digest_triton(q, k, spec, lse, terms=True)["terms"]
         return headstats.reduce_head_stats(lse, entropy, terms)
-    return headstats.head_stats_torch(q, k, spec, lse, entropy)
+
+    return _run(q, on_triton, lambda: headstats.head_stats_torch(q, k, spec, lse, entropy))
 
 
 def top_k(q, k, spec: MaskSpec, lse, head: int, count: int, queries: range):
-    return (topk.topk_triton if _triton(q) else topk.topk_torch)(q, k, spec, lse, head, count, queries)
+    args = (q, k, spec, lse, head, count, queries)
+    return _run(q, lambda: topk.topk_triton(*args), lambda: topk.topk_torch(*args))
 
 
 def neuron_view(q, k, spec: MaskSpec, lse, head: int, query: int, keys: range) -> neuron.NeuronView:
-    return (neuron.neuron_triton if _triton(q) else neuron.neuron_torch)(q, k, spec, lse, head, query, keys)
+    args = (q, k, spec, lse, head, query, keys)
+    return _run(q, lambda: neuron.neuron_triton(*args), lambda: neuron.neuron_torch(*args))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from .. import proto
-from .server import MAX_MESSAGE_BYTES
+from .stubs import channel, stubs
 from .tensors import assemble
 
 
@@ -43,26 +42,11 @@ class Client:
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._calls = {}
-        for name, method in proto.SERVICE.methods_by_name.items():
-            request_cls = getattr(proto, method.input_type.name)
-            response_cls = getattr(proto, method.output_type.name)
-            make = self._channel.unary_stream if method.server_streaming else self._channel.unary_unary
-            self._calls[name] = make(
-                proto.method_path(name),
-                request_serializer=request_cls.SerializeToString,
-                response_deserializer=response_cls.FromString,
-            )
+        self._channel = channel(address)
+        self._stubs = stubs(self._channel)
 
     def _call(self, name: str, request, timeout: float | None):
-        return self._calls[name](
+        return self._stubs[name].call(
             request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata
         )
 

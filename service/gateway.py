@@ -21,8 +21,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from .. import proto
-from .server import MAX_MESSAGE_BYTES
+from .stubs import channel, stubs
 
 log = logging.getLogger("attnscope.gateway")
 
@@ -48,21 +47,8 @@ class Gateway:
 
     def __init__(self, grpc_address: str, host: str = "127.0.0.1", port: int = 8000) -> None:
         self.grpc_address = grpc_address
-        channel = grpc.insecure_channel(
-            grpc_address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        )
-        self._methods = {}
-        for name, method in proto.SERVICE.methods_by_name.items():
-            request_cls = getattr(proto, method.input_type.name)
-            response_cls = getattr(proto, method.output_type.name)
-            make = channel.unary_stream if method.server_streaming else channel.unary_unary
-            call = make(
-                proto.method_path(name),
-                request_serializer=request_cls.SerializeToString,
-                response_deserializer=response_cls.FromString,
-            )
-            self._methods[name] = (request_cls, call, method.server_streaming)
-        self._channel = channel
+        self._channel = channel(grpc_address)
+        self._methods = stubs(self._channel)
         self._http = ThreadingHTTPServer((host, port), self._handler_class())
         self._http.daemon_threads = True
         self.port = self._http.server_address[1]
@@ -83,7 +69,8 @@ class Gateway:
             return _error(
                 HTTPStatus.NOT_FOUND, "NOT_FOUND", f"no method {method!r}; one of {sorted(self._methods)}"
             )
-        request_cls, call, streaming = self._methods[method]
+        stub = self._methods[method]
+        request_cls, call, streaming = stub.request_type, stub.call, stub.streaming
         try:
             request = json_format.Parse(body or b"{}", request_cls())
         except json_format.ParseError as exc:

@@ -19,12 +19,10 @@ import grpc
 from .. import proto
 from .core import AttentionCore
 from .errors import ResourceExhausted, status_of
+from .stubs import MAX_MESSAGE_BYTES
 from .tensors import tensor_pieces
 
 log = logging.getLogger("attnscope.service")
-
-#: Requests are small (text and view lists); responses are streamed in pieces of <= 1 MiB.
-MAX_MESSAGE_BYTES = 8 * 2**20
 
 
 def _deadline(context) -> float | None:

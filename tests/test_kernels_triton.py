@@ -112,3 +112,27 @@ def test_fully_masked_rows_are_zero(rng):
     assert not tile.isnan().any() and (tile[:5] == 0).all()
     terms = pooled.digest_triton(q, k, spec, lse, pooled_size=(4, 4), received=True, terms=True, **BLOCKS)
     assert not any(t.isnan().any() for t in terms.values())
+
+
+def test_a_kernel_that_does_not_compile_falls_back_to_torch(monkeypatch, rng):
+    import ast
+
+    from triton.compiler.errors import CompilationError
+
+    from attnscope.kernels import backend
+
+    def broken(*args, **kwargs):
+        raise CompilationError("kernel source", ast.parse("x = 1").body[0], "unsupported on this GPU")
+
+    q, k, spec, _, _ = random_case(rng, MASKS["causal"], torch.float32)
+    monkeypatch.setattr(backend, "backend_name", lambda device: "triton")  # as on a CUDA machine
+    monkeypatch.setattr(rowstats, "row_stats_triton", broken)
+    monkeypatch.setattr(backend, "_broken", None)
+    with pytest.warns(RuntimeWarning, match="failed to compile"):
+        lse, _ = backend.row_stats(q, k, spec)
+    assert_close(lse, rowstats.row_stats_torch(q, k, spec)[0], 1e-6, "fallback lse")
+    assert backend._broken and "unsupported on this GPU" in backend._broken
+    monkeypatch.setattr(backend, "_broken", None)
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")  # asked for explicitly: the error surfaces
+    with pytest.raises(CompilationError):
+        backend.row_stats(q, k, spec)
