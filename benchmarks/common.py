@@ -55,6 +55,7 @@ def median_seconds(fn: Callable[[], object], warmup: int = 2, repeats: int = 7) 
     times = []
     for _ in range(repeats):
         if torch.cuda.is_available():
+            torch.cuda.synchronize()
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()

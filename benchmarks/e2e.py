@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from .common import RESULTS, environment, write
+from .common import RESULTS, environment, median_seconds, write
 
 CUDA = torch.cuda.is_available()
 
@@ -92,25 +90,6 @@ def _status(field: str) -> int:
     return 0
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if CUDA:
-            torch.cuda.synchronize()
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run_one(spec: dict) -> dict:
     """One measurement (runs in a child process): spec = {model, method, length, repeats, dtype}."""
     device = "cuda" if CUDA else "cpu"
@@ -160,7 +139,7 @@ def run_one(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     base_host = _host_peak_reset()
     try:
-        seconds = _timed(work, spec["repeats"])
+        seconds = median_seconds(work, warmup=1, repeats=spec["repeats"])
     except torch.cuda.OutOfMemoryError:
         return {**spec, "status": "out of memory"}
     result = {
