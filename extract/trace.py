@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels import HEAD_STAT_NAMES, MaskSpec, NeuronView, backend
+from ..kernels.headstats import reduce_head_stats
 
 KINDS = ("encoder", "decoder", "cross")
 
@@ -92,6 +93,8 @@ class Trace:
         self.default_kind = next(k for k in KINDS if k in layers)
         self._row_stats: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._head_stats: dict[str, dict[str, torch.Tensor]] = {}
+        # Head-statistic row terms [4, Hq, Lq] left by a pooled pass, until head_stats() uses them.
+        self._row_terms: dict[tuple[str, int], torch.Tensor] = {}
 
     # ---- shape facts -------------------------------------------------------------------------
     @property
@@ -178,7 +181,12 @@ class Trace:
             lqk = self.layer_qk(layer, kind)
             lse, _ = self.row_stats(layer, kind)
             sq, sk = min(size, lqk.q.shape[1]), min(size, lqk.k.shape[1])
-            maps.append(backend.pooled_map(lqk.q, lqk.k, lqk.spec, lse, sq, sk)[chosen_heads].cpu())
+            # The pass over P that pools also yields the head statistics' row terms: keep them.
+            want_terms = (kind, layer) not in self._row_terms
+            got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, pooled_size=(sq, sk), terms=want_terms)
+            if want_terms:
+                self._row_terms[(kind, layer)] = got["terms"]
+            maps.append(got["pooled"][chosen_heads].cpu())
         return torch.stack(maps)
 
     def received(
@@ -236,7 +244,10 @@ class Trace:
             per_layer = []
             for layer, lqk in enumerate(self._layers[kind]):
                 lse, ent = self.row_stats(layer, kind)
-                per_layer.append(backend.head_stats(lqk.q, lqk.k, lqk.spec, lse, ent))
+                terms = self._row_terms.pop((kind, layer), None)
+                if terms is None:
+                    terms = backend.digest(lqk.q, lqk.k, lqk.spec, lse, terms=True)["terms"]
+                per_layer.append(reduce_head_stats(lse, ent, terms))
             self._head_stats[kind] = {
                 name: torch.stack([s[name] for s in per_layer]).cpu() for name in HEAD_STAT_NAMES
             }

@@ -75,28 +75,30 @@ def probs_tile(q, k, spec: MaskSpec, lse, head: int, queries: range, keys: range
     return _run(q, lambda: tiles.probs_tile_triton(*args), lambda: tiles.probs_tile_torch(*args))
 
 
+def digest(
+    q,
+    k,
+    spec: MaskSpec,
+    lse,
+    pooled_size: tuple[int, int] | None = None,
+    received: bool = False,
+    terms: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One pass over P for any of "pooled", "received" and head-statistic "terms" (kernels/pooled.py)."""
+    args = (q, k, spec, lse, pooled_size, received, terms)
+    return _run(q, lambda: pooled.digest_triton(*args), lambda: pooled.digest_torch(*args))
+
+
 def pooled_map(q, k, spec: MaskSpec, lse, size_q: int, size_k: int) -> torch.Tensor:
-    return _run(
-        q,
-        lambda: pooled.digest_triton(q, k, spec, lse, pooled_size=(size_q, size_k))["pooled"],
-        lambda: pooled.pooled_torch(q, k, spec, lse, size_q, size_k),
-    )
+    return digest(q, k, spec, lse, pooled_size=(size_q, size_k))["pooled"]
 
 
 def received(q, k, spec: MaskSpec, lse) -> torch.Tensor:
-    return _run(
-        q,
-        lambda: pooled.digest_triton(q, k, spec, lse, received=True)["received"],
-        lambda: pooled.received_torch(q, k, spec, lse),
-    )
+    return digest(q, k, spec, lse, received=True)["received"]
 
 
 def head_stats(q, k, spec: MaskSpec, lse, entropy) -> dict[str, torch.Tensor]:
-    def on_triton():
-        terms = pooled.digest_triton(q, k, spec, lse, terms=True)["terms"]
-        return headstats.reduce_head_stats(lse, entropy, terms)
-
-    return _run(q, on_triton, lambda: headstats.head_stats_torch(q, k, spec, lse, entropy))
+    return headstats.reduce_head_stats(lse, entropy, digest(q, k, spec, lse, terms=True)["terms"])
 
 
 def top_k(q, k, spec: MaskSpec, lse, head: int, count: int, queries: range):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 
 from .masking import MaskSpec
-from .scores import masked_logits, probs_from_logits, query_chunks
 
 HEAD_STAT_NAMES = ("entropy", "previous_token", "self", "first_token", "mean_distance")
 ROW_TERMS = ("previous_token", "self", "first_token", "mean_distance")
@@ -36,25 +35,29 @@ def _diagonal(p: torch.Tensor, q0: int, k0: int, offset: int) -> torch.Tensor:
     return torch.where(valid[None, :], vals, torch.zeros_like(vals))
 
 
+def chunk_terms(p: torch.Tensor, q0: int, k0: int) -> torch.Tensor:
+    """Row terms [4, H, c] (ROW_TERMS order) of a probability chunk p [H, c, n] at (q0, k0)."""
+    h, c, n = p.shape
+    terms = torch.zeros(4, h, c, dtype=p.dtype, device=p.device)
+    if n == 0:
+        return terms
+    terms[0] = _diagonal(p, q0, k0, 1)
+    terms[1] = _diagonal(p, q0, k0, 0)
+    if k0 == 0:
+        terms[2] = p[:, :, 0]
+    dist = (
+        torch.arange(q0, q0 + c, device=p.device)[:, None]
+        - torch.arange(k0, k0 + n, device=p.device)[None, :]
+    )
+    terms[3] = (p * dist.abs().to(p.dtype)).sum(-1)
+    return terms
+
+
 def row_terms_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor) -> torch.Tensor:
     """Per-row terms [4, Hq, Lq] (ROW_TERMS order) in the compute dtype, on q's device."""
-    hq, lq, _ = q.shape
-    group = hq // k.shape[0]
-    heads = torch.arange(hq, device=q.device)
-    terms = torch.zeros(4, hq, lq, dtype=lse.dtype, device=q.device)
-    for q0, q1, k0, k1 in query_chunks(q, k, spec):
-        if k1 == k0:
-            continue
-        p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
-        terms[0, :, q0:q1] = _diagonal(p, q0, k0, 1)
-        terms[1, :, q0:q1] = _diagonal(p, q0, k0, 0)
-        if k0 == 0:
-            terms[2, :, q0:q1] = p[:, :, 0]
-        dist = (
-            torch.arange(q0, q1, device=q.device)[:, None] - torch.arange(k0, k1, device=q.device)[None, :]
-        ).abs()
-        terms[3, :, q0:q1] = (p * dist.to(p.dtype)).sum(-1)
-    return terms
+    from .pooled import digest_torch
+
+    return digest_torch(q, k, spec, lse, terms=True)["terms"]
 
 
 def reduce_head_stats(

@@ -51,35 +51,62 @@ def block_sizes(length: int, size: int) -> torch.Tensor:
     return edges[1:] - edges[:-1]
 
 
-def pooled_torch(
-    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, size_q: int, size_k: int
-) -> torch.Tensor:
-    """Pooled map [Hq, size_q, size_k], float32 on q's device."""
+def digest_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    spec: MaskSpec,
+    lse: torch.Tensor,
+    pooled_size: tuple[int, int] | None = None,
+    received: bool = False,
+    terms: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Torch twin of `digest_triton`: one pass over P for "pooled" [Hq, sq, sk] (float32),
+    "received" [Hq, Lk] (float32) and "terms" [4, Hq, Lq] (headstats.ROW_TERMS, compute dtype)."""
+    from .headstats import chunk_terms
+
     hq, lq, _ = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
     heads = torch.arange(hq, device=q.device)
-    qb, kb = block_of(lq, size_q, q.device), block_of(lk, size_k, q.device)
-    acc = torch.zeros(hq, size_q, size_k, dtype=torch.float64, device=q.device)
+    out: dict[str, torch.Tensor] = {}
+    if pooled_size is not None:
+        sq, sk = pooled_size
+        qb, kb = block_of(lq, sq, q.device), block_of(lk, sk, q.device)
+        acc = torch.zeros(hq, sq, sk, dtype=torch.float64, device=q.device)
+    if received:
+        rec = torch.zeros(hq, lk, dtype=torch.float64, device=q.device)
+    if terms:
+        out["terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=q.device)
     for q0, q1, k0, k1 in query_chunks(q, k, spec):
+        if k1 == k0:
+            continue
         p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
-        by_key = torch.zeros(hq, q1 - q0, size_k, dtype=p.dtype, device=q.device)
-        by_key.index_add_(2, kb[k0:k1], p)
-        acc.index_add_(1, qb[q0:q1], by_key.to(acc.dtype))
-    rows = block_sizes(lq, size_q).to(device=q.device, dtype=acc.dtype)
-    return (acc / rows[None, :, None]).to(torch.float32)
+        if pooled_size is not None:
+            by_key = torch.zeros(hq, q1 - q0, sk, dtype=p.dtype, device=q.device)
+            by_key.index_add_(2, kb[k0:k1], p)
+            acc.index_add_(1, qb[q0:q1], by_key.to(acc.dtype))
+        if received:
+            rec[:, k0:k1] += p.sum(1)
+        if terms:
+            out["terms"][:, :, q0:q1] = chunk_terms(p, q0, k0)
+    if pooled_size is not None:
+        rows = block_sizes(lq, sq).to(device=q.device, dtype=acc.dtype)
+        out["pooled"] = (acc / rows[None, :, None]).to(torch.float32)
+    if received:
+        out["received"] = rec.to(torch.float32)
+    return out
+
+
+def pooled_torch(
+    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, size_q: int, size_k: int
+) -> torch.Tensor:
+    """Pooled map [Hq, size_q, size_k], float32 on q's device."""
+    return digest_torch(q, k, spec, lse, pooled_size=(size_q, size_k))["pooled"]
 
 
 def received_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor) -> torch.Tensor:
     """Column sums [Hq, Lk] of P, float32 on q's device."""
-    hq = q.shape[0]
-    group = hq // k.shape[0]
-    heads = torch.arange(hq, device=q.device)
-    acc = torch.zeros(hq, k.shape[1], dtype=torch.float64, device=q.device)
-    for q0, q1, k0, k1 in query_chunks(q, k, spec):
-        p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
-        acc[:, k0:k1] += p.sum(1)
-    return acc.to(torch.float32)
+    return digest_torch(q, k, spec, lse, received=True)["received"]
 
 
 if HAS_TRITON:

@@ -19,7 +19,7 @@ from attnscope.kernels import (
 from reference import MASKS, assert_close, dense_entropy, dense_head_stats, dense_pooled, random_case
 
 # float64 inputs: views come back as float32, so the floor is float32 rounding of values <= 1.
-TOL = {torch.float32: 2e-6, torch.float64: 1e-7}
+TOL = {torch.float32: 5e-6, torch.float64: 1e-7}  # float32: exp(s - lse) carries |s|·eps
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
