@@ -49,7 +49,14 @@ class Gateway:
         self.grpc_address = grpc_address
         self._channel = channel(grpc_address)
         self._methods = stubs(self._channel)
-        self._http = ThreadingHTTPServer((host, port), self._handler_class())
+        try:
+            self._http = ThreadingHTTPServer((host, port), self._handler_class())
+        except OSError as exc:
+            self._channel.close()
+            raise OSError(
+                f"could not listen on {host}:{port} for the viewer ({exc.strerror}); "
+                "pick another with --http-port, 0 = any free port"
+            ) from exc
         self._http.daemon_threads = True
         self.port = self._http.server_address[1]
         self.url = f"http://{host}:{self.port}"

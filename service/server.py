@@ -206,9 +206,14 @@ class Server:
             ],
             self._grpc,
         )
-        self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio reports a failed bind this way
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {host}:{port}")
+            raise OSError(
+                f"could not listen on {host}:{port} for gRPC (in use?); pick another with --grpc-port, 0 = any free port"
+            )
         self.address = f"{host}:{self.port}"
 
     async def _set_health(self, serving: bool) -> None:

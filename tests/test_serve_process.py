@@ -180,3 +180,33 @@ def test_sigterm_lets_the_call_in_flight_finish(model_dir):
     assert (result["topk/7/probs"][:, 0] > 0).all()
     assert time.monotonic() - started > 0.5
     assert any("stopped" in line for line in lines)
+
+
+def test_a_taken_port_is_reported_in_words(model_dir):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "attnscope.cli",
+                "serve",
+                "--model",
+                str(model_dir),
+                "--grpc-port",
+                "0",
+                "--http-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2
+    assert (
+        f"could not listen on 127.0.0.1:{port} for the viewer" in proc.stderr and "--http-port" in proc.stderr
+    )
