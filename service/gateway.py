@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mimetypes
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +35,8 @@ _HTTP_STATUS = {
     grpc.StatusCode.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
 }
 MAX_BODY_BYTES = 1 << 20
+#: What the viewer's folder serves: its pages, modules and styles (not the package's Python files).
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 
 
 def web_root() -> Path:
@@ -137,13 +138,11 @@ class Gateway:
                 root = web_root().resolve()
                 rel = self.path.split("?", 1)[0].split("#", 1)[0].lstrip("/") or "index.html"
                 target = (root / rel).resolve()
-                if (root not in target.parents and target != root) or not target.is_file():
+                inside = root in target.parents
+                if not inside or target.suffix not in STATIC_TYPES or not target.is_file():
                     self._send(*_error(HTTPStatus.NOT_FOUND, "NOT_FOUND", f"no file {rel!r}"))
                     return
-                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-                if target.suffix == ".js":
-                    kind = "text/javascript"
-                self._send(HTTPStatus.OK, target.read_bytes(), kind)
+                self._send(HTTPStatus.OK, target.read_bytes(), STATIC_TYPES[target.suffix])
 
         return Handler
 

@@ -102,6 +102,10 @@ def test_gateway_serves_the_page_and_the_service(served):
         assert reply.status == 200 and b"<title>attnscope</title>" in reply.read()
     with urllib.request.urlopen(f"{url}/main.js", timeout=30) as reply:
         assert reply.headers["Content-Type"].startswith("text/javascript")
+    for private in ("standalone.py", "../service/server.py", "%2e%2e/pyproject.toml"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}/{private}", timeout=30)
+        assert err.value.code == 404, private
     status, models = post(url, "ListModels", {})
     assert status == 200 and models["models"][0]["name"] == model
     status, messages = post(url, "Extract", {"text": "w1 w2 w3", "views": [{"headStats": {}}]})
