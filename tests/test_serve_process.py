@@ -160,7 +160,8 @@ def test_cli_extract_writes_npz(served, tmp_path):
 def test_sigterm_lets_the_call_in_flight_finish(model_dir):
     proc, address, _, lines = start_serve(model_dir, "--grace", "60")
     text = random_text(2500, torch.Generator().manual_seed(0))
-    requested = [views.topk(layer, head, 64) for layer in range(2) for head in range(4)]
+    # About 2 s of work on the 2-core machines: long enough to be in flight when SIGTERM arrives.
+    requested = [views.topk(layer, head, 64) for _ in range(2) for layer in range(2) for head in range(4)]
     outcome: dict = {}
 
     def call():
