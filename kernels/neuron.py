@@ -56,33 +56,15 @@ def neuron_torch(
 
 
 if HAS_TRITON:
-
+    # fmt: off
     @triton.jit
     def _neuron_kernel(
-        Q,
-        K,
-        KV_VALID,
-        LSE2,
-        PROD,
-        SCORES,
-        PROBS,
-        sq_d,
-        sk_l,
-        sk_d,
-        query,
-        k_begin,
-        nk,
-        D,
-        scale,
-        softcap,
+        Q, K, KV_VALID, LSE2, PROD, SCORES, PROBS, sq_d, sk_l, sk_d, query, k_begin, nk, D, scale, softcap,
         window,
-        CAUSAL: tl.constexpr,
-        HAS_WINDOW: tl.constexpr,
-        HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
+    # fmt: on
         # One program: BLOCK_N keys of the single query row; q·k as an explicit product, then a sum.
         cols = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         offs_n = k_begin + cols

@@ -110,45 +110,17 @@ def received_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.
 
 
 if HAS_TRITON:
-
+    # fmt: off
     @triton.jit
     def _digest_kernel(
-        Q,
-        K,
-        KV_VALID,
-        LSE2,
-        POOL,
-        REC,
-        TERMS,
-        sq_h,
-        sq_l,
-        sq_d,
-        sk_h,
-        sk_l,
-        sk_d,
-        Lq,
-        Lk,
-        D,
-        group,
-        SQ,
-        SK,
-        scale,
-        softcap,
-        window,
-        CAUSAL: tl.constexpr,
-        HAS_WINDOW: tl.constexpr,
-        HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr,
-        IEEE: tl.constexpr,
-        DO_POOL: tl.constexpr,
-        DO_REC: tl.constexpr,
-        DO_TERMS: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_SQ: tl.constexpr,
-        BLOCK_SK: tl.constexpr,
+        Q, K, KV_VALID, LSE2, POOL, REC, TERMS, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, Lq, Lk, D, group, SQ,
+        SK, scale, softcap, window,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, DO_POOL: tl.constexpr, DO_REC: tl.constexpr,
+        DO_TERMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr,
     ):
+    # fmt: on
         pid_m = tl.program_id(0)
         h = tl.program_id(1).to(tl.int64)
         nh = tl.num_programs(1).to(tl.int64)
@@ -177,24 +149,10 @@ if HAS_TRITON:
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             key_in = offs_n < Lk
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
-            t = tile_logits2(
-                q,
-                k_ptrs,
-                offs_m,
-                offs_n,
-                offs_d,
-                Lk,
-                D,
-                KV_VALID,
-                scale,
-                softcap,
-                window,
-                CAUSAL,
-                HAS_WINDOW,
-                HAS_SOFTCAP,
-                HAS_PADDING,
-                IEEE,
-            )
+            # fmt: off
+            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
+                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            # fmt: on
             p = tl.exp2(t - lse2[:, None])
             p = tl.where(row_in[:, None], p, 0.0)
             if DO_REC:

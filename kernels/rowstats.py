@@ -43,36 +43,16 @@ def row_stats_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[t
 
 
 if HAS_TRITON:
-
+    # fmt: off
     @triton.jit
     def _row_stats_kernel(
-        Q,
-        K,
-        KV_VALID,
-        LSE,
-        ENT,
-        sq_h,
-        sq_l,
-        sq_d,
-        sk_h,
-        sk_l,
-        sk_d,
-        Lq,
-        Lk,
-        D,
-        group,
-        scale,
-        softcap,
+        Q, K, KV_VALID, LSE, ENT, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, Lq, Lk, D, group, scale, softcap,
         window,
-        CAUSAL: tl.constexpr,
-        HAS_WINDOW: tl.constexpr,
-        HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr,
-        IEEE: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
+    # fmt: on
         # One program: BLOCK_M query rows of one head; online max / sum / Σ p·t over its keys.
         pid_m = tl.program_id(0)
         h = tl.program_id(1).to(tl.int64)
@@ -89,24 +69,10 @@ if HAS_TRITON:
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
-            t = tile_logits2(
-                q,
-                k_ptrs,
-                offs_m,
-                offs_n,
-                offs_d,
-                Lk,
-                D,
-                KV_VALID,
-                scale,
-                softcap,
-                window,
-                CAUSAL,
-                HAS_WINDOW,
-                HAS_SOFTCAP,
-                HAS_PADDING,
-                IEEE,
-            )
+            # fmt: off
+            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
+                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            # fmt: on
             m_new = tl.maximum(m_i, tl.max(t, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp2(m_i - m_safe)

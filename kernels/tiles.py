@@ -36,36 +36,16 @@ def probs_tile_torch(
 
 
 if HAS_TRITON:
-
+    # fmt: off
     @triton.jit
     def _probs_tile_kernel(
-        Q,
-        K,
-        KV_VALID,
-        LSE2,
-        OUT,
-        sq_l,
-        sq_d,
-        sk_l,
-        sk_d,
-        q_begin,
-        nq,
-        k_begin,
-        nk,
-        Lk,
-        D,
-        scale,
-        softcap,
+        Q, K, KV_VALID, LSE2, OUT, sq_l, sq_d, sk_l, sk_d, q_begin, nq, k_begin, nk, Lk, D, scale, softcap,
         window,
-        CAUSAL: tl.constexpr,
-        HAS_WINDOW: tl.constexpr,
-        HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr,
-        IEEE: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
+    # fmt: on
         # One program: a BLOCK_M × BLOCK_N tile of P; Q and K already point at the head's rows.
         rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -80,24 +60,10 @@ if HAS_TRITON:
         )
         k_ptrs = K + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
         key_end = tl.minimum(Lk, k_begin + nk)
-        t = tile_logits2(
-            q,
-            k_ptrs,
-            offs_m,
-            offs_n,
-            offs_d,
-            key_end,
-            D,
-            KV_VALID,
-            scale,
-            softcap,
-            window,
-            CAUSAL,
-            HAS_WINDOW,
-            HAS_SOFTCAP,
-            HAS_PADDING,
-            IEEE,
-        )
+        # fmt: off
+        t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, key_end, D, KV_VALID, scale, softcap, window,
+                         CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+        # fmt: on
         lse2 = tl.load(LSE2 + offs_m, mask=row_in, other=float("inf"))
         p = tl.exp2(t - lse2[:, None])
         tl.store(OUT + rows[:, None] * nk + cols[None, :], p, mask=row_in[:, None] & (cols < nk)[None, :])
