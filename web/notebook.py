@@ -81,87 +81,39 @@ def show(
     return _emit(_frame(document, height), html_action)
 
 
-def _dense_view(view: str, html_action: str, state: dict, **bertviz_args):
+def _dense_view(view: str, html_action: str, state: dict, prettify_tokens: bool, **bertviz_args):
     from .dense import DenseTrace
 
+    if prettify_tokens:
+        for key in ("tokens", "encoder_tokens", "decoder_tokens"):
+            bertviz_args[key] = _prettify(bertviz_args[key])
     trace = DenseTrace.from_bertviz(**bertviz_args)
     document = trace_standalone(trace, "attention", neuron_queries=[], initial_state={"view": view, **state})
     return _emit(_frame(document, 760), html_action)
 
 
-def head_view(
-    attention=None,
-    tokens=None,
-    sentence_b_start=None,
-    prettify_tokens=True,
-    layer=None,
-    heads=None,
-    encoder_attention=None,
-    decoder_attention=None,
-    cross_attention=None,
-    encoder_tokens=None,
-    decoder_tokens=None,
-    include_layers=None,
-    html_action="view",
-):
+def head_view(attention=None, tokens=None, sentence_b_start=None, prettify_tokens=True, layer=None, heads=None,
+              encoder_attention=None, decoder_attention=None, cross_attention=None, encoder_tokens=None,
+              decoder_tokens=None, include_layers=None, html_action="view"):  # fmt: skip
     """bertviz.head_view's arguments; draws attnscope's head view from the given attention tensors."""
-    if prettify_tokens:
-        tokens, encoder_tokens, decoder_tokens = (
-            _prettify(t) for t in (tokens, encoder_tokens, decoder_tokens)
-        )
     state = {"layer": layer or 0, "heads": ",".join(str(h) for h in heads) if heads else ""}
-    return _dense_view(
-        "head",
-        html_action,
-        state,
-        attention=attention,
-        tokens=tokens,
-        sentence_b_start=sentence_b_start,
-        encoder_attention=encoder_attention,
-        decoder_attention=decoder_attention,
-        cross_attention=cross_attention,
-        encoder_tokens=encoder_tokens,
-        decoder_tokens=decoder_tokens,
-        include_layers=include_layers,
-    )
+    return _dense_view("head", html_action, state, prettify_tokens, attention=attention, tokens=tokens,
+                       sentence_b_start=sentence_b_start, encoder_attention=encoder_attention,
+                       decoder_attention=decoder_attention, cross_attention=cross_attention,
+                       encoder_tokens=encoder_tokens, decoder_tokens=decoder_tokens,
+                       include_layers=include_layers)  # fmt: skip
 
 
-def model_view(
-    attention=None,
-    tokens=None,
-    sentence_b_start=None,
-    prettify_tokens=True,
-    display_mode="dark",
-    encoder_attention=None,
-    decoder_attention=None,
-    cross_attention=None,
-    encoder_tokens=None,
-    decoder_tokens=None,
-    include_layers=None,
-    include_heads=None,
-    html_action="view",
-):
+def model_view(attention=None, tokens=None, sentence_b_start=None, prettify_tokens=True, display_mode="dark",
+               encoder_attention=None, decoder_attention=None, cross_attention=None, encoder_tokens=None,
+               decoder_tokens=None, include_layers=None, include_heads=None, html_action="view"):  # fmt: skip
     """bertviz.model_view's arguments; draws attnscope's model view (sortable by head statistics)."""
-    if prettify_tokens:
-        tokens, encoder_tokens, decoder_tokens = (
-            _prettify(t) for t in (tokens, encoder_tokens, decoder_tokens)
-        )
     state = {"theme": "dark" if display_mode == "dark" else "light"}
-    return _dense_view(
-        "model",
-        html_action,
-        state,
-        attention=attention,
-        tokens=tokens,
-        sentence_b_start=sentence_b_start,
-        encoder_attention=encoder_attention,
-        decoder_attention=decoder_attention,
-        cross_attention=cross_attention,
-        encoder_tokens=encoder_tokens,
-        decoder_tokens=decoder_tokens,
-        include_layers=include_layers,
-        include_heads=include_heads,
-    )
+    return _dense_view("model", html_action, state, prettify_tokens, attention=attention, tokens=tokens,
+                       sentence_b_start=sentence_b_start, encoder_attention=encoder_attention,
+                       decoder_attention=decoder_attention, cross_attention=cross_attention,
+                       encoder_tokens=encoder_tokens, decoder_tokens=decoder_tokens,
+                       include_layers=include_layers, include_heads=include_heads)  # fmt: skip
 
 
 def neuron_view(
