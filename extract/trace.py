@@ -76,35 +76,26 @@ def _choose(values: int | Iterable[int] | None, length: int, what: str) -> list[
     return chosen
 
 
-class Trace:
-    """Captured attention of one sequence. Views return float32 CPU tensors."""
+class TokensByKind:
+    """What Trace and DenseTrace share: the kinds of attention held, their tokens, and the sizes
+    derived from `shape(kind)`. Subclasses set `_by_kind` (kind -> per-kind data), `_tokens`
+    (kind -> (query tokens, key tokens)) and `default_kind`, and define `shape`."""
 
-    def __init__(
-        self,
-        layers: dict[str, list[LayerQK]],
-        tokens: dict[str, tuple[list[str], list[str]]],
-        sentence_b_start: int | None = None,
-    ) -> None:
-        if not layers:
-            raise ValueError("a Trace needs at least one captured attention layer")
-        self._layers = layers
-        self._tokens = tokens
-        self.sentence_b_start = sentence_b_start
-        self.default_kind = next(k for k in KINDS if k in layers)
-        self._row_stats: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._head_stats: dict[str, dict[str, torch.Tensor]] = {}
-        # Head-statistic row terms [4, Hq, Lq] left by a pooled pass, until head_stats() uses them.
-        self._row_terms: dict[tuple[str, int], torch.Tensor] = {}
+    _by_kind: dict
+    _tokens: dict[str, tuple[list[str], list[str]]]
+    default_kind: str
 
-    # ---- shape facts -------------------------------------------------------------------------
+    def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
+        raise NotImplementedError
+
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The kinds of attention this trace holds, e.g. ("encoder",) or ("encoder", "decoder", "cross")."""
-        return tuple(k for k in KINDS if k in self._layers)
+        """The kinds of attention held, e.g. ("encoder",) or ("encoder", "decoder", "cross")."""
+        return tuple(k for k in KINDS if k in self._by_kind)
 
     def _kind(self, kind: str | None) -> str:
         kind = self.default_kind if kind is None else kind
-        if kind not in self._layers:
+        if kind not in self._by_kind:
             raise ValueError(f"kind must be one of {self.kinds}, got {kind!r}")
         return kind
 
@@ -121,15 +112,36 @@ class Trace:
 
     @property
     def num_layers(self) -> int:
-        return len(self._layers[self.default_kind])
+        return self.shape()[0]
 
     @property
     def num_heads(self) -> int:
-        return self._layers[self.default_kind][0].q.shape[0]
+        return self.shape()[1]
 
     @property
     def seq_len(self) -> int:
-        return self._layers[self.default_kind][0].q.shape[1]
+        return self.shape()[2]
+
+
+class Trace(TokensByKind):
+    """Captured attention of one sequence. Views return float32 CPU tensors."""
+
+    def __init__(
+        self,
+        layers: dict[str, list[LayerQK]],
+        tokens: dict[str, tuple[list[str], list[str]]],
+        sentence_b_start: int | None = None,
+    ) -> None:
+        if not layers:
+            raise ValueError("a Trace needs at least one captured attention layer")
+        self._layers = self._by_kind = layers
+        self._tokens = tokens
+        self.sentence_b_start = sentence_b_start
+        self.default_kind = next(k for k in KINDS if k in layers)
+        self._row_stats: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._head_stats: dict[str, dict[str, torch.Tensor]] = {}
+        # Head-statistic row terms [4, Hq, Lq] left by a pooled pass, until head_stats() uses them.
+        self._row_terms: dict[tuple[str, int], torch.Tensor] = {}
 
     def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
         """(layers, query heads, query length, key length) of one kind of attention."""

@@ -36,21 +36,26 @@ def model_dir(tmp_path_factory):
     return path
 
 
+def serve_command(model_dir, http_port: str, *extra) -> list[str]:
+    """`attnscope serve` on the tiny checkpoint, gRPC on any free port."""
+    return [
+        sys.executable,
+        "-m",
+        "attnscope.cli",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        http_port,
+        *extra,
+    ]
+
+
 def start_serve(model_dir, *extra):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "attnscope.cli",
-            "serve",
-            "--model",
-            str(model_dir),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            *extra,
-        ],
+        serve_command(model_dir, "0", *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -195,18 +200,7 @@ def test_a_taken_port_is_reported_in_words(model_dir):
         busy.listen()
         port = busy.getsockname()[1]
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "attnscope.cli",
-                "serve",
-                "--model",
-                str(model_dir),
-                "--grpc-port",
-                "0",
-                "--http-port",
-                str(port),
-            ],
+            serve_command(model_dir, str(port)),
             capture_output=True,
             text=True,
             timeout=120,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..extract.trace import KINDS, _choose, _index, _span
+from ..extract.trace import KINDS, TokensByKind, _choose, _index, _span
 from ..kernels.headstats import HEAD_STAT_NAMES, reduce_head_stats
 from ..kernels.pooled import block_of, block_sizes
 
@@ -34,7 +34,7 @@ def _stack(attention: Sequence[torch.Tensor], what: str) -> torch.Tensor:
     return torch.stack(layers)
 
 
-class DenseTrace:
+class DenseTrace(TokensByKind):
     """Views of given attention probabilities, per kind: "encoder", "decoder", "cross"."""
 
     def __init__(
@@ -43,7 +43,7 @@ class DenseTrace:
         tokens: dict[str, tuple[list[str], list[str]]],
         sentence_b_start: int | None = None,
     ) -> None:
-        self._p = attention  # kind -> [layers, H, Lq, Lk] float64
+        self._p = self._by_kind = attention  # kind -> [layers, H, Lq, Lk] float64
         self._tokens = tokens
         self.sentence_b_start = sentence_b_start
         self.default_kind = next(k for k in KINDS if k in attention)
@@ -96,40 +96,8 @@ class DenseTrace:
         return cls(tensors, toks, sentence_b_start)
 
     # ---- the Trace interface used by views and exports ---------------------------------------
-    def _kind(self, kind: str | None) -> str:
-        kind = self.default_kind if kind is None else kind
-        if kind not in self._p:
-            raise ValueError(f"kind must be one of {self.kinds}, got {kind!r}")
-        return kind
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(k for k in KINDS if k in self._p)
-
-    @property
-    def tokens(self) -> list[str]:
-        return self.query_tokens()
-
-    def query_tokens(self, kind: str | None = None) -> list[str]:
-        return list(self._tokens[self._kind(kind)][0])
-
-    def key_tokens(self, kind: str | None = None) -> list[str]:
-        return list(self._tokens[self._kind(kind)][1])
-
     def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
         return tuple(self._p[self._kind(kind)].shape)  # type: ignore[return-value]
-
-    @property
-    def num_layers(self) -> int:
-        return self.shape()[0]
-
-    @property
-    def num_heads(self) -> int:
-        return self.shape()[1]
-
-    @property
-    def seq_len(self) -> int:
-        return self.shape()[2]
 
     def attention(
         self, layer: int, head: int, queries=None, keys=None, kind: str | None = None
