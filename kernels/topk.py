@@ -1,12 +1,19 @@
 """Top-k keys per query row of one head, with their exact probabilities.
 
-Rows with fewer than ``k`` visible keys are padded with index -1 and probability 0. Ties keep
-the order `torch.topk` gives; probabilities are exact (normalized by the row's log-sum-exp).
+Rows with fewer than ``k`` visible keys are padded with index -1 and probability 0. Among equal
+probabilities the torch backend keeps `torch.topk`'s order and the fused kernel prefers the
+lower key index; probabilities are exact (normalized by the row's log-sum-exp).
 
-Triton path: the probability-tile kernel computes a chunk of rows over the keys they can see
-and `torch.topk` selects on the device, chunk by chunk, so memory stays at one chunk. A fused
-running-top-k kernel would save that chunk's round trip through device memory; it is not
-written yet.
+Triton path (`topk_triton`): one fused kernel keeps a running top-k per query row while it walks
+the row's visible key blocks, so nothing but ``rows × k`` leaves the chip. Each candidate is one
+int64 sort key: the probability's float32 bits (non-negative floats order like their bits) above
+``2^31 - 1 - key index`` (ties go to the lower index). A key block whose best candidate beats no
+row's current k-th best is skipped, which after the first blocks is most of them; otherwise
+running set and block are merged by k rounds of "take the maximum" (cheaper than `tl.sort`'s
+bitonic network for these widths, and far cheaper under the interpreter). ``k`` is rounded up to
+a power of two (the key block width); above `FUSED_MAX_K` the running set would spill
+registers, so the probability-tile kernel computes chunks of rows and `torch.topk` selects,
+chunk by chunk, on the device.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ import torch
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
 from .tiles import probs_tile_triton
+from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, safe_lse2, tile_logits2, tl, triton
+
+#: Largest k the fused kernel keeps in registers (rounded up to a power of two).
+FUSED_MAX_K = 128
 
 
 def topk_torch(
@@ -59,8 +70,99 @@ def topk_torch(
     return idx, val
 
 
+if HAS_TRITON:
+
+    @triton.jit
+    def _better_half(cand, BLOCK_M: tl.constexpr, KP: tl.constexpr):
+        """The KP largest keys of each row of cand [BLOCK_M, 2·KP], largest first.
+
+        KP rounds of "take the row maximum, retire it": keys are unique (they hold the key index)
+        except for the zeros of empty slots, which decode to "no key" however many are kept.
+        """
+        cols = tl.arange(0, KP)
+        top = tl.zeros([BLOCK_M, KP], tl.int64)
+        for j in range(KP):
+            best = tl.max(cand, 1)
+            top = tl.where(cols[None, :] == j, tl.maximum(best, 0)[:, None], top)
+            cand = tl.where(cand == best[:, None], -1, cand)
+        return top
+
+    # fmt: off
+    @triton.jit
+    def _topk_kernel(
+        Q, K, KV_VALID, LSE2, OUT, sq_l, sq_d, sk_l, sk_d, q_begin, nq, Lk, D, scale, softcap, window,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+    # fmt: on
+        # One program: BLOCK_M query rows of one head (Q, K already point at it); key blocks of KP.
+        rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        offs_m = q_begin + rows
+        offs_d = tl.arange(0, BLOCK_D)
+        row_in = rows < nq
+        q = tl.load(
+            Q + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
+            mask=row_in[:, None] & (offs_d < D)[None, :],
+            other=0.0,
+        )
+        lse2 = tl.load(LSE2 + offs_m, mask=row_in, other=float("inf"))
+        m_start = q_begin + tl.program_id(0) * BLOCK_M
+        lo, hi = key_bounds(m_start, tl.minimum(m_start + BLOCK_M, q_begin + nq), Lk, window, KP, CAUSAL, HAS_WINDOW)
+        best = tl.zeros([BLOCK_M, KP], tl.int64)  # probability 0: decodes to "no key"
+        for start_n in range(lo, hi, KP):
+            offs_n = (start_n + tl.arange(0, KP)).to(tl.int64)
+            k_ptrs = K + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
+            # fmt: off
+            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
+                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            # fmt: on
+            p = tl.where(row_in[:, None], tl.exp2(t - lse2[:, None]), 0.0)
+            bits = p.to(tl.int32, bitcast=True).to(tl.int64)
+            keys = (bits << 32) | (2147483647 - offs_n)[None, :]
+            kth = tl.min(best, 1)
+            if tl.max(tl.max((keys > kth[:, None]).to(tl.int32), 1), 0) > 0:
+                merged = tl.reshape(tl.join(best, keys), (BLOCK_M, 2 * KP))
+                best = _better_half(merged, BLOCK_M, KP)
+        cols = tl.arange(0, KP)
+        tl.store(OUT + rows[:, None] * KP + cols[None, :], best, mask=row_in[:, None])
+
+
 def topk_triton(
     q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, head: int, count: int, queries: range
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k over probability tiles from the Triton tile kernel (see module docstring)."""
-    return topk_torch(q, k, spec, lse, head, count, queries, tile=probs_tile_triton)
+    """Triton twin of `topk_torch` (see the module docstring)."""
+    if count > FUSED_MAX_K:
+        return topk_torch(q, k, spec, lse, head, count, queries, tile=probs_tile_triton)
+    d = q.shape[2]
+    kp = max(16, triton.next_power_of_2(count))
+    block_m = max(16, min(64, 2048 // kp))  # the merge sorts block_m × 2·kp int64 in registers
+    group = q.shape[0] // k.shape[0]
+    qh, kh = q[head], k[head // group]
+    packed = torch.empty(len(queries), kp, dtype=torch.int64, device=q.device)
+    args = mask_args(spec, q.device)
+    _topk_kernel[(triton.cdiv(len(queries), block_m),)](
+        qh,
+        kh,
+        args.pop("kv_valid"),
+        safe_lse2(lse[head]),
+        packed,
+        *qh.stride(),
+        *kh.stride(),
+        queries.start,
+        len(queries),
+        k.shape[1],
+        d,
+        args.pop("scale"),
+        args.pop("softcap"),
+        args.pop("window"),
+        **args,
+        IEEE=q.dtype == torch.float32,
+        BLOCK_M=block_m,
+        KP=kp,
+        BLOCK_D=block_d(d),
+    )
+    packed = packed[:, :count]
+    probs = (packed >> 32).to(torch.int32).view(torch.float32)
+    index = 2147483647 - (packed & 0xFFFFFFFF)
+    return torch.where(probs > 0, index, torch.full_like(index, -1)), probs.clone()

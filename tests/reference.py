@@ -152,3 +152,18 @@ def within_rule(kernel, torch_result, truth, what, floor=2e-6):
     assert k_err <= 2 * t_err + floor, (
         f"{what}: kernel error {k_err:.3g} > 2 × torch error {t_err:.3g} + {floor}"
     )
+
+
+def rounding_floor(q: torch.Tensor, k: torch.Tensor, scaling: float) -> float:
+    """Absolute float32 rounding error to allow in a probability <= 1 at these inputs' logit scale.
+
+    Every float32 rounding of a logit's dot product moves its probability by about
+    ``p·2^-24·scaling·Σ|q_i·k_i|``; kernels and the torch backend accumulate in different orders
+    (tile shapes, base 2 versus natural units), so the allowance is 4 such steps, far below the
+    worst-case bound ``d·2^-24·Σ|q_i·k_i|``. With unit-variance inputs, d = 256 and scaling up to
+    0.6 this reaches ~1e-5, where a fixed 1e-6 would fail on rounding alone.
+    """
+    group = q.shape[0] // k.shape[0]
+    kk = k.double().abs().repeat_interleave(group, dim=0)
+    magnitude = scaling * float((q.double().abs() @ kk.transpose(-1, -2)).max())
+    return max(1e-6, 4 * 2.0**-24 * magnitude)

@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from attnscope.kernels import MaskSpec, pooled, rowstats, tiles, triton_common
+from attnscope.kernels import MaskSpec, headstats, neuron, pooled, rowstats, tiles, topk, triton_common
 
-from reference import MASKS, random_case, within_rule
+from reference import MASKS, random_case, rounding_floor, within_rule
 
 pytestmark = pytest.mark.cuda
 
@@ -31,6 +31,7 @@ def test_gpu_kernels_follow_the_error_rule(d, mask, dtype, rng):
     q, k = q.cuda(), k.cuda()
     if spec.key_padding is not None:
         spec = replace(spec, key_padding=spec.key_padding.cuda())
+    floor = rounding_floor(q, k, spec.scaling)
     lse_k, _ = rowstats.row_stats_triton(q, k, spec)
     lse_t, _ = rowstats.row_stats_torch(q, k, spec)
     lse64, _ = rowstats.row_stats_torch(q.double(), k.double(), spec)
@@ -38,15 +39,24 @@ def test_gpu_kernels_follow_the_error_rule(d, mask, dtype, rng):
     for head in (0, 7):
         tile_k = tiles.probs_tile_triton(q, k, spec, lse_k, head, range(1023), range(1023))
         tile_t = tiles.probs_tile_torch(q, k, spec, lse_t, head, range(1023), range(1023))
-        within_rule(tile_k, tile_t, p[head], f"tile head {head}", floor=1e-6)
-    digest = pooled.digest_triton(q, k, spec, lse_k, pooled_size=(256, 256), received=True)
+        within_rule(tile_k, tile_t, p[head], f"tile head {head}", floor=floor)
+    digest = pooled.digest_triton(q, k, spec, lse_k, pooled_size=(256, 256), received=True, terms=True)
     within_rule(
         digest["pooled"],
         pooled.pooled_torch(q, k, spec, lse_t, 256, 256),
         pooled.pooled_torch(q.double(), k.double(), spec, lse64, 256, 256),
         "pooled",
-        floor=1e-6,
+        floor=floor,
     )
+    within_rule(digest["received"], pooled.received_torch(q, k, spec, lse_t), p.sum(1), "received", 1e-4)
+    terms64 = headstats.row_terms_torch(q.double(), k.double(), spec, lse64)
+    within_rule(digest["terms"], headstats.row_terms_torch(q, k, spec, lse_t), terms64, "terms", 1e-3)
+    _, val_k = topk.topk_triton(q, k, spec, lse_k, 7, 16, range(1023))
+    _, val_t = topk.topk_torch(q, k, spec, lse_t, 7, 16, range(1023))
+    within_rule(val_k, val_t, p[7].sort(dim=1, descending=True).values[:, :16], "top-k", floor=floor)
+    view_k = neuron.neuron_triton(q, k, spec, lse_k, 5, 1000, range(1023))
+    view_t = neuron.neuron_torch(q, k, spec, lse_t, 5, 1000, range(1023))
+    within_rule(view_k.probs, view_t.probs, p[5, 1000], "neuron probs", floor=floor)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -69,6 +79,10 @@ def test_row_stats_and_tiles_at_131072_tokens(dtype):
         assert (ent[head, rows].double() - ref_ent).abs().max() < 1e-3
         tile = tiles.probs_tile_triton(q, k, spec, lse, head, range(L - 2, L), range(L - 4096, L))
         assert (tile.double() - p[-2:, L - 4096 :]).abs().max() < 1e-6
+        idx, val = topk.topk_triton(q, k, spec, lse, head, 16, range(L - 2, L))
+        top = p[-2:].topk(16, dim=1)
+        assert (val.double() - top.values).abs().max() < 1e-6
+        assert (p[-2:].gather(1, idx) - top.values).abs().max() < 1e-6
     digest = pooled.digest_triton(q, k, spec, lse, pooled_size=(256, 256), received=True)
     assert (digest["pooled"].sum(-1) - 1).abs().max() < 1e-3  # every pooled row holds its rows' mass
     assert abs(float(digest["received"].sum(-1).mean()) / L - 1) < 1e-4

@@ -136,3 +136,54 @@ def test_a_kernel_that_does_not_compile_falls_back_to_torch(monkeypatch, rng):
     monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")  # asked for explicitly: the error surfaces
     with pytest.raises(CompilationError):
         backend.row_stats(q, k, spec)
+
+
+def _expected_topk(p_rows: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense float64 top-k with the kernel's tie rule (lower key index first) and -1/0 padding."""
+    # A stable descending sort keeps equal probabilities in key order.
+    order = torch.sort(p_rows, dim=1, descending=True, stable=True).indices[:, :count]
+    probs = p_rows.gather(1, order)
+    return torch.where(probs > 0, order, -1), torch.where(probs > 0, probs, 0.0)
+
+
+@pytest.mark.parametrize("mask", ["causal", "causal_padding_window", "sinks", "bidirectional_window"])
+@pytest.mark.parametrize("count", [1, 4, 17])
+def test_fused_topk_matches_float64(mask, count, rng):
+    """Running top-k per row: values and indices against a dense float64 sort, rows that see fewer
+    than k keys padded with -1 / 0, a query range that starts mid-sequence."""
+    q, k, spec, p, _ = random_case(rng, MASKS[mask], torch.float32, hq=4, hkv=2, lq=45, lk=45, d=40)
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    spec = spec if spec.key_padding is None else replace(spec, key_padding=spec.key_padding.to(DEVICE))
+    lse, _ = rowstats.row_stats_triton(q, k, spec, **BLOCKS)
+    idx, val = topk.topk_triton(q, k, spec, lse, 3, count, range(6, 45))
+    want_idx, want_val = _expected_topk(p[3, 6:], count)
+    assert idx.shape == val.shape == (39, count) and idx.dtype == torch.int64
+    assert_close(val, want_val, 1e-5, "top-k probabilities")
+    # Indices may differ only where two probabilities are within rounding of each other.
+    differ = idx.cpu() != want_idx
+    if differ.any():
+        assert_close(p[3, 6:].gather(1, idx.cpu().clamp(min=0))[differ], want_val[differ], 1e-5, "tied keys")
+    assert torch.equal(idx.cpu() < 0, want_idx < 0), "padding of rows with fewer visible keys"
+
+
+def test_fused_topk_ties_prefer_lower_keys_and_large_k_uses_tiles(rng):
+    # Zero queries: every visible key has the same probability, so the k lowest visible keys win.
+    q = torch.zeros(2, 40, 32, device=DEVICE)
+    k = torch.randn(2, 40, 32, generator=rng).to(DEVICE)
+    spec = MaskSpec(scaling=0.125, causal=True, window=30)
+    lse, _ = rowstats.row_stats_triton(q, k, spec, **BLOCKS)
+    idx, val = topk.topk_triton(q, k, spec, lse, 1, 8, range(40))
+    for row in range(40):
+        first = max(0, row - 29)
+        visible = row - first + 1
+        expect = torch.arange(first, first + min(8, visible))
+        assert torch.equal(idx[row, : len(expect)].cpu(), expect), f"row {row}: {idx[row].tolist()}"
+        assert (idx[row, len(expect) :] == -1).all() and (val[row, len(expect) :] == 0).all()
+        assert_close(val[row, : len(expect)], torch.full((len(expect),), 1.0 / visible), 1e-6, "uniform")
+    # Past FUSED_MAX_K the tile kernel + torch.topk path answers, with the same contract.
+    q, k, spec, p, _ = random_case(rng, MASKS["causal"], torch.float32, hq=2, hkv=2, lq=140, lk=140, d=16)
+    lse, _ = rowstats.row_stats_triton(q.to(DEVICE), k.to(DEVICE), spec, **BLOCKS)
+    count = topk.FUSED_MAX_K + 3
+    idx, val = topk.topk_triton(q.to(DEVICE), k.to(DEVICE), spec, lse, 0, count, range(130, 140))
+    assert_close(val, _expected_topk(p[0, 130:], count)[1], 1e-5, "large-k probabilities")
+    assert torch.equal(idx.cpu() < 0, torch.arange(count)[None, :] > torch.arange(130, 140)[:, None])
