@@ -9,8 +9,9 @@ zero for empty rows), whatever the block sizes, so maps at every zoom level read
 
 Received attention is the column sum ``Σ_q P[q, k]``: how much attention each key receives.
 
-Triton path (`digest_triton`): one pass over P, a program per (query block, head) looping over
-its visible key blocks, that adds whichever of three results are asked for: pooled blocks (the
+Triton path (`digest_triton`): one pass over P, a program per (query block, head, or group of
+heads sharing a key head when `triton_common.gqa_pack` packs them) looping over its visible key
+blocks, that adds whichever of three results are asked for: pooled blocks (the
 tile is pooled by two one-hot matrix products, ``onehotᵀ_q · P · onehot_k``, then added with
 atomics; no L×L buffer), column sums (atomics), and the per-row head-statistic terms of
 `headstats` (plain stores: each row belongs to one program). Atomic float additions make the
@@ -26,9 +27,11 @@ from .scores import masked_logits, probs_from_logits, query_chunks
 from .triton_common import (
     HAS_TRITON,
     block_d,
+    gqa_pack,
     key_bounds,
     mask_args,
     new_output,
+    packed_rows,
     safe_lse2,
     tile_logits2,
     tl,
@@ -117,67 +120,79 @@ if HAS_TRITON:
         SK, scale, softcap, window,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, DO_POOL: tl.constexpr, DO_REC: tl.constexpr,
-        DO_TERMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr,
+        DO_TERMS: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr, CELLS_Q: tl.constexpr,
+        HEADS_P: tl.constexpr,
     ):
     # fmt: on
-        pid_m = tl.program_id(0)
-        h = tl.program_id(1).to(tl.int64)
-        nh = tl.num_programs(1).to(tl.int64)
-        m_start = pid_m * BLOCK_M
-        offs_m = (m_start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        # One program: BLOCK_M rows of PACK query heads sharing a key head (packed_rows).
+        h, pos, row_in, m_start, m_stop = packed_rows(tl.program_id(0), tl.program_id(1), Lq, PACK, BLOCK_M)
+        h0 = tl.program_id(1).to(tl.int64) * PACK
+        nh = tl.num_programs(1).to(tl.int64) * PACK
         offs_d = tl.arange(0, BLOCK_D)
-        row_in = offs_m < Lq
         q = tl.load(
-            Q + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
+            Q + h[:, None] * sq_h + pos[:, None] * sq_l + offs_d[None, :] * sq_d,
             mask=row_in[:, None] & (offs_d < D)[None, :],
             other=0.0,
         )
-        lse2 = tl.load(LSE2 + h * Lq + offs_m, mask=row_in, other=float("inf"))
-        k_base = K + (h // group) * sk_h
-        # Pooled rows of this tile: block index of each row, relative to the tile's first block.
-        qb = ((offs_m + 1) * SQ - 1) // Lq
+        lse2 = tl.load(LSE2 + h * Lq + pos, mask=row_in, other=float("inf"))
+        k_base = K + (h0 // group) * sk_h
+        # Pooled rows of this program: cell c = (head in pack) · BLOCK_SQ + (block - first block).
         qb0 = ((m_start + 1) * SQ - 1) // Lq
-        onehot_q = ((qb[:, None] - qb0) == tl.arange(0, BLOCK_SQ)[None, :]) & row_in[:, None]
-        onehot_q = onehot_q.to(tl.float32)
+        cell = (h - h0) * BLOCK_SQ + ((pos + 1) * SQ - 1) // Lq - qb0
+        onehot_q = ((cell[:, None] == tl.arange(0, CELLS_Q)[None, :]) & row_in[:, None]).to(tl.float32)
+        ci = tl.arange(0, CELLS_Q)
+        cell_head = h0 + ci // BLOCK_SQ
+        cell_bin = qb0 + ci % BLOCK_SQ
+        cell_in = (ci // BLOCK_SQ < PACK) & (cell_bin < SQ)
+        # Received attention of a pack: column sums per head, by a one-hot product over heads.
+        g = tl.arange(0, HEADS_P)
+        onehot_h = ((h - h0)[:, None] == g[None, :]).to(tl.float32)
         prev = tl.zeros([BLOCK_M], tl.float32)
         same = tl.zeros([BLOCK_M], tl.float32)
         first = tl.zeros([BLOCK_M], tl.float32)
         dist = tl.zeros([BLOCK_M], tl.float32)
-        lo, hi = key_bounds(m_start, m_start + BLOCK_M, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
+        lo, hi = key_bounds(m_start, m_stop, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             key_in = offs_n < Lk
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
             # fmt: off
-            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
+            t = tile_logits2(q, k_ptrs, pos, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
                              CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
             # fmt: on
             p = tl.exp2(t - lse2[:, None])
             p = tl.where(row_in[:, None], p, 0.0)
             if DO_REC:
-                tl.atomic_add(REC + h * Lk + offs_n, tl.sum(p, 0), mask=key_in)
+                if PACK == 1:
+                    tl.atomic_add(REC + h0 * Lk + offs_n, tl.sum(p, 0), mask=key_in)
+                else:
+                    by_head = tl.dot(tl.trans(onehot_h), p, input_precision="ieee")  # [HEADS_P, BLOCK_N]
+                    tl.atomic_add(
+                        REC + (h0 + g)[:, None] * Lk + offs_n[None, :],
+                        by_head,
+                        mask=(g < PACK)[:, None] & key_in[None, :],
+                    )
             if DO_POOL:
                 kb = ((offs_n + 1) * SK - 1) // Lk
                 kb0 = ((start_n + 1) * SK - 1) // Lk
                 onehot_k = ((kb[:, None] - kb0) == tl.arange(0, BLOCK_SK)[None, :]) & key_in[:, None]
                 by_key = tl.dot(p, onehot_k.to(tl.float32), input_precision="ieee")  # [BLOCK_M, BLOCK_SK]
-                cell = tl.dot(tl.trans(onehot_q), by_key, input_precision="ieee")  # [BLOCK_SQ, BLOCK_SK]
-                ci = qb0 + tl.arange(0, BLOCK_SQ)
+                cells = tl.dot(tl.trans(onehot_q), by_key, input_precision="ieee")  # [CELLS_Q, BLOCK_SK]
                 cj = kb0 + tl.arange(0, BLOCK_SK)
                 tl.atomic_add(
-                    POOL + h * SQ * SK + ci[:, None] * SK + cj[None, :],
-                    cell,
-                    mask=(ci < SQ)[:, None] & (cj < SK)[None, :],
+                    POOL + cell_head[:, None] * SQ * SK + cell_bin[:, None] * SK + cj[None, :],
+                    cells,
+                    mask=cell_in[:, None] & (cj < SK)[None, :],
                 )
             if DO_TERMS:
-                rel = offs_m[:, None] - offs_n[None, :]
+                rel = pos[:, None] - offs_n[None, :]
                 prev += tl.sum(tl.where(rel == 1, p, 0.0), 1)
                 same += tl.sum(tl.where(rel == 0, p, 0.0), 1)
                 first += tl.sum(tl.where(offs_n[None, :] == 0, p, 0.0), 1)
                 dist += tl.sum(p * tl.abs(rel).to(tl.float32), 1)
         if DO_TERMS:
-            row = h * Lq + offs_m
+            row = h * Lq + pos
             tl.store(TERMS + row, prev, mask=row_in)
             tl.store(TERMS + nh * Lq + row, same, mask=row_in)
             tl.store(TERMS + 2 * nh * Lq + row, first, mask=row_in)
@@ -185,7 +200,7 @@ if HAS_TRITON:
 
 
 def _cells_per_tile(block: int, size: int, length: int) -> int:
-    """Power-of-two bound on the pooled blocks one tile of `block` positions can touch (>= 16 for tl.dot)."""
+    """Power-of-two bound on the pooled blocks `block` consecutive positions can touch (>= 16 for tl.dot)."""
     return max(16, min(triton.next_power_of_2(block), triton.next_power_of_2(-(-block * size // length) + 1)))
 
 
@@ -199,10 +214,16 @@ def digest_triton(
     terms: bool = False,
     block_m: int = 64,
     block_n: int = 64,
+    pack_gqa: bool | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq]."""
+    """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq].
+
+    `pack_gqa` as in `rowstats.row_stats_triton`.
+    """
     hq, lq, d = q.shape
     lk = k.shape[1]
+    group = hq // k.shape[0]
+    pack = gqa_pack(group, lq, block_m, pack_gqa)
     dev = q.device
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
     sq, sk = pooled_size if pooled_size is not None else (1, 1)
@@ -210,7 +231,8 @@ def digest_triton(
     rec = torch.zeros(hq, lk, dtype=torch.float32, device=dev) if received else dummy
     row_terms = new_output(4, hq, lq, device=dev) if terms else dummy
     args = mask_args(spec, dev)
-    _digest_kernel[(triton.cdiv(lq, block_m), hq)](
+    block_sq = _cells_per_tile(-(-block_m // pack) + 1, sq, lq)
+    _digest_kernel[(triton.cdiv(pack * lq, block_m), hq // pack)](
         q,
         k,
         args.pop("kv_valid"),
@@ -223,7 +245,7 @@ def digest_triton(
         lq,
         lk,
         d,
-        hq // k.shape[0],
+        group,
         sq,
         sk,
         args.pop("scale"),
@@ -234,11 +256,14 @@ def digest_triton(
         DO_POOL=pooled_size is not None,
         DO_REC=received,
         DO_TERMS=terms,
+        PACK=pack,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=block_d(d),
-        BLOCK_SQ=_cells_per_tile(block_m, sq, lq),
+        BLOCK_SQ=block_sq,
         BLOCK_SK=_cells_per_tile(block_n, sk, lk),
+        CELLS_Q=triton.next_power_of_2(pack * block_sq),
+        HEADS_P=max(16, triton.next_power_of_2(pack)),
     )
     out = {}
     if pooled_size is not None:

@@ -15,7 +15,18 @@ import torch
 
 from .masking import MaskSpec
 from .scores import compute_dtype, masked_logits, query_chunks
-from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, new_output, tile_logits2, tl, triton
+from .triton_common import (
+    HAS_TRITON,
+    block_d,
+    gqa_pack,
+    key_bounds,
+    mask_args,
+    new_output,
+    packed_rows,
+    tile_logits2,
+    tl,
+    triton,
+)
 
 
 def row_stats_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,20 +60,18 @@ if HAS_TRITON:
         Q, K, KV_VALID, LSE, ENT, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, Lq, Lk, D, group, scale, softcap,
         window,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
     # fmt: on
-        # One program: BLOCK_M query rows of one head; online max / sum / Σ p·t over its keys.
-        pid_m = tl.program_id(0)
-        h = tl.program_id(1).to(tl.int64)
-        m_start = pid_m * BLOCK_M
-        offs_m = (m_start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        # One program: BLOCK_M rows of PACK query heads that share a key head (packed_rows);
+        # online max / sum / Σ p·t over their keys.
+        h, pos, row_in, m_start, m_stop = packed_rows(tl.program_id(0), tl.program_id(1), Lq, PACK, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        q_ptrs = Q + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d
-        q = tl.load(q_ptrs, mask=(offs_m < Lq)[:, None] & (offs_d < D)[None, :], other=0.0)
-        k_base = K + (h // group) * sk_h
-        lo, hi = key_bounds(m_start, m_start + BLOCK_M, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
+        q_ptrs = Q + h[:, None] * sq_h + pos[:, None] * sq_l + offs_d[None, :] * sq_d
+        q = tl.load(q_ptrs, mask=row_in[:, None] & (offs_d < D)[None, :], other=0.0)
+        k_base = K + ((tl.program_id(1) * PACK) // group).to(tl.int64) * sk_h
+        lo, hi = key_bounds(m_start, m_stop, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         a_i = tl.zeros([BLOCK_M], tl.float32)
@@ -70,7 +79,7 @@ if HAS_TRITON:
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
             # fmt: off
-            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
+            t = tile_logits2(q, k_ptrs, pos, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
                              CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
             # fmt: on
             m_new = tl.maximum(m_i, tl.max(t, 1))
@@ -84,21 +93,31 @@ if HAS_TRITON:
         lse2 = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
         # Natural units: lse = lse2 · ln2; Σ p·s = ln2 · Σ p·t.
         ent = tl.where(empty, 0.0, (lse2 - a_i / tl.where(empty, 1.0, l_i)) * 0.6931471805599453)
-        row_in = offs_m < Lq
-        tl.store(LSE + h * Lq + offs_m, lse2 * 0.6931471805599453, mask=row_in)
-        tl.store(ENT + h * Lq + offs_m, ent, mask=row_in)
+        tl.store(LSE + h * Lq + pos, lse2 * 0.6931471805599453, mask=row_in)
+        tl.store(ENT + h * Lq + pos, ent, mask=row_in)
 
 
 def row_stats_triton(
-    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, block_m: int = 64, block_n: int = 64
+    q: torch.Tensor,
+    k: torch.Tensor,
+    spec: MaskSpec,
+    block_m: int = 64,
+    block_n: int = 64,
+    pack_gqa: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of `row_stats_torch`: (lse [Hq, Lq], entropy [Hq, Lq]) float32 on q's device."""
+    """Triton twin of `row_stats_torch`: (lse [Hq, Lq], entropy [Hq, Lq]) float32 on q's device.
+
+    `pack_gqa`: one program per group of query heads sharing a key head (see `gqa_pack`);
+    None decides by the shapes.
+    """
     hq, lq, d = q.shape
     lk = k.shape[1]
+    group = hq // k.shape[0]
+    pack = gqa_pack(group, lq, block_m, pack_gqa)
     lse = new_output(hq, lq, device=q.device)
     ent = new_output(hq, lq, device=q.device)
     args = mask_args(spec, q.device)
-    grid = (triton.cdiv(lq, block_m), hq)
+    grid = (triton.cdiv(pack * lq, block_m), hq // pack)
     _row_stats_kernel[grid](
         q,
         k,
@@ -110,12 +129,13 @@ def row_stats_triton(
         lq,
         lk,
         d,
-        hq // k.shape[0],
+        group,
         args.pop("scale"),
         args.pop("softcap"),
         args.pop("window"),
         **args,
         IEEE=q.dtype == torch.float32,
+        PACK=pack,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=block_d(d),

@@ -73,6 +73,21 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+def gqa_pack(group: int, lq: int, block_m: int, requested: bool | None = None) -> int:
+    """Query heads per program: the whole group of heads sharing a key head, or 1.
+
+    Each program reads its rows' key range once, so packing a group saves K traffic only where
+    it saves programs: when a head's rows leave its last row block partly empty (short inputs,
+    few decoder queries). For long sequences the K reads per row are the same either way, and
+    unpacked programs keep one head per program. None: pack when it cuts programs by >= 1/8.
+    """
+    if requested is not None:
+        return group if requested else 1
+    packed = -(-group * lq // block_m)
+    unpacked = group * -(-lq // block_m)
+    return group if group > 1 and 8 * packed <= 7 * unpacked else 1
+
+
 def safe_lse2(lse: torch.Tensor) -> torch.Tensor:
     """Base-2 row log-sum-exp as float32 with empty rows (-inf) turned into +inf (-> zero probs)."""
     lse2 = lse.float() * LOG2E
@@ -157,6 +172,21 @@ if HAS_TRITON:
         return tl.where(visible, t, float("-inf"))
 
     @triton.jit
+    def packed_rows(pid_m, pid_h, Lq, PACK: tl.constexpr, BLOCK_M: tl.constexpr):
+        """Rows of one program over PACK query heads that share a key head (PACK = 1: one head).
+
+        Packed row r is position r // PACK of head pid_h·PACK + r % PACK: position-major, so a
+        block spans BLOCK_M / PACK positions and its causal / window key range stays tight.
+        Returns (head [BLOCK_M], position [BLOCK_M], row in range, first position, stop position).
+        """
+        r = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        pos = r // PACK
+        h = pid_h.to(tl.int64) * PACK + r % PACK
+        m_start = (pid_m * BLOCK_M) // PACK
+        m_stop = tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // PACK + 1, Lq)
+        return h, pos, pos < Lq, m_start, m_stop
+
+    @triton.jit
     def key_bounds(
         m_start,
         m_stop,
@@ -178,4 +208,4 @@ if HAS_TRITON:
         lo = (lo // BLOCK_N) * BLOCK_N
         return lo, hi
 else:  # pragma: no cover
-    tile_logits2 = key_bounds = logits2 = visible_pairs = None
+    tile_logits2 = key_bounds = logits2 = visible_pairs = packed_rows = None

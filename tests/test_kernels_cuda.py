@@ -36,6 +36,8 @@ def test_gpu_kernels_follow_the_error_rule(d, mask, dtype, rng):
     lse_t, _ = rowstats.row_stats_torch(q, k, spec)
     lse64, _ = rowstats.row_stats_torch(q.double(), k.double(), spec)
     within_rule(lse_k, lse_t, lse64, "lse", floor=1e-5)
+    lse_packed, _ = rowstats.row_stats_triton(q, k, spec, pack_gqa=True)
+    within_rule(lse_packed, lse_t, lse64, "lse, GQA-packed programs", floor=1e-5)
     for head in (0, 7):
         tile_k = tiles.probs_tile_triton(q, k, spec, lse_k, head, range(1023), range(1023))
         tile_t = tiles.probs_tile_torch(q, k, spec, lse_t, head, range(1023), range(1023))
@@ -48,6 +50,9 @@ def test_gpu_kernels_follow_the_error_rule(d, mask, dtype, rng):
         "pooled",
         floor=floor,
     )
+    packed = pooled.digest_triton(q, k, spec, lse_k, pooled_size=(256, 256), received=True, pack_gqa=True)
+    within_rule(packed["pooled"], digest["pooled"], digest["pooled"], "pooled, GQA-packed", floor=floor)
+    within_rule(packed["received"], digest["received"], digest["received"], "received, GQA-packed", 1e-4)
     within_rule(digest["received"], pooled.received_torch(q, k, spec, lse_t), p.sum(1), "received", 1e-4)
     terms64 = headstats.row_terms_torch(q.double(), k.double(), spec, lse64)
     within_rule(digest["terms"], headstats.row_terms_torch(q, k, spec, lse_t), terms64, "terms", 1e-3)

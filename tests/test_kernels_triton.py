@@ -187,3 +187,40 @@ def test_fused_topk_ties_prefer_lower_keys_and_large_k_uses_tiles(rng):
     idx, val = topk.topk_triton(q.to(DEVICE), k.to(DEVICE), spec, lse, 0, count, range(130, 140))
     assert_close(val, _expected_topk(p[0, 130:], count)[1], 1e-5, "large-k probabilities")
     assert torch.equal(idx.cpu() < 0, torch.arange(count)[None, :] > torch.arange(130, 140)[:, None])
+
+
+PACKED_SHAPES = {"gqa2_L37": (4, 2, 37), "gqa3_L11": (6, 2, 11), "gqa7_L9": (7, 1, 9)}
+
+
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("shape", list(PACKED_SHAPES))
+def test_packed_gqa_programs_match_float64(shape, mask, rng):
+    """Row statistics and the digest with each group of query heads packed into one program
+    (group sizes 2, 3 and 7: packed blocks mix heads and straddle positions unevenly)."""
+    hq, hkv, length = PACKED_SHAPES[shape]
+    q, k, spec, p, sinks = random_case(rng, MASKS[mask], torch.float32, hq=hq, hkv=hkv, lq=length, lk=length)
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    spec = spec if spec.key_padding is None else replace(spec, key_padding=spec.key_padding.to(DEVICE))
+    lse_t, ent_t = rowstats.row_stats_torch(q, k, spec)
+    lse_k, ent_k = rowstats.row_stats_triton(q, k, spec, pack_gqa=True, **BLOCKS)
+    lse64, _ = rowstats.row_stats_torch(q.double(), k.double(), spec)
+    within_rule(lse_k, lse_t, lse64, "packed lse")
+    within_rule(ent_k, ent_t, dense_entropy(p, sinks), "packed entropy", floor=2e-5)
+    sq, sk = min(5, length), min(7, length)
+    got = pooled.digest_triton(
+        q, k, spec, lse_k, pooled_size=(sq, sk), received=True, terms=True, pack_gqa=True, **BLOCKS
+    )
+    within_rule(
+        got["pooled"], pooled.pooled_torch(q, k, spec, lse_t, sq, sk), dense_pooled(p, sq, sk), "pooled"
+    )
+    within_rule(got["received"], pooled.received_torch(q, k, spec, lse_t), p.sum(1), "received", 2e-5)
+    terms64 = headstats.row_terms_torch(q.double(), k.double(), spec, lse64)
+    within_rule(got["terms"], headstats.row_terms_torch(q, k, spec, lse_t), terms64, "terms", floor=5e-5)
+
+
+def test_gqa_packing_is_chosen_where_it_saves_programs():
+    assert triton_common.gqa_pack(4, 20, 64) == 4  # 4 half-empty blocks become 2 full ones
+    assert triton_common.gqa_pack(4, 4096, 64) == 1  # long rows: same K reads either way
+    assert triton_common.gqa_pack(1, 5, 64) == 1  # nothing to pack
+    assert triton_common.gqa_pack(4, 4096, 64, requested=True) == 4
+    assert triton_common.gqa_pack(4, 20, 64, requested=False) == 1
