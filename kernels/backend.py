@@ -42,17 +42,25 @@ def _triton(q: torch.Tensor) -> bool:
 _broken: str | None = None  # why the Triton path failed to compile here, once it has
 
 
+def _build_errors() -> tuple[type[Exception], ...]:
+    """What Triton raises when a kernel cannot be built for this GPU: a compile error (a Triton
+    version the kernel was not written for), too little shared memory or registers, ptxas."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime import errors
+
+    extra = (getattr(errors, name, None) for name in ("OutOfResources", "PTXASError"))
+    return (CompilationError, *(e for e in extra if isinstance(e, type)))
+
+
 def _run(q: torch.Tensor, triton_fn, torch_fn):
-    """Triton where it applies; if a kernel does not compile on this machine (a Triton or driver
-    version it was not built for), warn once and use the torch backend from then on, unless
-    ATTNSCOPE_BACKEND=triton asked for Triton explicitly."""
+    """Triton where it applies; if a kernel cannot be built on this machine (`_build_errors`),
+    warn once and use the torch backend from then on, unless ATTNSCOPE_BACKEND=triton asked for
+    Triton explicitly."""
     global _broken
     if _broken is None and _triton(q):
-        from triton.compiler.errors import CompilationError
-
         try:
             return triton_fn()
-        except CompilationError as exc:
+        except _build_errors() as exc:
             if os.environ.get("ATTNSCOPE_BACKEND", "").strip().lower() == "triton":
                 raise
             _broken = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"

@@ -29,6 +29,7 @@ from .triton_common import (
     block_d,
     gqa_pack,
     key_bounds,
+    loop_config,
     mask_args,
     new_output,
     packed_rows,
@@ -138,8 +139,10 @@ if HAS_TRITON:
         lse2 = tl.load(LSE2 + h * Lq + pos, mask=row_in, other=float("inf"))
         k_base = K + (h0 // group) * sk_h
         # Pooled rows of this program: cell c = (head in pack) · BLOCK_SQ + (block - first block).
-        qb0 = ((m_start + 1) * SQ - 1) // Lq
-        cell = (h - h0) * BLOCK_SQ + ((pos + 1) * SQ - 1) // Lq - qb0
+        # Block indices in int64 (position × size passes 2^31 at L = 128k); the first is the minimum.
+        qb = ((pos + 1) * SQ - 1) // Lq
+        qb0 = tl.min(qb, 0)
+        cell = (h - h0) * BLOCK_SQ + qb - qb0
         onehot_q = ((cell[:, None] == tl.arange(0, CELLS_Q)[None, :]) & row_in[:, None]).to(tl.float32)
         ci = tl.arange(0, CELLS_Q)
         cell_head = h0 + ci // BLOCK_SQ
@@ -175,7 +178,7 @@ if HAS_TRITON:
                     )
             if DO_POOL:
                 kb = ((offs_n + 1) * SK - 1) // Lk
-                kb0 = ((start_n + 1) * SK - 1) // Lk
+                kb0 = tl.min(kb, 0)
                 onehot_k = ((kb[:, None] - kb0) == tl.arange(0, BLOCK_SK)[None, :]) & key_in[:, None]
                 by_key = tl.dot(p, onehot_k.to(tl.float32), input_precision="ieee")  # [BLOCK_M, BLOCK_SK]
                 cells = tl.dot(tl.trans(onehot_q), by_key, input_precision="ieee")  # [CELLS_Q, BLOCK_SK]
@@ -213,7 +216,7 @@ def digest_triton(
     received: bool = False,
     terms: bool = False,
     block_m: int = 64,
-    block_n: int = 64,
+    block_n: int | None = None,
     pack_gqa: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq].
@@ -224,6 +227,8 @@ def digest_triton(
     lk = k.shape[1]
     group = hq // k.shape[0]
     pack = gqa_pack(group, lq, block_m, pack_gqa)
+    config = loop_config(d, q.dtype)
+    block_n = block_n or config["block_n"]
     dev = q.device
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
     sq, sk = pooled_size if pooled_size is not None else (1, 1)
@@ -264,6 +269,8 @@ def digest_triton(
         BLOCK_SK=_cells_per_tile(block_n, sk, lk),
         CELLS_Q=triton.next_power_of_2(pack * block_sq),
         HEADS_P=max(16, triton.next_power_of_2(pack)),
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
     )
     out = {}
     if pooled_size is not None:

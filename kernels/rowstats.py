@@ -20,6 +20,7 @@ from .triton_common import (
     block_d,
     gqa_pack,
     key_bounds,
+    loop_config,
     mask_args,
     new_output,
     packed_rows,
@@ -102,7 +103,7 @@ def row_stats_triton(
     k: torch.Tensor,
     spec: MaskSpec,
     block_m: int = 64,
-    block_n: int = 64,
+    block_n: int | None = None,
     pack_gqa: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of `row_stats_torch`: (lse [Hq, Lq], entropy [Hq, Lq]) float32 on q's device.
@@ -114,6 +115,7 @@ def row_stats_triton(
     lk = k.shape[1]
     group = hq // k.shape[0]
     pack = gqa_pack(group, lq, block_m, pack_gqa)
+    config = loop_config(d, q.dtype)
     lse = new_output(hq, lq, device=q.device)
     ent = new_output(hq, lq, device=q.device)
     args = mask_args(spec, q.device)
@@ -137,8 +139,10 @@ def row_stats_triton(
         IEEE=q.dtype == torch.float32,
         PACK=pack,
         BLOCK_M=block_m,
-        BLOCK_N=block_n,
+        BLOCK_N=block_n or config["block_n"],
         BLOCK_D=block_d(d),
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
     )
     if spec.sinks is not None:
         lse, ent = add_sinks(lse, ent, spec.sinks)

@@ -161,6 +161,8 @@ def topk_triton(
         BLOCK_M=block_m,
         KP=kp,
         BLOCK_D=block_d(d),
+        # A key block is kp rows: at kp = 128, d = 256 in fp32 one stage is already 128 KiB.
+        num_stages=max(1, min(3, (64 << 10) // (kp * block_d(d) * q.element_size()))),
     )
     packed = packed[:, :count]
     probs = (packed >> 32).to(torch.int32).view(torch.float32)

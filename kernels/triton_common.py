@@ -73,6 +73,22 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+def loop_config(head_dim: int, dtype: torch.dtype) -> dict:
+    """Key-block width and launch options for the kernels that loop over key blocks.
+
+    Shared memory holds the Q tile and `num_stages` K tiles in flight. At 64 × 64 with three
+    stages, d = 256 in fp32 would need 256 KiB, past every GPU (H100/H200 228 KiB, A100 164 KiB);
+    narrower key blocks and two stages keep the worst case (d = 256, fp32) at 128 KiB. Wide
+    head dims get 8 warps so the Q tile is not spilled from registers.
+    """
+    row_bytes = block_d(head_dim) * dtype.itemsize
+    return {
+        "block_n": 32 if row_bytes >= 1024 else 64,
+        "num_stages": 2 if row_bytes >= 512 else 3,
+        "num_warps": 8 if block_d(head_dim) >= 128 else 4,
+    }
+
+
 def gqa_pack(group: int, lq: int, block_m: int, requested: bool | None = None) -> int:
     """Query heads per program: the whole group of heads sharing a key head, or 1.
 
