@@ -42,26 +42,31 @@ def _triton(q: torch.Tensor) -> bool:
 _broken: str | None = None  # why the Triton path failed to compile here, once it has
 
 
-def _build_errors() -> tuple[type[Exception], ...]:
-    """What Triton raises when a kernel cannot be built for this GPU: a compile error (a Triton
-    version the kernel was not written for), too little shared memory or registers, ptxas."""
+def _is_build_failure(exc: Exception) -> bool:
+    """Whether Triton failed to build a kernel for this GPU (rather than to run it): a front-end
+    compile error (a Triton version the kernel was not written for), an MLIR pass failure
+    (Triton raises a bare RuntimeError for those), too little shared memory or registers, ptxas."""
     from triton.compiler.errors import CompilationError
     from triton.runtime import errors
 
-    extra = (getattr(errors, name, None) for name in ("OutOfResources", "PTXASError"))
-    return (CompilationError, *(e for e in extra if isinstance(e, type)))
+    named = (getattr(errors, name, None) for name in ("OutOfResources", "PTXASError"))
+    kinds = (CompilationError, *(e for e in named if isinstance(e, type)))
+    return isinstance(exc, kinds) or (type(exc) is RuntimeError and "PassManager::run failed" in str(exc))
 
 
 def _run(q: torch.Tensor, triton_fn, torch_fn):
-    """Triton where it applies; if a kernel cannot be built on this machine (`_build_errors`),
+    """Triton where it applies; if a kernel cannot be built on this machine (`_is_build_failure`),
     warn once and use the torch backend from then on, unless ATTNSCOPE_BACKEND=triton asked for
-    Triton explicitly."""
+    Triton explicitly. Failures while running (out of memory, bad input) propagate."""
     global _broken
     if _broken is None and _triton(q):
         try:
             return triton_fn()
-        except _build_errors() as exc:
-            if os.environ.get("ATTNSCOPE_BACKEND", "").strip().lower() == "triton":
+        except Exception as exc:
+            if (
+                not _is_build_failure(exc)
+                or os.environ.get("ATTNSCOPE_BACKEND", "").strip().lower() == "triton"
+            ):
                 raise
             _broken = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             warnings.warn(

@@ -32,6 +32,7 @@ from .triton_common import (
     loop_config,
     mask_args,
     new_output,
+    onehot_dot,
     packed_rows,
     safe_lse2,
     tile_logits2,
@@ -170,7 +171,7 @@ if HAS_TRITON:
                 if PACK == 1:
                     tl.atomic_add(REC + h0 * Lk + offs_n, tl.sum(p, 0), mask=key_in)
                 else:
-                    by_head = tl.dot(tl.trans(onehot_h), p, input_precision="ieee")  # [HEADS_P, BLOCK_N]
+                    by_head = onehot_dot(p, tl.trans(onehot_h), True)  # [HEADS_P, BLOCK_N]
                     tl.atomic_add(
                         REC + (h0 + g)[:, None] * Lk + offs_n[None, :],
                         by_head,
@@ -180,8 +181,8 @@ if HAS_TRITON:
                 kb = ((offs_n + 1) * SK - 1) // Lk
                 kb0 = tl.min(kb, 0)
                 onehot_k = ((kb[:, None] - kb0) == tl.arange(0, BLOCK_SK)[None, :]) & key_in[:, None]
-                by_key = tl.dot(p, onehot_k.to(tl.float32), input_precision="ieee")  # [BLOCK_M, BLOCK_SK]
-                cells = tl.dot(tl.trans(onehot_q), by_key, input_precision="ieee")  # [CELLS_Q, BLOCK_SK]
+                by_key = onehot_dot(p, onehot_k, False)  # [BLOCK_M, BLOCK_SK]
+                cells = onehot_dot(by_key, tl.trans(onehot_q), True)  # [CELLS_Q, BLOCK_SK]
                 cj = kb0 + tl.arange(0, BLOCK_SK)
                 tl.atomic_add(
                     POOL + cell_head[:, None] * SQ * SK + cell_bin[:, None] * SK + cj[None, :],
@@ -189,7 +190,8 @@ if HAS_TRITON:
                     mask=cell_in[:, None] & (cj < SK)[None, :],
                 )
             if DO_TERMS:
-                rel = pos[:, None] - offs_n[None, :]
+                # int32 (positions < 2^31): an int64 [BLOCK_M, BLOCK_N] matrix doubles its registers.
+                rel = pos.to(tl.int32)[:, None] - (start_n + tl.arange(0, BLOCK_N))[None, :]
                 prev += tl.sum(tl.where(rel == 1, p, 0.0), 1)
                 same += tl.sum(tl.where(rel == 0, p, 0.0), 1)
                 first += tl.sum(tl.where(offs_n[None, :] == 0, p, 0.0), 1)

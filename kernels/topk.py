@@ -73,18 +73,20 @@ def topk_torch(
 if HAS_TRITON:
 
     @triton.jit
-    def _better_half(cand, BLOCK_M: tl.constexpr, KP: tl.constexpr):
-        """The KP largest keys of each row of cand [BLOCK_M, 2·KP], largest first.
+    def _merged_top(best, keys, BLOCK_M: tl.constexpr, KP: tl.constexpr):
+        """The KP largest keys of each row of best and keys (both [BLOCK_M, KP]), largest first.
 
         KP rounds of "take the row maximum, retire it": keys are unique (they hold the key index)
         except for the zeros of empty slots, which decode to "no key" however many are kept.
+        The two sets stay apart (no join / reshape): Triton 3.9's layout pass fails on that form.
         """
         cols = tl.arange(0, KP)
         top = tl.zeros([BLOCK_M, KP], tl.int64)
         for j in range(KP):
-            best = tl.max(cand, 1)
-            top = tl.where(cols[None, :] == j, tl.maximum(best, 0)[:, None], top)
-            cand = tl.where(cand == best[:, None], -1, cand)
+            m = tl.maximum(tl.max(best, 1), tl.max(keys, 1))
+            top = tl.where(cols[None, :] == j, tl.maximum(m, 0)[:, None], top)
+            best = tl.where(best == m[:, None], -1, best)
+            keys = tl.where(keys == m[:, None], -1, keys)
         return top
 
     # fmt: off
@@ -122,8 +124,7 @@ if HAS_TRITON:
             keys = (bits << 32) | (2147483647 - offs_n)[None, :]
             kth = tl.min(best, 1)
             if tl.max(tl.max((keys > kth[:, None]).to(tl.int32), 1), 0) > 0:
-                merged = tl.reshape(tl.join(best, keys), (BLOCK_M, 2 * KP))
-                best = _better_half(merged, BLOCK_M, KP)
+                best = _merged_top(best, keys, BLOCK_M, KP)
         cols = tl.arange(0, KP)
         tl.store(OUT + rows[:, None] * KP + cols[None, :], best, mask=row_in[:, None])
 

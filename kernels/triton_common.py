@@ -188,6 +188,33 @@ if HAS_TRITON:
         return tl.where(visible, t, float("-inf"))
 
     @triton.jit
+    def onehot_dot(a, onehot, A_IS_ONEHOT: tl.constexpr):
+        """a @ onehot (or onehot @ a when A_IS_ONEHOT) for fp32 values a in [0, 64] and a 0/1 matrix,
+        to fp32 accuracy on tensor cores.
+
+        An fp32 dot would take Triton's FMA path (``ieee``), which on Hopper holds its operands
+        in registers and spills; tf32 would round a to 10 bits. Instead a · 2^14 is cut into
+        three fp16 pieces (11 bits each, all normal: the scale keeps the pieces above fp16's
+        subnormals for any a that matters), each product with a 0/1 matrix is exact, and the
+        fp32 accumulation adds them back: 33 bits >= fp32's 24.
+        """
+        x = a * 16384.0
+        hi = x.to(tl.float16)
+        rest = x - hi.to(tl.float32)
+        mid = rest.to(tl.float16)
+        lo = (rest - mid.to(tl.float32)).to(tl.float16)
+        oh = onehot.to(tl.float16)
+        if A_IS_ONEHOT:
+            acc = tl.dot(oh, hi, out_dtype=tl.float32)
+            acc = tl.dot(oh, mid, acc, out_dtype=tl.float32)
+            acc = tl.dot(oh, lo, acc, out_dtype=tl.float32)
+        else:
+            acc = tl.dot(hi, oh, out_dtype=tl.float32)
+            acc = tl.dot(mid, oh, acc, out_dtype=tl.float32)
+            acc = tl.dot(lo, oh, acc, out_dtype=tl.float32)
+        return acc * (1.0 / 16384.0)
+
+    @triton.jit
     def packed_rows(pid_m, pid_h, Lq, PACK: tl.constexpr, BLOCK_M: tl.constexpr):
         """Rows of one program over PACK query heads that share a key head (PACK = 1: one head).
 
@@ -224,4 +251,4 @@ if HAS_TRITON:
         lo = (lo // BLOCK_N) * BLOCK_N
         return lo, hi
 else:  # pragma: no cover
-    tile_logits2 = key_bounds = logits2 = visible_pairs = packed_rows = None
+    tile_logits2 = key_bounds = logits2 = visible_pairs = packed_rows = onehot_dot = None

@@ -139,7 +139,11 @@ def _out_of_shared_memory():
     return OutOfResources(262144, 232448, "shared memory: unsupported on this GPU")
 
 
-@pytest.mark.parametrize("failure", [_compile_error, _out_of_shared_memory])
+def _failed_pass():
+    return RuntimeError("PassManager::run failed: unsupported on this GPU")
+
+
+@pytest.mark.parametrize("failure", [_compile_error, _out_of_shared_memory, _failed_pass])
 def test_a_kernel_that_cannot_be_built_falls_back_to_torch(failure, monkeypatch, rng):
     from attnscope.kernels import backend
 
@@ -280,3 +284,20 @@ def test_wide_heads_with_default_launch_shapes(d, dtype, rng):
     within_rule(
         view.probs, neuron.neuron_torch(q, k, spec, lse_t, 1, 69, range(70)).probs, p[1, 69], "neuron", floor
     )
+
+
+def test_a_kernel_that_fails_while_running_is_not_hidden(monkeypatch, rng):
+    """Out of memory is the caller's to see (the service maps it to RESOURCE_EXHAUSTED), not a
+    reason to switch backends for good."""
+    from attnscope.kernels import backend
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    q, k, spec, _, _ = random_case(rng, MASKS["causal"], torch.float32)
+    monkeypatch.setattr(backend, "backend_name", lambda device: "triton")
+    monkeypatch.setattr(rowstats, "row_stats_triton", out_of_memory)
+    monkeypatch.setattr(backend, "_broken", None)
+    with pytest.raises(torch.OutOfMemoryError):
+        backend.row_stats(q, k, spec)
+    assert backend._broken is None
