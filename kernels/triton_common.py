@@ -189,14 +189,14 @@ if HAS_TRITON:
 
     @triton.jit
     def onehot_dot(a, onehot, A_IS_ONEHOT: tl.constexpr):
-        """a @ onehot (or onehot @ a when A_IS_ONEHOT) for fp32 values a in [0, 64] and a 0/1 matrix,
-        to fp32 accuracy on tensor cores.
+        """a @ onehot (or onehot @ a when A_IS_ONEHOT) for fp32 values a in [0, 1] (probabilities and
+        their sums within a row) and a 0/1 matrix, to fp32 accuracy on tensor cores.
 
         An fp32 dot would take Triton's FMA path (``ieee``), which on Hopper holds its operands
         in registers and spills; tf32 would round a to 10 bits. Instead a · 2^14 is cut into
-        three fp16 pieces (11 bits each, all normal: the scale keeps the pieces above fp16's
-        subnormals for any a that matters), each product with a 0/1 matrix is exact, and the
-        fp32 accumulation adds them back: 33 bits >= fp32's 24.
+        three fp16 pieces (11 bits each; the scale keeps a = 1 below fp16's 65504 and the pieces
+        of any a above 2^-28 clear of fp16's subnormals), each product with a 0/1 matrix is
+        exact, and the fp32 accumulation adds them back: 33 bits >= fp32's 24.
         """
         x = a * 16384.0
         hi = x.to(tl.float16)
