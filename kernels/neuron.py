@@ -98,10 +98,13 @@ def neuron_triton(
     head: int,
     query: int,
     keys: range,
-    block_n: int = 128,
+    block_n: int | None = None,
 ) -> NeuronView:
     """Triton twin of `neuron_torch`."""
     d = q.shape[2]
+    # The q×k block [block_n, BLOCK_D] lives in registers: 8,192 fp32 values over 4 warps (64 a
+    # thread) compile without spills for every head dim (benchmarks/compiled.py).
+    block_n = block_n or max(16, 8192 // block_d(d))
     group = q.shape[0] // k.shape[0]
     dev = q.device
     n = len(keys)

@@ -12,8 +12,8 @@ Received attention is the column sum ``Σ_q P[q, k]``: how much attention each k
 Triton path (`digest_triton`): one pass over P, a program per (query block, head, or group of
 heads sharing a key head when `triton_common.gqa_pack` packs them) looping over its visible key
 blocks, that adds whichever of three results are asked for: pooled blocks (the
-tile is pooled by two one-hot matrix products, ``onehotᵀ_q · P · onehot_k``, then added with
-atomics; no L×L buffer), column sums (atomics), and the per-row head-statistic terms of
+tile is pooled by two one-hot matrix products, ``onehotᵀ_q · P · onehot_k``, on tensor cores
+to fp32 accuracy (`triton_common.onehot_dot`), then added with atomics; no L×L buffer), column sums (atomics), and the per-row head-statistic terms of
 `headstats` (plain stores: each row belongs to one program). Atomic float additions make the
 last bits order-dependent; the tests allow for that.
 """
@@ -217,7 +217,7 @@ def digest_triton(
     pooled_size: tuple[int, int] | None = None,
     received: bool = False,
     terms: bool = False,
-    block_m: int = 64,
+    block_m: int | None = None,
     block_n: int | None = None,
     pack_gqa: bool | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -228,9 +228,10 @@ def digest_triton(
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    pack = gqa_pack(group, lq, block_m, pack_gqa)
     config = loop_config(d, q.dtype)
+    block_m = block_m or config["block_m"]
     block_n = block_n or config["block_n"]
+    pack = gqa_pack(group, lq, block_m, pack_gqa)
     dev = q.device
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
     sq, sk = pooled_size if pooled_size is not None else (1, 1)

@@ -102,7 +102,7 @@ def row_stats_triton(
     q: torch.Tensor,
     k: torch.Tensor,
     spec: MaskSpec,
-    block_m: int = 64,
+    block_m: int | None = None,
     block_n: int | None = None,
     pack_gqa: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +114,10 @@ def row_stats_triton(
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    pack = gqa_pack(group, lq, block_m, pack_gqa)
     config = loop_config(d, q.dtype)
+    block_m = block_m or config["block_m"]
+    block_n = block_n or config["block_n"]
+    pack = gqa_pack(group, lq, block_m, pack_gqa)
     lse = new_output(hq, lq, device=q.device)
     ent = new_output(hq, lq, device=q.device)
     args = mask_args(spec, q.device)
@@ -139,7 +141,7 @@ def row_stats_triton(
         IEEE=q.dtype == torch.float32,
         PACK=pack,
         BLOCK_M=block_m,
-        BLOCK_N=block_n or config["block_n"],
+        BLOCK_N=block_n,
         BLOCK_D=block_d(d),
         num_warps=config["num_warps"],
         num_stages=config["num_stages"],

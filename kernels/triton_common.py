@@ -74,18 +74,29 @@ def block_d(head_dim: int) -> int:
 
 
 def loop_config(head_dim: int, dtype: torch.dtype) -> dict:
-    """Key-block width and launch options for the kernels that loop over key blocks.
+    """Block shape and launch options for the kernels that loop over key blocks.
 
-    Shared memory holds the Q tile and `num_stages` K tiles in flight. At 64 × 64 with three
-    stages, d = 256 in fp32 would need 256 KiB, past every GPU (H100/H200 228 KiB, A100 164 KiB);
-    narrower key blocks and two stages keep the worst case (d = 256, fp32) at 128 KiB. Wide
-    head dims get 8 warps so the Q tile is not spilled from registers.
+    Chosen from what the compiler reports for sm_90 (`python -m benchmarks.compiled`), not yet
+    from GPU timings:
+
+    * fp16/bf16: 64 × 64 blocks on tensor cores; two pipeline stages from d = 256 (512-byte K
+      rows) so shared memory stays <= 144 KiB; 8 warps from d = 128 so the Q tile stays in
+      registers.
+    * fp32 (IEEE products, Triton's FMA path, which holds its operands in registers): 64 × 64
+      blocks spill (5 KB of stack per thread at d = 128); 32-row blocks with 32-key blocks (64 at
+      d = 128) compile without spills.
     """
-    row_bytes = block_d(head_dim) * dtype.itemsize
+    width = block_d(head_dim)
+    row_bytes = width * dtype.itemsize
+    if dtype == torch.float32:
+        block_m, block_n = 32, 64 if width == 128 else 32
+    else:
+        block_m, block_n = 64, 64
     return {
-        "block_n": 32 if row_bytes >= 1024 else 64,
+        "block_m": block_m,
+        "block_n": block_n,
         "num_stages": 2 if row_bytes >= 512 else 3,
-        "num_warps": 8 if block_d(head_dim) >= 128 else 4,
+        "num_warps": 8 if width >= 128 else 4,
     }
 
 
