@@ -117,11 +117,13 @@ def _launches(dtype: torch.dtype, d: int, masked: bool, quick: bool):
         ("digest packed", lambda: pooled.digest_triton(q, k, spec, lse, pack_gqa=True, **everything)),
         ("tile", lambda: tiles.probs_tile_triton(q, k, spec, lse, 0, range(length), range(length))),
         ("top-16", lambda: topk.topk_triton(q, k, spec, lse, 0, 16, range(length))),
-        ("top-128", lambda: topk.topk_triton(q, k, spec, lse, 0, 128, range(length))),
         ("neuron", lambda: neuron.neuron_triton(q, k, spec, lse, 0, length - 1, range(length))),
     ]
-    if quick:  # the packed variants share their unpacked twins' loops; top-128 is the wider top-k
-        calls = [c for c in calls if c[0] not in ("row_stats packed", "digest packed", "top-16")]
+    if dtype != torch.float32:  # fp32 top-k past 16 is the tile kernel's (kernels/topk.py)
+        calls.insert(-1, ("top-128", lambda: topk.topk_triton(q, k, spec, lse, 0, 128, range(length))))
+    if quick:  # the packed variants share their unpacked twins' loops; the widest top-k only
+        skip = {"row_stats packed", "digest packed"} | ({"top-16"} if dtype != torch.float32 else set())
+        calls = [c for c in calls if c[0] not in skip]
     return calls
 
 

@@ -10,7 +10,17 @@ import torch
 
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
-from .triton_common import HAS_TRITON, block_d, mask_args, new_output, safe_lse2, tile_logits2, tl, triton
+from .triton_common import (
+    HAS_TRITON,
+    block_d,
+    loop_config,
+    mask_args,
+    new_output,
+    safe_lse2,
+    tile_logits2,
+    tl,
+    triton,
+)
 
 
 def probs_tile_torch(
@@ -77,11 +87,13 @@ def probs_tile_triton(
     head: int,
     queries: range,
     keys: range,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> torch.Tensor:
     """Triton twin of `probs_tile_torch`."""
     d = q.shape[2]
+    config = loop_config(d, q.dtype)  # the same tile shapes as the looping kernels, spill-free
+    block_m, block_n = block_m or config["block_m"], block_n or config["block_n"]
     group = q.shape[0] // k.shape[0]
     out = new_output(len(queries), len(keys), device=q.device)
     args = mask_args(spec, q.device)

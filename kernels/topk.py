@@ -11,8 +11,8 @@ int64 sort key: the probability's float32 bits (non-negative floats order like t
 row's current k-th best is skipped, which after the first blocks is most of them; otherwise
 running set and block are merged by k rounds of "take the maximum" (cheaper than `tl.sort`'s
 bitonic network for these widths, and far cheaper under the interpreter). ``k`` is rounded up to
-a power of two (the key block width); above `FUSED_MAX_K` the running set would spill
-registers, so the probability-tile kernel computes chunks of rows and `torch.topk` selects,
+a power of two (the key block width); above `FUSED_MAX_K` (16 for fp32 inputs) the kernel
+would spill registers, so the probability-tile kernel computes chunks of rows and `torch.topk` selects,
 chunk by chunk, on the device.
 """
 
@@ -25,8 +25,11 @@ from .scores import masked_logits, probs_from_logits, rows_per_chunk
 from .tiles import probs_tile_triton
 from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, safe_lse2, tile_logits2, tl, triton
 
-#: Largest k the fused kernel keeps in registers (rounded up to a power of two).
+#: Largest k the fused kernel keeps in registers (rounded up to a power of two; it is also the
+#: key-block width). fp32 inputs take Triton's FMA path for Q·Kᵀ, which spills registers beyond
+#: 16-key blocks at d >= 80 (benchmarks/compiled.py); fp16/bf16 run on tensor cores up to 128.
 FUSED_MAX_K = 128
+FUSED_MAX_K_FP32 = 16
 
 
 def topk_torch(
@@ -133,7 +136,7 @@ def topk_triton(
     q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, head: int, count: int, queries: range
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of `topk_torch` (see the module docstring)."""
-    if count > FUSED_MAX_K:
+    if count > (FUSED_MAX_K_FP32 if q.dtype == torch.float32 else FUSED_MAX_K):
         return topk_torch(q, k, spec, lse, head, count, queries, tile=probs_tile_triton)
     d = q.shape[2]
     kp = max(16, triton.next_power_of_2(count))

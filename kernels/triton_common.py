@@ -82,14 +82,14 @@ def loop_config(head_dim: int, dtype: torch.dtype) -> dict:
     * fp16/bf16: 64 × 64 blocks on tensor cores; two pipeline stages from d = 256 (512-byte K
       rows) so shared memory stays <= 144 KiB; 8 warps from d = 128 so the Q tile stays in
       registers.
-    * fp32 (IEEE products, Triton's FMA path, which holds its operands in registers): 64 × 64
-      blocks spill (5 KB of stack per thread at d = 128); 32-row blocks with 32-key blocks (64 at
-      d = 128) compile without spills.
+    * fp32 (IEEE products on Triton's FMA path, which holds whole Q and K tiles in registers):
+      64 × 64 blocks spill (5 KB of stack per thread at d = 128); 32 × 32 blocks up to d = 64 and
+      16 × 32 beyond compile without spills in every kernel (rows, digest, tiles).
     """
     width = block_d(head_dim)
     row_bytes = width * dtype.itemsize
     if dtype == torch.float32:
-        block_m, block_n = 32, 64 if width == 128 else 32
+        block_m, block_n = (32 if width <= 64 else 16), 32
     else:
         block_m, block_n = 64, 64
     return {
