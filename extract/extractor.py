@@ -36,6 +36,14 @@ def _derives_positions_from_padding(model: torch.nn.Module) -> bool:
     return any(type(m).__name__.endswith("Embeddings") and hasattr(m, "padding_idx") for m in model.modules())
 
 
+class InputTooLong(ValueError):
+    """An input has more tokens (special tokens included) than the caller's `max_tokens`."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"the input is {tokens:,} tokens; at most {limit:,} are accepted")
+        self.tokens, self.limit = tokens, limit
+
+
 class Extractor:
     """Wraps a transformers model (and its tokenizer) and traces its attention.
 
@@ -94,12 +102,14 @@ class Extractor:
         input_ids: torch.Tensor | None = None,
         target: str | None = None,
         deadline: float | None = None,
+        max_tokens: int | None = None,
     ) -> Trace:
         """Trace one input: a text (with an optional second sentence `pair`) or `input_ids` [1, L].
 
         Encoder-decoder models also take `target`, the decoder's text (its tokens shifted right
         behind the decoder start token); without it the decoder reads `text`. `deadline`, a
         time.monotonic() value, stops the forward pass between layers with TimeoutError.
+        `max_tokens` refuses a longer input (InputTooLong) before the model runs.
         """
         if (text is None) == (input_ids is None):
             raise ValueError("pass exactly one of text or input_ids")
@@ -109,6 +119,8 @@ class Extractor:
             item = encode_ids(self.tokenizer, input_ids, self.model.config.get_text_config().vocab_size)
         else:
             item = encode(self._need_tokenizer(), text, pair)
+        if max_tokens is not None and len(item.ids) > max_tokens:
+            raise InputTooLong(len(item.ids), max_tokens)
         targets = None
         if self._enc_dec:
             targets = [self._target(target if target is not None else text)]
@@ -176,10 +188,6 @@ class Extractor:
         if self._enc_dec:
             return "encoder" if name.startswith(self._encoder_prefix) else "decoder"
         return "decoder" if call.spec.causal else "encoder"
-
-    def count_tokens(self, text: str, pair: str | None = None) -> int:
-        """Tokens `trace(text, pair)` would run on, special tokens included."""
-        return len(encode(self._need_tokenizer(), text, pair).ids)
 
     def _run(
         self, items: list[Encoded], targets: list[Encoded] | None, deadline: float | None = None

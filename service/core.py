@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import proto
 from ..extract import Extractor, Trace
+from ..extract.extractor import InputTooLong
 from . import views as view_module
 from .cache import TraceCache
 from .errors import InvalidArgument, NotFound, ResourceExhausted
@@ -84,13 +85,16 @@ class AttentionCore:
             raise ResourceExhausted(
                 f"text is {chars:,} characters; this server accepts at most {self.limits.max_text_chars:,}"
             )
-        tokens = ex.count_tokens(text, pair or None)
-        if tokens > self.limits.max_tokens:
-            raise ResourceExhausted(
-                f"text is {tokens:,} tokens; this server accepts at most {self.limits.max_tokens:,}"
-            )
         kwargs = {"target": target} if target else {}
-        return name, ex.trace(text, pair=pair or None, deadline=deadline, **kwargs)
+        try:
+            trace = ex.trace(
+                text, pair=pair or None, deadline=deadline, max_tokens=self.limits.max_tokens, **kwargs
+            )
+        except InputTooLong as exc:
+            raise ResourceExhausted(
+                f"text is {exc.tokens:,} tokens; this server accepts at most {exc.limit:,}"
+            ) from None
+        return name, trace
 
     def _views(self, trace: Trace, views: list, deadline: float | None) -> list[tuple[str, np.ndarray]]:
         def check_deadline() -> None:

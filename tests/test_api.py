@@ -99,6 +99,10 @@ def test_bad_inputs_are_refused_clearly(tiny, minilm64):
         tiny.trace_batch("w1 w2")
     with pytest.raises(ValueError, match="has 602 tokens but this model's position table holds 512"):
         minilm64.trace("word " * 600)
+    with pytest.raises(ValueError, match="the input is 4 tokens; at most 3 are accepted") as refused:
+        minilm64.trace("hello world", max_tokens=3)  # [CLS] hello world [SEP]
+    assert (refused.value.tokens, refused.value.limit) == (4, 3)
+    assert len(minilm64.trace("hello world", max_tokens=4).tokens) == 4
 
 
 def test_trace_without_tokenizer_uses_input_ids(rng):
