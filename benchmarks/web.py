@@ -14,7 +14,6 @@ The model is a random 12-layer, 12-head Llama built from a config (no download),
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -31,6 +30,8 @@ from attnscope.service.gateway import Gateway
 from .common import RESULTS, environment, write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser import launch_chromium
+
 from tiny_models import word_tokenizer
 
 
@@ -67,17 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=shutil.which("chromium"),
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             # Model view, 4,096 tokens: redraw the grid `repeats` times (a resize redraws from cached data).
             page.goto(f"{gateway.url}/?view=model&text={words(4094)}")

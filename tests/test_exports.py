@@ -6,12 +6,12 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
 import transformers as tf
+from browser import launch_chromium
 
 import attnscope
 from attnscope import Client, Extractor
@@ -86,10 +86,8 @@ def test_client_export_equals_local_export(minilm, tmp_path):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    executable = shutil.which("chromium")
-    assert executable, "needs Debian's Chromium (`make test` installs it)"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch_chromium(p)
         yield browser
         browser.close()
 

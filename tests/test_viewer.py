@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
+from browser import launch_chromium
 
 from attnscope import Extractor
 from attnscope.service import AttentionCore
@@ -45,22 +45,8 @@ def stack():
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = shutil.which("chromium")
-    assert executable, (
-        "the viewer tests need Debian's Chromium: `make test` installs it (apt-get install chromium)"
-    )
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=executable,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = launch_chromium(p)
         yield browser
         browser.close()
 
