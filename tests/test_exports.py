@@ -167,8 +167,10 @@ def test_dense_trace_views_equal_the_trace_views(minilm):
 
 
 def frame_of(page, markup: str):
+    """The iframe of `markup` once it is the page's content (page.frames may still list the
+    previous content's detached frame for a moment, so ask the new iframe element itself)."""
     page.set_content(markup)
-    return page.frames[1]
+    return page.locator("iframe").first.element_handle().content_frame()
 
 
 def test_bertviz_head_view_and_model_view(browser):
