@@ -70,14 +70,21 @@ def median_seconds(fn: Callable[[], object], warmup: int = 2, repeats: int = 7) 
 
 
 def write(
-    name: str, env: dict, rows: list[dict], columns: list[tuple[str, str]], out_dir: Path, notes: str = ""
+    name: str,
+    env: dict,
+    rows: list[dict],
+    out_dir: Path,
+    doc: str,
+    columns: list[tuple[str, str]] | None = None,
 ) -> Path:
-    """Write `name`.json (env + rows) and `name`.md (a table of `columns`: (key, header))."""
+    """Write `name`.json (env + rows) and `name`.md: the third paragraph of the benchmark's module
+    docstring `doc` (what was measured, after its title and usage), then a table of `columns`
+    ((key, header) pairs; default: every key of the first row)."""
+    columns = columns or [(k, k) for k in rows[0]]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    lines = [f"# {name}", "", ", ".join(f"{k}: {v}" for k, v in env.items()), ""]
-    if notes:
-        lines += [notes, ""]
+    notes = " ".join(doc.split("\n\n")[2].split())
+    lines = [f"# {name}", "", ", ".join(f"{k}: {v}" for k, v in env.items()), "", notes, ""]
     lines.append("| " + " | ".join(h for _, h in columns) + " |")
     lines.append("|" + "---|" * len(columns))
     for row in rows:
@@ -86,4 +93,5 @@ def write(
         lines.append("| " + " | ".join(cells) + " |")
     md = out_dir / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
+    print(f"wrote {md} and {md.with_suffix('.json')}")
     return md

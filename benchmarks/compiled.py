@@ -11,7 +11,6 @@ from Triton's bundled ptxas, and its resources are read with the bundled cuobjdu
 thread, stack and local memory per thread (where register spills go) and shared memory per
 block (dynamic + static). A kernel that fails
 to compile, or needs more shared memory than the architecture grants one block, fails the run.
-
 These are compile-time facts about the kernels, not GPU measurements: nothing here runs them.
 """
 
@@ -21,7 +20,6 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -204,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         ("shared_limit", "limit B"),
     ]
     name = f"compiled-sm{args.arch}" + ("-quick" if args.quick else "")
-    notes = " ".join(__doc__.split("\n\n")[2:4]).replace("\n", " ")
-    md = write(name, environment(), rows, columns, args.out, notes=notes)
-    print(f"wrote {md} and {md.with_suffix('.json')}", file=sys.stderr)
+    write(name, environment(), rows, args.out, __doc__, columns)
     return 0
 
 

@@ -315,16 +315,8 @@ def report(rows: list[dict], name: str, out: Path) -> None:
     table = ratios(rows)
     rest = sorted({k for r in table for k in r} - {"model", "L"})
     columns = ["model", "L", *rest]
-    md = write(
-        name,
-        environment(),
-        table,
-        [(k, k) for k in columns],
-        out,
-        notes=" ".join(__doc__.split("\n\n")[2].split()),
-    )
-    png = plot(rows, out / f"{name}.png")
-    print(f"wrote {md}, {md.with_suffix('.json')}, {png}")
+    write(name, environment(), table, out, __doc__, [(k, k) for k in columns])
+    print(f"wrote {plot(rows, out / f'{name}.png')}")
 
 
 if __name__ == "__main__":

@@ -77,15 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             print(rows[-1])
-    md = write(
-        "exports",
-        {**environment(), "bertviz": bertviz.__version__ if hasattr(bertviz, "__version__") else "1.4.1"},
-        rows,
-        [(k, k) for k in rows[0]],
-        args.out,
-        notes=" ".join(__doc__.split("\n\n")[2].split()),
-    )
-    print(f"wrote {md}")
+    bertviz_version = bertviz.__version__ if hasattr(bertviz, "__version__") else "1.4.1"
+    write("exports", {**environment(), "bertviz": bertviz_version}, rows, args.out, __doc__)
     return 0
 
 

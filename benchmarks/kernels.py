@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         ("floor_ms", "floor ms"),
         ("ratio_to_floor", "× floor"),
     ]
-    md = write(
-        name, environment(), rows, columns, args.out, notes=__doc__.split("\n\n")[2].replace("\n", " ")
-    )
-    print(f"wrote {md} and {md.with_suffix('.json')}")
+    write(name, environment(), rows, args.out, __doc__, columns)
     return 0
 
 

@@ -77,15 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_fraction": (e2e - compute) / compute,
     }
     print(row)
-    md = write(
-        "service",
-        environment(),
-        [row],
-        [(k, k) for k in row],
-        args.out,
-        notes=" ".join(__doc__.split("\n\n")[2].split()),
-    )
-    print(f"wrote {md}")
+    write("service", environment(), [row], args.out, __doc__)
     return 0
 
 

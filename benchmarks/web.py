@@ -126,15 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     for row in rows:
         print(row)
-    md = write(
-        "web",
-        environment(),
-        rows,
-        [(k, k) for k in rows[0]],
-        args.out,
-        notes=" ".join(__doc__.split("\n\n")[2].split()),
-    )
-    print(f"wrote {md}")
+    write("web", environment(), rows, args.out, __doc__)
     return 0
 
 

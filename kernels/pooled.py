@@ -228,9 +228,7 @@ def digest_triton(
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    config = loop_config(d, q.dtype)
-    block_m = block_m or config["block_m"]
-    block_n = block_n or config["block_n"]
+    block_m, block_n, launch = loop_config(d, q.dtype, block_m, block_n)
     pack = gqa_pack(group, lq, block_m, pack_gqa)
     dev = q.device
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
@@ -272,8 +270,7 @@ def digest_triton(
         BLOCK_SK=_cells_per_tile(block_n, sk, lk),
         CELLS_Q=triton.next_power_of_2(pack * block_sq),
         HEADS_P=max(16, triton.next_power_of_2(pack)),
-        num_warps=config["num_warps"],
-        num_stages=config["num_stages"],
+        **launch,
     )
     out = {}
     if pooled_size is not None:

@@ -114,9 +114,7 @@ def row_stats_triton(
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    config = loop_config(d, q.dtype)
-    block_m = block_m or config["block_m"]
-    block_n = block_n or config["block_n"]
+    block_m, block_n, launch = loop_config(d, q.dtype, block_m, block_n)
     pack = gqa_pack(group, lq, block_m, pack_gqa)
     lse = new_output(hq, lq, device=q.device)
     ent = new_output(hq, lq, device=q.device)
@@ -143,8 +141,7 @@ def row_stats_triton(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_D=block_d(d),
-        num_warps=config["num_warps"],
-        num_stages=config["num_stages"],
+        **launch,
     )
     if spec.sinks is not None:
         lse, ent = add_sinks(lse, ent, spec.sinks)

@@ -92,8 +92,8 @@ def probs_tile_triton(
 ) -> torch.Tensor:
     """Triton twin of `probs_tile_torch`."""
     d = q.shape[2]
-    config = loop_config(d, q.dtype)  # the same tile shapes as the looping kernels, spill-free
-    block_m, block_n = block_m or config["block_m"], block_n or config["block_n"]
+    # The looping kernels' tile shapes (spill-free); one tile needs no pipelining options.
+    block_m, block_n, _ = loop_config(d, q.dtype, block_m, block_n)
     group = q.shape[0] // k.shape[0]
     out = new_output(len(queries), len(keys), device=q.device)
     args = mask_args(spec, q.device)

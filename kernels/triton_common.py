@@ -73,8 +73,11 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def loop_config(head_dim: int, dtype: torch.dtype) -> dict:
-    """Block shape and launch options for the kernels that loop over key blocks.
+def loop_config(
+    head_dim: int, dtype: torch.dtype, block_m: int | None = None, block_n: int | None = None
+) -> tuple[int, int, dict]:
+    """(block_m, block_n, launch options) for the kernels that loop over key blocks; a block size
+    passed in (the tests' small tiles) wins over the default.
 
     Chosen from what the compiler reports for sm_90 (`python -m benchmarks.compiled`), not yet
     from GPU timings:
@@ -89,15 +92,11 @@ def loop_config(head_dim: int, dtype: torch.dtype) -> dict:
     width = block_d(head_dim)
     row_bytes = width * dtype.itemsize
     if dtype == torch.float32:
-        block_m, block_n = (32 if width <= 64 else 16), 32
+        default_m, default_n = (32 if width <= 64 else 16), 32
     else:
-        block_m, block_n = 64, 64
-    return {
-        "block_m": block_m,
-        "block_n": block_n,
-        "num_stages": 2 if row_bytes >= 512 else 3,
-        "num_warps": 8 if width >= 128 else 4,
-    }
+        default_m, default_n = 64, 64
+    launch = {"num_stages": 2 if row_bytes >= 512 else 3, "num_warps": 8 if width >= 128 else 4}
+    return block_m or default_m, block_n or default_n, launch
 
 
 def gqa_pack(group: int, lq: int, block_m: int, requested: bool | None = None) -> int:
