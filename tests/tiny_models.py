@@ -39,6 +39,17 @@ def random_text(n_words: int, gen: torch.Generator) -> str:
 
 
 COMMON = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+#: The encoder-decoder families (BART, Marian) share their shape; they differ in token ids.
+SEQ2SEQ = dict(
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=48,
+    decoder_ffn_dim=48,
+    max_position_embeddings=128,
+)
 
 
 def _configs() -> dict:
@@ -120,26 +131,12 @@ def _configs() -> dict:
             **COMMON,
         ),
         "bart": lambda: tf.BartConfig(
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=48,
-            decoder_ffn_dim=48,
-            max_position_embeddings=128,
+            **SEQ2SEQ,
             decoder_start_token_id=2,
             **COMMON,
         ),
         "marian": lambda: tf.MarianConfig(
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=48,
-            decoder_ffn_dim=48,
-            max_position_embeddings=128,
+            **SEQ2SEQ,
             decoder_start_token_id=0,
             decoder_vocab_size=VOCAB,
             **COMMON,
