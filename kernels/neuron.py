@@ -21,7 +21,7 @@ from .triton_common import (
     logits2,
     mask_args,
     new_output,
-    safe_lse2,
+    one_head,
     tl,
     triton,
     visible_pairs,
@@ -105,19 +105,19 @@ def neuron_triton(
     # The q×k block [block_n, BLOCK_D] lives in registers: 8,192 fp32 values over 4 warps (64 a
     # thread) compile without spills for every head dim (benchmarks/compiled.py).
     block_n = block_n or max(16, 8192 // block_d(d))
-    group = q.shape[0] // k.shape[0]
     dev = q.device
     n = len(keys)
     prod = new_output(n, d, device=dev)
     scores = new_output(n, device=dev)
     probs = new_output(n, device=dev)
-    qv, kh = q[head, query], k[head // group]
+    qh, kh, lse2 = one_head(q, k, lse, head)
+    qv = qh[query]
     args = mask_args(spec, dev)
     _neuron_kernel[(triton.cdiv(n, block_n),)](
         qv,
         kh,
         args.pop("kv_valid"),
-        safe_lse2(lse[head]),
+        lse2,
         prod,
         scores,
         probs,

@@ -16,7 +16,7 @@ from .triton_common import (
     loop_config,
     mask_args,
     new_output,
-    safe_lse2,
+    one_head,
     tile_logits2,
     tl,
     triton,
@@ -94,16 +94,15 @@ def probs_tile_triton(
     d = q.shape[2]
     # The looping kernels' tile shapes (spill-free); one tile needs no pipelining options.
     block_m, block_n, _ = loop_config(d, q.dtype, block_m, block_n)
-    group = q.shape[0] // k.shape[0]
     out = new_output(len(queries), len(keys), device=q.device)
     args = mask_args(spec, q.device)
-    qh, kh = q[head], k[head // group]
+    qh, kh, lse2 = one_head(q, k, lse, head)
     grid = (triton.cdiv(len(queries), block_m), triton.cdiv(len(keys), block_n))
     _probs_tile_kernel[grid](
         qh,
         kh,
         args.pop("kv_valid"),
-        safe_lse2(lse[head]),
+        lse2,
         out,
         *qh.stride(),
         *kh.stride(),

@@ -23,7 +23,7 @@ import torch
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
 from .tiles import probs_tile_triton
-from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, safe_lse2, tile_logits2, tl, triton
+from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, one_head, tile_logits2, tl, triton
 
 #: Largest k the fused kernel keeps in registers (rounded up to a power of two; it is also the
 #: key-block width). fp32 inputs take Triton's FMA path for Q·Kᵀ, which spills registers beyond
@@ -141,15 +141,14 @@ def topk_triton(
     d = q.shape[2]
     kp = max(16, triton.next_power_of_2(count))
     block_m = max(16, min(64, 2048 // kp))  # the merge sorts block_m × 2·kp int64 in registers
-    group = q.shape[0] // k.shape[0]
-    qh, kh = q[head], k[head // group]
+    qh, kh, lse2 = one_head(q, k, lse, head)
     packed = torch.empty(len(queries), kp, dtype=torch.int64, device=q.device)
     args = mask_args(spec, q.device)
     _topk_kernel[(triton.cdiv(len(queries), block_m),)](
         qh,
         kh,
         args.pop("kv_valid"),
-        safe_lse2(lse[head]),
+        lse2,
         packed,
         *qh.stride(),
         *kh.stride(),

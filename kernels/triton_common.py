@@ -114,6 +114,12 @@ def gqa_pack(group: int, lq: int, block_m: int, requested: bool | None = None) -
     return group if group > 1 and 8 * packed <= 7 * unpacked else 1
 
 
+def one_head(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, head: int):
+    """Launch operands of query head `head`: its Q [Lq, D], the K [Lk, D] of the key head it reads
+    (head // group under grouped-query attention) and its base-2 row log-sum-exp (`safe_lse2`)."""
+    return q[head], k[head // (q.shape[0] // k.shape[0])], safe_lse2(lse[head])
+
+
 def safe_lse2(lse: torch.Tensor) -> torch.Tensor:
     """Base-2 row log-sum-exp as float32 with empty rows (-inf) turned into +inf (-> zero probs)."""
     lse2 = lse.float() * LOG2E
