@@ -64,9 +64,33 @@ DeleteTraceResponse = _message_class(FILE.message_types_by_name["DeleteTraceResp
 ListModelsRequest = _message_class(FILE.message_types_by_name["ListModelsRequest"])
 ModelInfo = _message_class(FILE.message_types_by_name["ModelInfo"])
 ListModelsResponse = _message_class(FILE.message_types_by_name["ListModelsResponse"])
+KindInfo = _message_class(FILE.message_types_by_name["KindInfo"])
+ViewManifest = _message_class(FILE.message_types_by_name["ViewManifest"])
+ViewOutput = _message_class(FILE.message_types_by_name["ViewOutput"])
+GetServerInfoRequest = _message_class(FILE.message_types_by_name["GetServerInfoRequest"])
+Limits = _message_class(FILE.message_types_by_name["Limits"])
+ViewerDefaults = _message_class(FILE.message_types_by_name["ViewerDefaults"])
+HeadStatInfo = _message_class(FILE.message_types_by_name["HeadStatInfo"])
+ServerInfo = _message_class(FILE.message_types_by_name["ServerInfo"])
 
-#: DType enum numbers by name ("FLOAT32" -> 1, ...).
-DType = {name: value.number for name, value in FILE.enum_types_by_name["DType"].values_by_name.items()}
+
+def _enum(name: str) -> dict[str, int]:
+    return {v: value.number for v, value in FILE.enum_types_by_name[name].values_by_name.items()}
+
+
+#: Enum numbers by value name: DType["FLOAT32"] -> 1, Kind["KIND_CROSS"] -> 3, Notable["NOTABLE_LOW"] -> 2.
+DType = _enum("DType")
+Kind = _enum("Kind")
+Notable = _enum("Notable")
+
+#: Kind numbers by the Python API's kind names ("encoder" -> KIND_ENCODER, None -> KIND_SELF), and back.
+KIND_OF_NAME = {
+    None: Kind["KIND_SELF"],
+    "encoder": Kind["KIND_ENCODER"],
+    "decoder": Kind["KIND_DECODER"],
+    "cross": Kind["KIND_CROSS"],
+}
+NAME_OF_KIND = {number: name for name, number in KIND_OF_NAME.items()}
 
 
 def method_path(name: str) -> str:
