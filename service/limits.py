@@ -1,0 +1,65 @@
+"""The server's limits and the viewer's defaults: written once here, reported by GetServerInfo,
+used as the CLI's defaults and by the exporters of standalone files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import proto
+from ..kernels.headstats import HEAD_STATS
+from ..kernels.pooled import DEFAULT_POOLED_SIZE
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one call may ask for; past these a call gets RESOURCE_EXHAUSTED or INVALID_ARGUMENT."""
+
+    max_text_chars: int = 200_000
+    max_tokens: int = 16_384
+    max_pooled_size: int = 2048
+    default_pooled_size: int = DEFAULT_POOLED_SIZE
+    max_result_values: int = 64 * 2**20  # 256 MiB of float32 per call
+    trace_cache_bytes: int = 2 * 2**30
+    trace_ttl_s: float = 600.0
+    max_pending: int = 64
+
+    def message(self):
+        return proto.Limits(
+            max_text_chars=self.max_text_chars,
+            max_tokens=self.max_tokens,
+            max_pooled_size=self.max_pooled_size,
+            default_pooled_size=self.default_pooled_size,
+            max_result_values=self.max_result_values,
+            trace_cache_bytes=self.trace_cache_bytes,
+            trace_ttl_s=self.trace_ttl_s,
+            max_pending=self.max_pending,
+        )
+
+
+@dataclass(frozen=True)
+class ViewerDefaults:
+    """What the viewer asks for by default (see proto ViewerDefaults)."""
+
+    full_attention_tokens: int = 256
+    head_view_top_k: int = 16
+    thumbnail_size: int = 64
+    tile_size: int = 512
+
+    def message(self):
+        return proto.ViewerDefaults(
+            full_attention_tokens=self.full_attention_tokens,
+            head_view_top_k=self.head_view_top_k,
+            thumbnail_size=self.thumbnail_size,
+            tile_size=self.tile_size,
+        )
+
+
+VIEWER = ViewerDefaults()
+
+
+def head_stat_messages() -> list:
+    notable = {"high": proto.Notable["NOTABLE_HIGH"], "low": proto.Notable["NOTABLE_LOW"]}
+    return [
+        proto.HeadStatInfo(name=name, description=text, notable=notable[end])
+        for name, (text, end) in HEAD_STATS.items()
+    ]
