@@ -2,30 +2,42 @@
 
 Each family module holds the chunked torch implementation (``*_torch``), the reference that runs
 everywhere; the Triton kernels that must match it live beside it. Shared facts: `masking`
-(the mask description) and `scores` (numerics).
+(the mask description), `scores` (numerics) and `facts` (torch-free: statistic names, defaults).
+
+Names below are imported on first use, so that `attnscope.kernels.facts` is readable without
+loading torch (the light client reads it).
 """
 
-from . import backend
-from .headstats import HEAD_STAT_NAMES, head_stats_torch
-from .masking import MaskSpec
-from .neuron import NeuronView, neuron_torch
-from .pooled import block_of, block_sizes, pooled_torch, received_torch
-from .rowstats import row_stats_torch
-from .tiles import probs_tile_torch
-from .topk import topk_torch
+from __future__ import annotations
 
-__all__ = [
-    "HEAD_STAT_NAMES",
-    "MaskSpec",
-    "NeuronView",
-    "backend",
-    "block_of",
-    "block_sizes",
-    "head_stats_torch",
-    "neuron_torch",
-    "pooled_torch",
-    "probs_tile_torch",
-    "received_torch",
-    "row_stats_torch",
-    "topk_torch",
-]
+import importlib
+
+# name -> the family module that defines it (a name mapped to None is a module of this package).
+_WHERE = {
+    "HEAD_STAT_NAMES": "facts",
+    "HEAD_STATS": "facts",
+    "DEFAULT_POOLED_SIZE": "facts",
+    "MaskSpec": "masking",
+    "NeuronView": "neuron",
+    "neuron_torch": "neuron",
+    "block_of": "pooled",
+    "block_sizes": "pooled",
+    "row_stats_torch": "rowstats",
+    "probs_tile_torch": "tiles",
+    "topk_torch": "topk",
+    "head_stats_torch": "headstats",
+    "pooled_torch": "pooled",
+    "received_torch": "pooled",
+    "backend": None,
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_WHERE[name] or name}")
+    value = module if _WHERE[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value

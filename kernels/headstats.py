@@ -20,18 +20,10 @@ from __future__ import annotations
 
 import torch
 
+from .facts import HEAD_STAT_NAMES
 from .masking import MaskSpec
 
-#: name -> (what it measures, which end marks a notable head: "high" or "low"). The service reports
-#: these in ServerInfo.head_stats; the viewer and the CLI read them from there or from here.
-HEAD_STATS = {
-    "entropy": ("attention entropy of a query row, nats (low: a focused head)", "low"),
-    "previous_token": ("mass on the previous token, P[q, q-1]", "high"),
-    "self": ("mass on the query's own position, P[q, q]", "high"),
-    "first_token": ("mass on the first token (often a sink: [CLS], BOS), P[q, 0]", "high"),
-    "mean_distance": ("mean |q - k| under the row's attention, tokens", "high"),
-}
-HEAD_STAT_NAMES = tuple(HEAD_STATS)
+
 ROW_TERMS = ("previous_token", "self", "first_token", "mean_distance")
 
 

@@ -41,10 +41,6 @@ from .triton_common import (
 )
 
 
-#: The pooled size when none is asked for (Trace.pooled, the service's Limits.default_pooled_size).
-DEFAULT_POOLED_SIZE = 256
-
-
 def block_of(length: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Block index [length] of every position when `length` positions are cut into `size` blocks."""
     if not 1 <= size <= length:
