@@ -23,7 +23,6 @@ import torch
 from .facts import HEAD_STAT_NAMES
 from .masking import MaskSpec
 
-
 ROW_TERMS = ("previous_token", "self", "first_token", "mean_distance")
 
 
