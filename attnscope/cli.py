@@ -6,18 +6,10 @@ import argparse
 import sys
 import time
 
-# Which end of each statistic marks a notable head: low entropy is focused, high mass is strong.
-_ORDER = {
-    "entropy": "lowest",
-    "previous_token": "highest",
-    "self": "highest",
-    "first_token": "highest",
-    "mean_distance": "highest",
-}
-
 
 def _cmd_trace(args: argparse.Namespace) -> int:
     from attnscope import Extractor
+    from attnscope.kernels.facts import HEAD_STATS
 
     started = time.perf_counter()
     ex = Extractor.from_pretrained(args.model, device=args.device)
@@ -31,9 +23,10 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     print(f"loaded in {loaded - started:.2f} s, traced + head statistics in {done - loaded:.3f} s")
     for stat, values in stats.items():
         flat = values.flatten()
-        order = flat.argsort(descending=_ORDER[stat] == "highest")[: args.top]
+        high = HEAD_STATS[stat][1] == "high"  # which end marks a notable head
+        order = flat.argsort(descending=high)[: args.top]
         heads = ", ".join(f"L{int(i) // tr.num_heads}.H{int(i) % tr.num_heads}={flat[i]:.3f}" for i in order)
-        print(f"{stat:>15} ({_ORDER[stat]}): {heads}")
+        print(f"{stat:>15} ({'highest' if high else 'lowest'}): {heads}")
     return 0
 
 
@@ -50,8 +43,10 @@ def _load_models(names: list[str], device: str | None, dtype: str | None) -> dic
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from attnscope.service import AttentionCore, Limits, Server
+    from attnscope.service.core import AttentionCore
     from attnscope.service.gateway import Gateway
+    from attnscope.service.limits import Limits
+    from attnscope.service.server import Server, wait_for_signal
 
     server = None
     grpc_address = args.grpc
@@ -61,9 +56,10 @@ async def _serve(args: argparse.Namespace) -> int:
             max_pooled_size=args.max_pooled_size,
             trace_cache_bytes=args.trace_cache_mb * 2**20,
             trace_ttl_s=args.trace_ttl,
+            max_pending=args.max_pending,
         )
         core = AttentionCore(_load_models(args.model, args.device, args.dtype), limits)
-        server = Server(core, args.host, args.grpc_port, token=args.token, max_pending=args.max_pending)
+        server = Server(core, args.host, args.grpc_port, token=args.token, workers=args.workers)
         await server.start()
         grpc_address = server.address
         print(f"attnscope: gRPC on {server.address} (models: {', '.join(core.models)})", flush=True)
@@ -76,13 +72,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if server is not None:
             await server.run_until_signal(args.grace)
         else:
-            import asyncio
-            import signal
-
-            stop = asyncio.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await wait_for_signal()
     finally:
         if gateway is not None:
             gateway.stop()
@@ -101,7 +91,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from attnscope.service import Client, views
+    from attnscope import Client, views
 
     requested = [views.head_stats(), views.pooled(args.pooled_size)]
     if args.received:
@@ -128,7 +118,7 @@ def _parse_tiles(specs: list[str]) -> list[tuple[int, int]]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from attnscope.service.exports import export_file
+    from attnscope.service.exports import export_file, trace_fetch
 
     tiles = _parse_tiles(args.tile)
     queries = [int(q) for q in args.neuron_queries.split(",")] if args.neuron_queries else None
@@ -149,7 +139,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from attnscope import Extractor
         from attnscope.extract import DEFAULT_MODEL_NAME
         from attnscope.service.core import trace_info
-        from attnscope.web.standalone import trace_fetch
 
         ex = Extractor.from_pretrained(args.model, device=args.device)
         trace = ex.trace(args.text, pair=args.pair)
@@ -169,21 +158,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    # The benchmarks live beside the package in a checkout (benchmarks/ is not installed).
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "e2e.py").is_file():
-        raise FileNotFoundError(
-            "attnscope bench runs from a source checkout (benchmarks/ is not part of the wheel)"
-        )
-    sys.path.insert(0, str(root))
-    from benchmarks.e2e import main as bench_main
+    from attnscope.benchmarks.e2e import main as bench_main
 
     return bench_main([a for a in args.bench_args if a != "--"])
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from attnscope.service.limits import Limits  # the defaults the server reports, written once
+
+    limits = Limits()
     parser = argparse.ArgumentParser(prog="attnscope", description="Exact attention views for transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser(
@@ -227,18 +210,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="model dtype (default: float32 on CPU, the checkpoint's on GPU)",
     )
     sv.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on every call")
-    sv.add_argument("--max-tokens", type=int, default=16384, help="longest input in tokens (default 16384)")
     sv.add_argument(
-        "--max-pooled-size", type=int, default=2048, help="largest pooled map side (default 2048)"
+        "--max-tokens",
+        type=int,
+        default=limits.max_tokens,
+        help=f"longest input in tokens (default {limits.max_tokens})",
     )
     sv.add_argument(
-        "--trace-cache-mb", type=int, default=2048, help="device memory for kept traces (default 2048 MiB)"
+        "--max-pooled-size",
+        type=int,
+        default=limits.max_pooled_size,
+        help=f"largest pooled map side (default {limits.max_pooled_size})",
     )
     sv.add_argument(
-        "--trace-ttl", type=float, default=600.0, help="seconds a kept trace lives unused (default 600)"
+        "--trace-cache-mb",
+        type=int,
+        default=limits.trace_cache_bytes // 2**20,
+        help=f"device memory for kept traces (default {limits.trace_cache_bytes // 2**20} MiB)",
     )
     sv.add_argument(
-        "--max-pending", type=int, default=64, help="calls in flight before RESOURCE_EXHAUSTED (default 64)"
+        "--trace-ttl",
+        type=float,
+        default=limits.trace_ttl_s,
+        help=f"seconds a kept trace lives unused (default {limits.trace_ttl_s:g})",
+    )
+    sv.add_argument(
+        "--max-pending",
+        type=int,
+        default=limits.max_pending,
+        help=f"calls in flight before RESOURCE_EXHAUSTED (default {limits.max_pending})",
+    )
+    sv.add_argument(
+        "--workers",
+        choices=["device", "model"],
+        default="device",
+        help="one model-work thread per device (default) or per model (several small CPU models)",
     )
     sv.add_argument(
         "--grace", type=float, default=30.0, help="seconds calls in flight get on SIGTERM (default 30)"
@@ -251,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output .npz (tokens, head_stats/*, pooled, ...)")
     ex.add_argument("--model", default="", help="model name on the server (default: its default)")
     ex.add_argument("--pair", default=None, help="optional second sentence")
-    ex.add_argument("--pooled-size", type=int, default=0, help="pooled map side (0 = min(L, 256))")
+    ex.add_argument(
+        "--pooled-size",
+        type=int,
+        default=0,
+        help=f"pooled map side (0 = the server's default, min(L, {limits.default_pooled_size}) here)",
+    )
     ex.add_argument("--received", action="store_true", help="also fetch received attention per key")
     ex.add_argument("--token", default=None, help="bearer token, if the server requires one")
     ex.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
@@ -270,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     xp.add_argument("--pair", default=None, help="optional second sentence")
     xp.add_argument(
-        "--pooled-size", type=int, default=256, help="pooled map side in .npz/.safetensors (default 256)"
+        "--pooled-size",
+        type=int,
+        default=0,
+        help=f"pooled map side in .npz/.safetensors (0 = min(L, {limits.default_pooled_size}))",
     )
     xp.add_argument(
         "--tile",

@@ -16,6 +16,15 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def proc_status(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (e.g. "VmHWM", "VmRSS"), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
 def environment() -> dict:
     import transformers
 

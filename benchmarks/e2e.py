@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS, environment, median_seconds, write
+from .common import RESULTS, environment, median_seconds, proc_status, write
 
 CUDA = torch.cuda.is_available()
 
@@ -79,15 +79,7 @@ def _vocab(model) -> int:
 def _host_peak_reset() -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    return _status("VmRSS")
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_status("VmRSS")
 
 
 def run_one(spec: dict) -> dict:
@@ -146,7 +138,7 @@ def run_one(spec: dict) -> dict:
         **spec,
         "status": "ok",
         "seconds": seconds,
-        "peak_host_bytes": _status("VmHWM") - base_host,
+        "peak_host_bytes": proc_status("VmHWM") - base_host,
         **out,
     }
     if CUDA:
@@ -170,7 +162,7 @@ def measure(spec: dict, timeout: int) -> dict:
     if spec["method"] == "eager" and not _eager_fits_host(spec["model"], spec["length"]):
         return {**spec, "status": "skipped: attentions would not fit in host memory"}
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.e2e", "--one", json.dumps(spec)],
+        [sys.executable, "-m", f"{__package__}.e2e", "--one", json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=timeout,

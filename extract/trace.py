@@ -15,16 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels import HEAD_STAT_NAMES, MaskSpec, NeuronView, backend
+from ..kernels.facts import DEFAULT_POOLED_SIZE
 from ..kernels.headstats import reduce_head_stats
+from .selection import IndexOutOfRange, Span, choose, index, span
 
 KINDS = ("encoder", "decoder", "cross")
-
-
-class IndexOutOfRange(ValueError):
-    """A layer, head, position or range outside what the trace holds (the message names the bounds)."""
-
-
-Span = slice | int | range | None
 
 
 @dataclass
@@ -34,46 +29,6 @@ class LayerQK:
     q: torch.Tensor  # [Hq, Lq, D]
     k: torch.Tensor  # [Hkv, Lk, D]
     spec: MaskSpec
-
-
-def _span(value: Span, length: int, what: str) -> range:
-    """A non-empty, step-1 range inside [0, length) from None, an int, a slice or a range."""
-    if value is None:
-        return range(length)
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -length <= value < length:
-            raise IndexOutOfRange(f"{what} index must be in [{-length}, {length}), got {value}")
-        value %= length
-        return range(value, value + 1)
-    if isinstance(value, range):
-        value = slice(value.start, value.stop, value.step)
-    if not isinstance(value, slice):
-        raise ValueError(f"{what} must be None, an int or a slice, got {type(value).__name__}")
-    start, stop, step = value.indices(length)
-    if step != 1:
-        raise ValueError(f"{what} slice step must be 1, got {value.step}")
-    if stop <= start:
-        raise IndexOutOfRange(f"{what} slice {value} selects nothing from {length} positions")
-    return range(start, stop)
-
-
-def _index(value: int, length: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an int in [0, {length}), got {value!r}")
-    if not 0 <= value < length:
-        raise IndexOutOfRange(f"{what} must be in [0, {length}), got {value}")
-    return value
-
-
-def _choose(values: int | Iterable[int] | None, length: int, what: str) -> list[int]:
-    if values is None:
-        return list(range(length))
-    if isinstance(values, int):
-        values = [values]
-    chosen = [_index(v, length, what) for v in values]
-    if not chosen:
-        raise ValueError(f"{what} selection is empty; pass None for all {length}")
-    return chosen
 
 
 class TokensByKind:
@@ -148,10 +103,18 @@ class Trace(TokensByKind):
         layers = self._layers[self._kind(kind)]
         return len(layers), layers[0].q.shape[0], layers[0].q.shape[1], layers[0].k.shape[1]
 
+    def head_dim(self, kind: str | None = None) -> int:
+        """Elements per query/key vector."""
+        return self._layers[self._kind(kind)][0].q.shape[-1]
+
+    def num_key_heads(self, kind: str | None = None) -> int:
+        """Key heads per layer (fewer than query heads with grouped-query attention)."""
+        return self._layers[self._kind(kind)][0].k.shape[0]
+
     def layer_qk(self, layer: int, kind: str | None = None) -> LayerQK:
         """The captured Q/K and mask of one layer (on the model's device)."""
         layers = self._layers[self._kind(kind)]
-        return layers[_index(layer, len(layers), "layer")]
+        return layers[index(layer, len(layers), "layer")]
 
     # ---- row statistics ----------------------------------------------------------------------
     def row_stats(self, layer: int, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,15 +132,15 @@ class Trace(TokensByKind):
     ) -> torch.Tensor:
         """Exact probabilities [len(queries), len(keys)] of one head (float32, CPU)."""
         lqk = self.layer_qk(layer, kind)
-        head = _index(head, lqk.q.shape[0], "head")
-        q_rows = _span(queries, lqk.q.shape[1], "queries")
-        k_cols = _span(keys, lqk.k.shape[1], "keys")
+        head = index(head, lqk.q.shape[0], "head")
+        q_rows = span(queries, lqk.q.shape[1], "queries")
+        k_cols = span(keys, lqk.k.shape[1], "keys")
         lse, _ = self.row_stats(layer, kind)
         return backend.probs_tile(lqk.q, lqk.k, lqk.spec, lse, head, q_rows, k_cols).cpu()
 
     def pooled(
         self,
-        size: int = 256,
+        size: int = DEFAULT_POOLED_SIZE,
         layers: int | Iterable[int] | None = None,
         heads: int | Iterable[int] | None = None,
         kind: str | None = None,
@@ -186,8 +149,8 @@ class Trace(TokensByKind):
         kind = self._kind(kind)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
-        chosen_layers = _choose(layers, len(self._layers[kind]), "layer")
-        chosen_heads = _choose(heads, self.shape(kind)[1], "head")
+        chosen_layers = choose(layers, len(self._layers[kind]), "layer")
+        chosen_heads = choose(heads, self.shape(kind)[1], "head")
         maps = []
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)
@@ -209,8 +172,8 @@ class Trace(TokensByKind):
     ) -> torch.Tensor:
         """Attention each key receives (column sums of P) [layers, heads, Lk]."""
         kind = self._kind(kind)
-        chosen_layers = _choose(layers, len(self._layers[kind]), "layer")
-        chosen_heads = _choose(heads, self.shape(kind)[1], "head")
+        chosen_layers = choose(layers, len(self._layers[kind]), "layer")
+        chosen_heads = choose(heads, self.shape(kind)[1], "head")
         out = []
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)
@@ -226,13 +189,13 @@ class Trace(TokensByKind):
         Rows with fewer than k visible keys are padded with index -1 and probability 0.
         """
         lqk = self.layer_qk(layer, kind)
-        head = _index(head, lqk.q.shape[0], "head")
+        head = index(head, lqk.q.shape[0], "head")
         lk = lqk.k.shape[1]
         if isinstance(k, bool) or not isinstance(k, int):
             raise ValueError(f"k must be an int in [1, {lk}], got {k!r}")
         if not 1 <= k <= lk:
             raise IndexOutOfRange(f"k must be an int in [1, {lk}], got {k!r}")
-        q_rows = _span(queries, lqk.q.shape[1], "queries")
+        q_rows = span(queries, lqk.q.shape[1], "queries")
         lse, _ = self.row_stats(layer, kind)
         idx, probs = backend.top_k(lqk.q, lqk.k, lqk.spec, lse, head, k, q_rows)
         return idx.cpu(), probs.cpu()
@@ -242,9 +205,9 @@ class Trace(TokensByKind):
     ) -> NeuronView:
         """q [D], k [n, D], q_times_k [n, D], scores [n] (scaled, masked = -inf), probs [n]."""
         lqk = self.layer_qk(layer, kind)
-        head = _index(head, lqk.q.shape[0], "head")
-        query = _index(query, lqk.q.shape[1], "query")
-        k_cols = _span(keys, lqk.k.shape[1], "keys")
+        head = index(head, lqk.q.shape[0], "head")
+        query = index(query, lqk.q.shape[1], "query")
+        k_cols = span(keys, lqk.k.shape[1], "keys")
         lse, _ = self.row_stats(layer, kind)
         view = backend.neuron_view(lqk.q, lqk.k, lqk.spec, lse, head, query, k_cols)
         return NeuronView(*(t.cpu() for t in view))

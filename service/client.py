@@ -13,18 +13,25 @@ from .tensors import assemble
 
 @dataclass
 class Result:
-    """What Extract or GetViews returned: the trace's description and every tensor by name."""
+    """What Extract or GetViews returned: the trace's description, the manifest (which tensors
+    each requested view returned) and every tensor by name."""
 
     info: object  # proto.TraceInfo
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    manifest: object = None  # proto.ViewManifest
 
     @property
     def tokens(self) -> list[str]:
-        return list(self.info.tokens)
+        """Query tokens of the trace's default kind."""
+        return list(self.info.kinds[0].query_tokens)
 
     @property
     def trace_id(self) -> str:
         return self.info.trace_id
+
+    def view(self, index: int) -> dict[str, np.ndarray]:
+        """The tensors of the `index`-th requested view, by full name (as the manifest lists them)."""
+        return {name: self.tensors[name] for name in self.manifest.views[index].tensors}
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.tensors[name]
@@ -51,13 +58,16 @@ class Client:
         )
 
     def _collect(self, stream) -> Result:
-        info, pieces = None, []
+        info, manifest, pieces = None, None, []
         for message in stream:
-            if message.WhichOneof("piece") == "info":
+            which = message.WhichOneof("piece")
+            if which == "info":
                 info = message.info
+            elif which == "manifest":
+                manifest = message.manifest
             else:
                 pieces.append(message.tensor)
-        return Result(info, assemble(pieces))
+        return Result(info, assemble(pieces), manifest)
 
     def extract(
         self,
@@ -102,18 +112,23 @@ class Client:
     def list_models(self, timeout: float | None = None) -> list:
         return list(self._call("ListModels", proto.ListModelsRequest(), timeout).models)
 
+    def server_info(self, timeout: float | None = None):
+        """The server's limits, the viewer's defaults, its head statistics and models (ServerInfo)."""
+        return self._call("GetServerInfo", proto.GetServerInfoRequest(), timeout)
+
     def export(
         self,
         text: str,
         path,
         model: str = "",
         pair: str = "",
-        pooled_size: int = 256,
+        pooled_size: int = 0,
         tiles=(),
         neuron_queries=None,
         timeout: float | None = None,
     ):
-        """Write an .npz, .safetensors or standalone .html export of `text` traced on the server."""
+        """Write an .npz, .safetensors or standalone .html export of `text` traced on the server
+        (pooled_size 0 = the server's default)."""
         from .exports import export_file
 
         info = self.create_trace(text, model=model, pair=pair, timeout=timeout)

@@ -1,56 +1,60 @@
 """The service's core: models, limits, kept traces and views, knowing nothing of gRPC.
 
-Every public method runs model or kernel work and is meant for the model's worker thread; the
-servicer (server.py) only parses requests, calls these, and streams the results.
+Model and kernel work runs where the servicer puts it (the model's worker thread). The
+streaming calls (`extract`, `get_views`) are generators: the first steps trace and plan (every
+limit is checked before any view is computed), then they yield the trace's description, the
+manifest of tensor names, and each view's tensors as soon as that view is computed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import numpy as np
+from collections.abc import Callable, Iterator
+from importlib import metadata
 
 from .. import proto
-from ..extract import Extractor, Trace
-from ..extract.extractor import InputTooLong
-from . import views as view_module
+from ..extract import Extractor, InputTooLong, Trace
+from . import view_table
 from .cache import TraceCache
 from .errors import InvalidArgument, NotFound, ResourceExhausted
+from .limits import Limits, server_info
+from .views import default_views
+
+#: What the streaming calls yield: ("info", TraceInfo), ("manifest", ViewManifest), then one
+#: ("tensors", [(name, array), ...]) per view.
+Item = tuple[str, object]
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one call may ask for; past these a call gets RESOURCE_EXHAUSTED or INVALID_ARGUMENT."""
-
-    max_text_chars: int = 200_000
-    max_tokens: int = 16_384
-    max_pooled_size: int = 2048
-    max_result_values: int = 64 * 2**20  # 256 MiB of float32 per call
-    trace_cache_bytes: int = 2 * 2**30
-    trace_ttl_s: float = 600.0
-
-
-@dataclass
-class ExtractResult:
-    info: object  # proto.TraceInfo
-    tensors: list[tuple[str, np.ndarray]]
-
-
-def trace_info(trace: Trace, model: str, trace_id: str = "") -> object:
-    kinds = trace.kinds
-    return proto.TraceInfo(
-        trace_id=trace_id,
-        model=model,
-        tokens=trace.tokens,
-        num_layers=trace.num_layers,
-        num_heads=trace.num_heads,
-        seq_len=trace.seq_len,
-        kinds=list(kinds),
-        sentence_b_start=-1 if trace.sentence_b_start is None else trace.sentence_b_start,
-        target_tokens=trace.query_tokens("decoder") if "cross" in kinds else [],
+def kind_info(trace: Trace, kind: str):
+    """The wire's description of one kind of attention a trace holds."""
+    layers, heads, lq, lk = trace.shape(kind)
+    b_start = trace.sentence_b_start
+    return proto.KindInfo(
+        kind=proto.KIND_OF_NAME[kind],
+        num_layers=layers,
+        num_heads=heads,
+        num_key_heads=trace.num_key_heads(kind),
+        head_dim=trace.head_dim(kind),
+        query_tokens=trace.query_tokens(kind),
+        key_tokens=trace.key_tokens(kind),
+        query_len=lq,
+        key_len=lk,
+        sentence_b_start=-1 if b_start is None or kind == "cross" else b_start,
     )
+
+
+def trace_info(trace: Trace, model: str, trace_id: str = ""):
+    """TraceInfo: the trace's id, its model, and every kind it holds (the default first)."""
+    kinds = [trace.default_kind] + [k for k in trace.kinds if k != trace.default_kind]
+    return proto.TraceInfo(trace_id=trace_id, model=model, kinds=[kind_info(trace, k) for k in kinds])
+
+
+def _deadline_check(deadline: float | None) -> Callable[[], None]:
+    def check() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError("deadline exceeded while computing views")
+
+    return check
 
 
 class AttentionCore:
@@ -68,16 +72,22 @@ class AttentionCore:
         self.traces = TraceCache(self.limits.trace_cache_bytes, self.limits.trace_ttl_s, clock)
 
     # ---- requests ----------------------------------------------------------------------------
-    def _model(self, name: str) -> tuple[str, Extractor]:
+    def model_name(self, name: str) -> str:
+        """The served model a request's `model` field names ("" = the default)."""
         name = name or self.default_model
         if name not in self.models:
             raise NotFound(f"model {name!r} is not served here; available: {', '.join(self.models)}")
-        return name, self.models[name]
+        return name
 
-    def _trace(
-        self, model: str, text: str, pair: str, target: str, deadline: float | None
-    ) -> tuple[str, Trace]:
-        name, ex = self._model(model)
+    def trace_owner(self, trace_id: str) -> str:
+        """The model whose trace `trace_id` is (no model work: the servicer picks the worker by it)."""
+        if not trace_id:
+            raise InvalidArgument("trace_id is empty: pass the id CreateTrace returned")
+        return self.traces.get(trace_id)[1]
+
+    def _trace(self, request, deadline: float | None) -> tuple[str, Trace]:
+        name = self.model_name(request.model)
+        text, pair, target = request.text, request.text_pair, request.target
         if not text:
             raise InvalidArgument("text is empty: send the input to trace")
         chars = len(text) + len(pair) + len(target)
@@ -87,7 +97,7 @@ class AttentionCore:
             )
         kwargs = {"target": target} if target else {}
         try:
-            trace = ex.trace(
+            trace = self.models[name].trace(
                 text, pair=pair or None, deadline=deadline, max_tokens=self.limits.max_tokens, **kwargs
             )
         except InputTooLong as exc:
@@ -96,64 +106,61 @@ class AttentionCore:
             ) from None
         return name, trace
 
-    def _views(self, trace: Trace, views: list, deadline: float | None) -> list[tuple[str, np.ndarray]]:
-        def check_deadline() -> None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("deadline exceeded while computing views")
+    def _views(self, trace: Trace, info, requests: list, deadline: float | None) -> Iterator[Item]:
+        planned = view_table.plan(trace, requests or default_views(), self.limits)
+        check = _deadline_check(deadline)
+        yield "info", info
+        yield "manifest", view_table.manifest(planned)
+        for view in planned:
+            check()
+            yield "tensors", view_table.run_view(trace, view, self.limits)
 
-        return list(
-            view_module.compute(
-                trace,
-                views or view_module.default_views(),
-                self.limits.max_pooled_size,
-                self.limits.max_result_values,
-                check_deadline,
-            )
-        )
-
-    def extract(self, request, deadline: float | None = None) -> ExtractResult:
-        name, trace = self._trace(request.model, request.text, request.text_pair, request.target, deadline)
-        tensors = self._views(trace, list(request.views), deadline)
+    def extract(self, request, deadline: float | None = None) -> Iterator[Item]:
+        name, trace = self._trace(request, deadline)
+        requests = list(request.views)
+        view_table.plan(trace, requests or default_views(), self.limits)  # refuse before keeping it
         trace_id = self.traces.put(trace, name) if request.keep_trace else ""
-        return ExtractResult(trace_info(trace, name, trace_id), tensors)
+        yield from self._views(trace, trace_info(trace, name, trace_id), requests, deadline)
 
     def create_trace(self, request, deadline: float | None = None):
-        name, trace = self._trace(request.model, request.text, request.text_pair, request.target, deadline)
+        name, trace = self._trace(request, deadline)
         trace.head_stats()  # row statistics now, so later views only pay for themselves
         return trace_info(trace, name, self.traces.put(trace, name))
 
-    def get_views(self, request, deadline: float | None = None) -> ExtractResult:
-        if not request.trace_id:
-            raise InvalidArgument("trace_id is empty: pass the id CreateTrace returned")
+    def get_views(self, request, deadline: float | None = None) -> Iterator[Item]:
+        self.trace_owner(request.trace_id)
         trace, name = self.traces.get(request.trace_id)
-        return ExtractResult(
-            trace_info(trace, name, request.trace_id), self._views(trace, list(request.views), deadline)
+        yield from self._views(
+            trace, trace_info(trace, name, request.trace_id), list(request.views), deadline
         )
 
-    def delete_trace(self, request) -> object:
+    # ---- cheap calls: no model work, answered on the event loop ------------------------------
+    def delete_trace(self, request):
         return proto.DeleteTraceResponse(deleted=self.traces.delete(request.trace_id))
 
-    def list_models(self) -> object:
-        models = []
-        for name, ex in self.models.items():
-            param = next(ex.model.parameters())
-            config = ex.model.config
-            models.append(
-                proto.ModelInfo(
-                    name=name,
-                    is_default=name == self.default_model,
-                    num_layers=int(
-                        getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0
-                    ),
-                    num_heads=int(
-                        getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 0
-                    ),
-                    max_tokens=min(ex.max_positions or self.limits.max_tokens, self.limits.max_tokens),
-                    device=str(param.device),
-                    dtype=str(param.dtype).removeprefix("torch."),
-                )
-            )
-        return proto.ListModelsResponse(models=models)
+    def list_models(self):
+        return proto.ListModelsResponse(models=[self._model_info(name) for name in self.models])
+
+    def server_info(self):
+        try:
+            version = metadata.version("attnscope")
+        except metadata.PackageNotFoundError:  # a source tree used without installing it
+            version = "unknown"
+        return server_info(self.limits, self.list_models().models, version)
+
+    def _model_info(self, name: str):
+        ex = self.models[name]
+        param = next(ex.model.parameters())
+        config = ex.model.config
+        return proto.ModelInfo(
+            name=name,
+            is_default=name == self.default_model,
+            num_layers=int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0),
+            num_heads=int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 0),
+            max_tokens=min(ex.max_positions or self.limits.max_tokens, self.limits.max_tokens),
+            device=str(param.device),
+            dtype=str(param.dtype).removeprefix("torch."),
+        )
 
     def warm_up(self) -> None:
         """One tiny trace per model, so the first real call does not pay for lazy initialization."""

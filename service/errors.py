@@ -29,10 +29,6 @@ class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(status code, message) for any exception raised while serving a call."""
     if isinstance(exc, ServiceError):
@@ -45,9 +41,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, str(exc)
-    if (
-        isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-    ):  # torch.cuda.OutOfMemoryError
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's too
+        release_cached_device_memory()
         return (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"out of memory: {exc}; ask for a shorter input or smaller views",
@@ -56,9 +51,9 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
 
 
-def _release_cached_device_memory() -> None:
+def release_cached_device_memory() -> None:
     """After an out-of-memory, hand the allocator's cached blocks back so the next call can fit."""
-    import torch
+    import torch  # here: the client side imports this module's neighbours without torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import proto
-from ..kernels.headstats import HEAD_STATS
-from ..kernels.pooled import DEFAULT_POOLED_SIZE
+from ..kernels.facts import DEFAULT_POOLED_SIZE, HEAD_STATS
 
 
 @dataclass(frozen=True)
@@ -63,3 +62,14 @@ def head_stat_messages() -> list:
         proto.HeadStatInfo(name=name, description=text, notable=notable[end])
         for name, (text, end) in HEAD_STATS.items()
     ]
+
+
+def server_info(limits: Limits, models: list, version: str) -> object:
+    """The ServerInfo message of a server (or of a standalone file) with these limits and models."""
+    return proto.ServerInfo(
+        version=version,
+        limits=limits.message(),
+        viewer=VIEWER.message(),
+        head_stats=head_stat_messages(),
+        models=models,
+    )

@@ -8,10 +8,11 @@ without bound. Each call is logged on one line: method, request bytes, status, m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -23,6 +24,12 @@ from .stubs import MAX_MESSAGE_BYTES
 from .tensors import tensor_pieces
 
 log = logging.getLogger("attnscope.service")
+
+WORKER_POLICIES = ("device", "model")
+
+
+def _pieces(tensors: list) -> list:
+    return [piece for name, array in tensors for piece in tensor_pieces(name, array)]
 
 
 def _deadline(context) -> float | None:
@@ -62,43 +69,56 @@ class _TokenCheck(grpc.aio.ServerInterceptor):
 
 
 class AttentionServicer:
-    """One method per RPC: parse, run the core on the model's worker, convert back."""
+    """One method per RPC: parse, run the core on the model's worker, convert back.
 
-    def __init__(self, core: AttentionCore, max_pending: int = 64) -> None:
+    Model work runs on one worker thread per device (`workers="device"`, the default: a GPU runs
+    one model call at a time anyway), or per model (`workers="model"`: several small models on a
+    many-core CPU server). Calls that do no model work (ListModels, GetServerInfo, DeleteTrace)
+    answer on the event loop, never queued behind a long trace.
+    """
+
+    def __init__(self, core: AttentionCore, max_pending: int | None = None, workers: str = "device") -> None:
+        if workers not in WORKER_POLICIES:
+            raise ValueError(f"workers must be one of {WORKER_POLICIES}, got {workers!r}")
         self.core = core
-        self.max_pending = max_pending
+        self.max_pending = core.limits.max_pending if max_pending is None else max_pending
         self._pending = 0
         self._workers: dict[str, ThreadPoolExecutor] = {}
-        for ex in core.models.values():
-            device = str(ex.device)
-            self._workers.setdefault(device, ThreadPoolExecutor(1, thread_name_prefix=f"attnscope-{device}"))
-        self._worker_of = {name: self._workers[str(ex.device)] for name, ex in core.models.items()}
+        self._worker_of: dict[str, ThreadPoolExecutor] = {}
+        for name, ex in core.models.items():
+            key = str(ex.device) if workers == "device" else name
+            if key not in self._workers:
+                self._workers[key] = ThreadPoolExecutor(1, thread_name_prefix=f"attnscope-{key}")
+            self._worker_of[name] = self._workers[key]
 
-    async def _run(self, model: str, fn, *args):
-        worker = self._worker_of.get(model or self.core.default_model, next(iter(self._workers.values())))
-        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+    async def _on_worker(self, model: str, fn, *args):
+        """`fn(*args)` on the worker of `model` (a served model's name)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker_of[model], fn, *args)
 
-    async def _guarded(self, method: str, request, context, work):
-        """Admission, timing, the status map and the one log line, around `work()`."""
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, request, context, admit: bool = True):
+        """Admission, timing, the status map and the one log line around one call's work."""
         started = time.perf_counter()
         status = grpc.StatusCode.OK
+        admitted = False
         try:
-            if self._pending >= self.max_pending:
-                raise ResourceExhausted(
-                    f"server busy: {self._pending} calls in flight (limit {self.max_pending}); retry later"
-                )
-            self._pending += 1
-            try:
-                return await work()
-            finally:
-                self._pending -= 1
-        except asyncio.CancelledError:
+            if admit:
+                if self._pending >= self.max_pending:
+                    raise ResourceExhausted(
+                        f"server busy: {self._pending} calls in flight (limit {self.max_pending}); retry later"
+                    )
+                self._pending += 1
+                admitted = True
+            yield
+        except (asyncio.CancelledError, GeneratorExit):
             status = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             status, message = status_of(exc)
             await context.abort(status, message)
         finally:
+            if admitted:
+                self._pending -= 1
             log.info(
                 "%s request=%dB status=%s %.1fms",
                 method,
@@ -107,44 +127,52 @@ class AttentionServicer:
                 (time.perf_counter() - started) * 1e3,
             )
 
-    async def _stream(self, method: str, request, context, compute) -> AsyncIterator:
-        result = await self._guarded(
-            method,
-            request,
-            context,
-            lambda: self._run(getattr(request, "model", ""), compute, request, _deadline(context)),
-        )
-        yield proto.ExtractResponse(info=result.info)
-        for name, array in result.tensors:
-            for piece in tensor_pieces(name, array):
-                yield proto.ExtractResponse(tensor=piece)
+    async def _stream(self, model: str, items: Iterator) -> AsyncIterator:
+        """Step the core's generator on the model's worker; stream each item as soon as it exists."""
+        loop = asyncio.get_running_loop()
+        done = object()
+        while (item := await self._on_worker(model, next, items, done)) is not done:
+            what, value = item
+            if what == "info":
+                yield proto.ExtractResponse(info=value)
+            elif what == "manifest":
+                yield proto.ExtractResponse(manifest=value)
+            else:  # one view's tensors: cut into pieces off the event loop and off the model's worker
+                pieces = await loop.run_in_executor(None, _pieces, value)
+                for piece in pieces:
+                    yield proto.ExtractResponse(tensor=piece)
 
     # Streaming handlers must themselves be async generator functions for grpc.aio to stream them.
     async def Extract(self, request, context) -> AsyncIterator:
-        async for message in self._stream("Extract", request, context, self.core.extract):
-            yield message
+        async with self._call("Extract", request, context):
+            model = self.core.model_name(request.model)
+            items = self.core.extract(request, _deadline(context))
+            async for message in self._stream(model, items):
+                yield message
 
     async def GetViews(self, request, context) -> AsyncIterator:
-        async for message in self._stream("GetViews", request, context, self.core.get_views):
-            yield message
+        async with self._call("GetViews", request, context):
+            model = self.core.trace_owner(request.trace_id)  # its model's worker computes its views
+            items = self.core.get_views(request, _deadline(context))
+            async for message in self._stream(model, items):
+                yield message
 
     async def CreateTrace(self, request, context):
-        return await self._guarded(
-            "CreateTrace",
-            request,
-            context,
-            lambda: self._run(request.model, self.core.create_trace, request, _deadline(context)),
-        )
+        async with self._call("CreateTrace", request, context):
+            model = self.core.model_name(request.model)
+            return await self._on_worker(model, self.core.create_trace, request, _deadline(context))
 
     async def DeleteTrace(self, request, context):
-        return await self._guarded(
-            "DeleteTrace", request, context, lambda: self._run("", self.core.delete_trace, request)
-        )
+        async with self._call("DeleteTrace", request, context, admit=False):
+            return self.core.delete_trace(request)
 
     async def ListModels(self, request, context):
-        return await self._guarded(
-            "ListModels", request, context, lambda: self._run("", self.core.list_models)
-        )
+        async with self._call("ListModels", request, context, admit=False):
+            return self.core.list_models()
+
+    async def GetServerInfo(self, request, context):
+        async with self._call("GetServerInfo", request, context, admit=False):
+            return self.core.server_info()
 
     def handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
@@ -177,7 +205,8 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 50051,
         token: str | None = None,
-        max_pending: int = 64,
+        max_pending: int | None = None,
+        workers: str = "device",
     ) -> None:
         self.core = core
         interceptors = [_TokenCheck(token)] if token else []
@@ -189,7 +218,7 @@ class Server:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self.servicer = AttentionServicer(core, max_pending)
+        self.servicer = AttentionServicer(core, max_pending, workers)
         self._grpc.add_generic_rpc_handlers([self.servicer.handler()])
         # Imported here so that `import attnscope` (and the client) work where only grpcio is installed.
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -241,10 +270,15 @@ class Server:
 
     async def run_until_signal(self, grace_s: float = 30.0) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_signal()
         log.info("signal received: finishing calls in flight (grace %.0f s)", grace_s)
         await self.stop(grace_s)
+
+
+async def wait_for_signal() -> None:
+    """Return once SIGTERM or SIGINT arrives (the process's one place that handles them)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -10,13 +10,7 @@ import sys
 import torch
 import transformers as tf
 
-
-def rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
+from attnscope.benchmarks.common import proc_status as rss
 
 
 def main(mode: str, length: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -16,13 +15,14 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from attnscope import Client, Extractor, proto, views
+from attnscope import HEAD_STAT_NAMES, Client, Extractor, proto, views
 from attnscope.service import AttentionCore, Limits
 from attnscope.service.background import BackgroundServer
 from attnscope.service.errors import status_of
 from attnscope.service.tensors import PIECE_BYTES
 
 from tiny_models import build, random_text, word_tokenizer
+from waiting import wait_until
 
 
 class FakeClock:
@@ -69,7 +69,20 @@ def test_extract_equals_the_python_api(client, extractor, rng):
     ]
     got = client.extract(text, model="tiny", views=requested)
     tr = extractor.trace(text)
-    assert got.tokens == tr.tokens and got.info.seq_len == 32 and list(got.info.kinds) == ["decoder"]
+    (kind,) = got.info.kinds
+    assert got.tokens == tr.tokens and kind.query_len == 32 and kind.kind == proto.Kind["KIND_DECODER"]
+    assert list(kind.key_tokens) == tr.tokens and (kind.num_layers, kind.num_heads) == (2, 4)
+    assert (kind.num_key_heads, kind.head_dim) == (tr.num_key_heads(), tr.head_dim()) == (2, 8)
+    # Unnamed views get the server's names, listed per view in the manifest.
+    assert [list(v.tensors) for v in got.manifest.views] == [
+        ["pooled"],
+        [f"head_stats/{n}" for n in HEAD_STAT_NAMES],
+        ["received"],
+        ["tile/3"],
+        ["topk/4/indices", "topk/4/probs"],
+        [f"neuron/5/{p}" for p in ("q", "k", "q_times_k", "scores", "probs")],
+    ]
+    assert set(got.view(3)) == {"tile/3"}
     np.testing.assert_allclose(got["pooled"], tr.pooled(7, layers=[1], heads=[0, 3]).numpy(), atol=1e-6)
     for name, values in tr.head_stats().items():
         np.testing.assert_allclose(got[f"head_stats/{name}"], values.numpy(), atol=1e-6)
@@ -97,7 +110,7 @@ def test_extract_without_views_returns_stats_and_pooled(client, rng):
 def test_trace_rpcs_zoom_without_rerunning(client, extractor, rng):
     text = random_text(40, rng)
     info = client.create_trace(text)
-    assert info.trace_id and info.seq_len == 42
+    assert info.trace_id and info.kinds[0].query_len == 42
     calls_before = _forward_count(extractor)
     zoom = client.views(
         info.trace_id, [views.tile(1, 0, queries=(30, 42), keys=(20, 42)), views.pooled(4, kind="")]
@@ -326,7 +339,7 @@ def test_a_busy_server_refuses_instead_of_queueing(extractor, rng):
     try:
         caller = threading.Thread(target=first_call)
         caller.start()
-        time.sleep(0.3)
+        wait_until(lambda: running.server.servicer._pending == 1, "the first call to be admitted")
         with Client(running.address, timeout=60) as c, pytest.raises(grpc.RpcError) as err:
             c.extract("w1 w2")
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "server busy" in err.value.details()

@@ -1,9 +1,10 @@
 """`DenseTrace`: the Trace interface over attention tensors a user already has (bertviz's input:
 `output_attentions` from an eager run), so the same views and files serve them.
 
-Pooled maps and head statistics follow the definitions of kernels/pooled.py and
-kernels/headstats.py (the block layout and the final averaging are the kernels' own functions);
-there are no q/k vectors, so there is no neuron view.
+Pooled maps and head statistics are computed by the same functions as the kernels' torch twin
+(`kernels.pooled.add_blocks` / `finish_blocks`, `kernels.headstats.chunk_terms` and
+`reduce_head_stats`), over the whole matrix as one chunk; there are no q/k vectors, so there is
+no neuron view.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..extract.trace import KINDS, TokensByKind, _choose, _index, _span
-from ..kernels.headstats import HEAD_STAT_NAMES, reduce_head_stats
-from ..kernels.pooled import block_of, block_sizes
+from ..kernels.facts import DEFAULT_POOLED_SIZE
+from ..kernels.headstats import HEAD_STAT_NAMES, chunk_terms, reduce_head_stats
+from ..kernels.pooled import add_blocks, block_of, finish_blocks
+from .selection import choose, index, span
+from .trace import KINDS, TokensByKind
 
 
 def _stack(attention: Sequence[torch.Tensor], what: str) -> torch.Tensor:
@@ -89,9 +92,9 @@ class DenseTrace(TokensByKind):
                 toks["cross"] = (list(decoder_tokens), list(encoder_tokens))
         for kind, p in tensors.items():
             if include_layers is not None:
-                p = p[_choose(list(include_layers), p.shape[0], "include_layers")]
+                p = p[choose(list(include_layers), p.shape[0], "include_layers")]
             if include_heads is not None:
-                p = p[:, _choose(list(include_heads), p.shape[1], "include_heads")]
+                p = p[:, choose(list(include_heads), p.shape[1], "include_heads")]
             tensors[kind] = p
         return cls(tensors, toks, sentence_b_start)
 
@@ -103,27 +106,29 @@ class DenseTrace(TokensByKind):
         self, layer: int, head: int, queries=None, keys=None, kind: str | None = None
     ) -> torch.Tensor:
         p = self._p[self._kind(kind)]
-        layer = _index(layer, p.shape[0], "layer")
-        head = _index(head, p.shape[1], "head")
-        q, k = _span(queries, p.shape[2], "queries"), _span(keys, p.shape[3], "keys")
+        layer = index(layer, p.shape[0], "layer")
+        head = index(head, p.shape[1], "head")
+        q, k = span(queries, p.shape[2], "queries"), span(keys, p.shape[3], "keys")
         return p[layer, head, q.start : q.stop, k.start : k.stop].float()
 
-    def pooled(self, size: int = 256, layers=None, heads=None, kind: str | None = None) -> torch.Tensor:
+    def pooled(
+        self, size: int = DEFAULT_POOLED_SIZE, layers=None, heads=None, kind: str | None = None
+    ) -> torch.Tensor:
         p = self._p[self._kind(kind)]
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
-        p = p[_choose(layers, p.shape[0], "layer")][:, _choose(heads, p.shape[1], "head")]
+        p = p[choose(layers, p.shape[0], "layer")][:, choose(heads, p.shape[1], "head")]
         lq, lk = p.shape[-2:]
         sq, sk = min(size, lq), min(size, lk)
-        by_key = torch.zeros(*p.shape[:3], sk, dtype=p.dtype).index_add_(3, block_of(lk, sk), p)
-        acc = torch.zeros(*p.shape[:2], sq, sk, dtype=p.dtype).index_add_(2, block_of(lq, sq), by_key)
-        return (acc / block_sizes(lq, sq).to(p.dtype)[:, None]).float()
+        maps = []
+        for layer in p:  # [H, Lq, Lk]
+            acc = torch.zeros(layer.shape[0], sq, sk, dtype=torch.float64)
+            add_blocks(acc, layer, block_of(lq, sq), block_of(lk, sk))
+            maps.append(finish_blocks(acc, lq, sq))
+        return torch.stack(maps)
 
     def head_stats(self, kind: str | None = None) -> dict[str, torch.Tensor]:
         p = self._p[self._kind(kind)]  # [layers, H, Lq, Lk]
-        _, _, lq, lk = p.shape
-        q = torch.arange(lq)[:, None]
-        k = torch.arange(lk)[None, :]
         out = {name: [] for name in HEAD_STAT_NAMES}
         for layer in p:
             mass = layer.sum(-1)
@@ -131,17 +136,17 @@ class DenseTrace(TokensByKind):
             entropy = torch.where(
                 layer > 0, -layer * layer.clamp_min(1e-300).log(), torch.zeros_like(layer)
             ).sum(-1)
-            terms = torch.stack(
-                [
-                    (layer * (q - k == 1)).sum(-1),
-                    (layer * (q == k)).sum(-1),
-                    layer[..., 0],
-                    (layer * (q - k).abs()).sum(-1),
-                ]
-            )
-            for name, values in reduce_head_stats(lse, entropy, terms).items():
+            for name, values in reduce_head_stats(lse, entropy, chunk_terms(layer, 0, 0)).items():
                 out[name].append(values)
         return {name: torch.stack(v) for name, v in out.items()}
+
+    def head_dim(self, kind: str | None = None) -> int:
+        """0: attention tensors hold no query/key vectors."""
+        self._kind(kind)
+        return 0
+
+    def num_key_heads(self, kind: str | None = None) -> int:
+        return self.shape(kind)[1]
 
     def neuron(self, *args, **kwargs):
         raise ValueError(

@@ -1,0 +1,226 @@
+"""The views a request names, computed from a `Trace` within the server's limits.
+
+One table, `VIEW_TYPES`, holds each view type's tensor parts, its cost in values (checked for the
+whole request before any work) and its run function. `plan` validates a request (names, kinds,
+sizes, the total cost) and fixes every tensor's name; `run_view` computes one planned view; the
+server streams each view's tensors as soon as `run_view` returns them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import proto
+from ..kernels import HEAD_STAT_NAMES, NeuronView
+from .errors import InvalidArgument, ResourceExhausted
+from .limits import Limits
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
+_UNLIMITED = Limits(max_pooled_size=1 << 30, max_result_values=1 << 62)
+
+
+def _slice(r, has: bool) -> slice | None:
+    if not has:
+        return None
+    if r.start < 0 or r.stop < 0:
+        raise InvalidArgument(f"ranges take non-negative positions, got [{r.start}, {r.stop})")
+    return slice(r.start, r.stop if r.stop else None)
+
+
+def _length(r, has: bool, total: int) -> int:
+    return len(range(total)[_slice(r, has) or slice(None)])
+
+
+def _selection(sel) -> tuple[list[int] | None, list[int] | None]:
+    return (list(sel.layers) or None), (list(sel.heads) or None)
+
+
+def _count(selected: list[int] | None, total: int) -> int:
+    return len(selected) if selected else total
+
+
+def _pooled_size(spec, lq: int, lk: int, limits: Limits) -> int:
+    if spec.size < 0:
+        raise InvalidArgument(
+            f"pooled size must be >= 1 (0 = default {limits.default_pooled_size}), got {spec.size}"
+        )
+    size = spec.size or min(limits.default_pooled_size, max(lq, lk))
+    if size > limits.max_pooled_size:
+        raise ResourceExhausted(f"pooled size {size} is over this server's limit of {limits.max_pooled_size}")
+    return size
+
+
+# ---- cost (values returned) and run (parts -> arrays) of each view type -------------------------
+# Each function takes (trace, spec, kind, limits); shape = (layers, heads, Lq, Lk) of that kind.
+
+
+def _pooled_cost(trace, spec, kind, limits) -> int:
+    layers, heads, lq, lk = trace.shape(kind)
+    size = _pooled_size(spec, lq, lk, limits)
+    sel_l, sel_h = _selection(spec.selection)
+    return _count(sel_l, layers) * _count(sel_h, heads) * min(size, lq) * min(size, lk)
+
+
+def _pooled_run(trace, spec, kind, limits):
+    _, _, lq, lk = trace.shape(kind)
+    layers, heads = _selection(spec.selection)
+    size = _pooled_size(spec, lq, lk, limits)
+    yield "", trace.pooled(size, layers=layers, heads=heads, kind=kind)
+
+
+def _head_stats_cost(trace, spec, kind, limits) -> int:
+    layers, heads, _, _ = trace.shape(kind)
+    return len(HEAD_STAT_NAMES) * layers * heads
+
+
+def _head_stats_run(trace, spec, kind, limits):
+    yield from trace.head_stats(kind=kind).items()
+
+
+def _received_cost(trace, spec, kind, limits) -> int:
+    layers, heads, _, lk = trace.shape(kind)
+    sel_l, sel_h = _selection(spec.selection)
+    return _count(sel_l, layers) * _count(sel_h, heads) * lk
+
+
+def _received_run(trace, spec, kind, limits):
+    layers, heads = _selection(spec.selection)
+    yield "", trace.received(layers=layers, heads=heads, kind=kind)
+
+
+def _tile_cost(trace, spec, kind, limits) -> int:
+    _, _, lq, lk = trace.shape(kind)
+    q = _length(spec.queries, spec.HasField("queries"), lq)
+    return q * _length(spec.keys, spec.HasField("keys"), lk)
+
+
+def _tile_run(trace, spec, kind, limits):
+    queries = _slice(spec.queries, spec.HasField("queries"))
+    keys = _slice(spec.keys, spec.HasField("keys"))
+    yield "", trace.attention(spec.layer, spec.head, queries, keys, kind=kind)
+
+
+def _topk_cost(trace, spec, kind, limits) -> int:
+    _, _, lq, _ = trace.shape(kind)
+    return 2 * _length(spec.queries, spec.HasField("queries"), lq) * max(spec.k, 0)
+
+
+def _topk_run(trace, spec, kind, limits):
+    indices, probs = trace.topk(
+        spec.k, spec.layer, spec.head, _slice(spec.queries, spec.HasField("queries")), kind=kind
+    )
+    yield "indices", indices
+    yield "probs", probs
+
+
+def _neuron_cost(trace, spec, kind, limits) -> int:
+    _, _, _, lk = trace.shape(kind)
+    return _length(spec.keys, spec.HasField("keys"), lk) * (2 * trace.head_dim(kind) + 2)
+
+
+def _neuron_run(trace, spec, kind, limits):
+    view = trace.neuron(
+        spec.layer, spec.head, spec.query, _slice(spec.keys, spec.HasField("keys")), kind=kind
+    )
+    yield from zip(view._fields, view, strict=True)
+
+
+@dataclass(frozen=True)
+class ViewType:
+    """One view type: its tensor parts (() = a single tensor named by the view), cost and run."""
+
+    parts: tuple[str, ...]
+    cost: Callable[..., int]
+    run: Callable[..., Iterator[tuple[str, object]]]
+    #: Without a requested name the view is called by its type ("pooled") if True, else
+    #: "<type>/<index>" (several tiles in one request are the rule, several pooled maps are not).
+    named_by_type: bool
+
+
+VIEW_TYPES: dict[str, ViewType] = {
+    "pooled": ViewType((), _pooled_cost, _pooled_run, True),
+    "head_stats": ViewType(HEAD_STAT_NAMES, _head_stats_cost, _head_stats_run, True),
+    "received": ViewType((), _received_cost, _received_run, True),
+    "tile": ViewType((), _tile_cost, _tile_run, False),
+    "topk": ViewType(("indices", "probs"), _topk_cost, _topk_run, False),
+    "neuron": ViewType(NeuronView._fields, _neuron_cost, _neuron_run, False),
+}
+assert set(VIEW_TYPES) == {f.name for f in proto.ViewRequest.DESCRIPTOR.oneofs_by_name["view"].fields}
+
+
+@dataclass(frozen=True)
+class PlannedView:
+    index: int
+    name: str
+    which: str
+    kind: str | None
+    spec: object
+    tensors: tuple[str, ...]
+
+
+def _kind_name(number: int, index: int) -> str | None:
+    if number not in proto.NAME_OF_KIND:
+        raise InvalidArgument(f"view {index}: unknown kind {number}; one of {sorted(proto.Kind)}")
+    return proto.NAME_OF_KIND[number]
+
+
+def plan(trace, requests: list, limits: Limits | None = None) -> list[PlannedView]:
+    """Validate `requests` against `trace` and `limits` and name every tensor, before any work."""
+    limits = limits or _UNLIMITED
+    planned, total, owner = [], 0, {}
+    for index, view in enumerate(requests):
+        which = view.WhichOneof("view")
+        if which is None:
+            raise InvalidArgument(f"view {index} names no view: set one of {', '.join(VIEW_TYPES)}")
+        vtype = VIEW_TYPES[which]
+        if view.name and not _NAME.fullmatch(view.name):
+            raise InvalidArgument(
+                f"view {index}: name {view.name!r} must be 1-128 letters, digits or _ . - / characters"
+            )
+        name = view.name or (which if vtype.named_by_type else f"{which}/{index}")
+        tensors = tuple(f"{name}/{part}" for part in vtype.parts) or (name,)
+        for tensor in tensors:
+            if tensor in owner:
+                raise InvalidArgument(
+                    f"views {owner[tensor]} and {index} both return a tensor named {tensor!r}; "
+                    "give each view a distinct name"
+                )
+            owner[tensor] = index
+        kind = _kind_name(view.kind, index)
+        spec = getattr(view, which)
+        total += vtype.cost(trace, spec, kind, limits)
+        planned.append(PlannedView(index, name, which, kind, spec, tensors))
+    if total > limits.max_result_values:
+        raise ResourceExhausted(
+            f"the requested views hold {total:,} values; this server returns at most "
+            f"{limits.max_result_values:,} per call (ask for fewer layers/heads, a smaller pooled size "
+            "or smaller ranges)"
+        )
+    return planned
+
+
+def manifest(planned: list[PlannedView]):
+    return proto.ViewManifest(
+        views=[proto.ViewOutput(index=v.index, name=v.name, tensors=list(v.tensors)) for v in planned]
+    )
+
+
+def run_view(trace, view: PlannedView, limits: Limits | None = None) -> list[tuple[str, np.ndarray]]:
+    """The (tensor name, array) pairs of one planned view, in manifest order."""
+    out = []
+    for part, values in VIEW_TYPES[view.which].run(trace, view.spec, view.kind, limits or _UNLIMITED):
+        out.append((f"{view.name}/{part}" if part else view.name, values.numpy()))
+    return out
+
+
+def compute(
+    trace, requests: list, limits: Limits | None = None, check_deadline: Callable[[], None] = lambda: None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(tensor name, array) for every view in `requests`; limits are checked before any work."""
+    for view in plan(trace, requests, limits):
+        check_deadline()
+        yield from run_view(trace, view, limits)
