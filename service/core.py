@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import metadata
+
+import numpy as np
 
 from .. import proto
 from ..extract import Extractor, InputTooLong, Trace
@@ -23,6 +26,25 @@ from .views import default_views
 #: What the streaming calls yield: ("info", TraceInfo), ("manifest", ViewManifest), then one
 #: ("tensors", [(name, array), ...]) per view.
 Item = tuple[str, object]
+
+
+@dataclass
+class Collected:
+    """A whole stream of the core, gathered in-process (benchmarks, tests)."""
+
+    info: object
+    manifest: object
+    tensors: dict[str, np.ndarray]
+
+
+def collect(items: Iterator[Item]) -> Collected:
+    parts: dict[str, object] = {"tensors": {}}
+    for what, value in items:
+        if what == "tensors":
+            parts["tensors"].update(value)
+        else:
+            parts[what] = value
+    return Collected(parts["info"], parts["manifest"], parts["tensors"])
 
 
 def kind_info(trace: Trace, kind: str):
@@ -106,8 +128,10 @@ class AttentionCore:
             ) from None
         return name, trace
 
-    def _views(self, trace: Trace, info, requests: list, deadline: float | None) -> Iterator[Item]:
-        planned = view_table.plan(trace, requests or default_views(), self.limits)
+    def _plan(self, trace: Trace, requests) -> list:
+        return view_table.plan(trace, list(requests) or default_views(), self.limits)
+
+    def _views(self, trace: Trace, info, planned: list, deadline: float | None) -> Iterator[Item]:
         check = _deadline_check(deadline)
         yield "info", info
         yield "manifest", view_table.manifest(planned)
@@ -117,10 +141,9 @@ class AttentionCore:
 
     def extract(self, request, deadline: float | None = None) -> Iterator[Item]:
         name, trace = self._trace(request, deadline)
-        requests = list(request.views)
-        view_table.plan(trace, requests or default_views(), self.limits)  # refuse before keeping it
+        planned = self._plan(trace, request.views)  # a request refused here keeps no trace
         trace_id = self.traces.put(trace, name) if request.keep_trace else ""
-        yield from self._views(trace, trace_info(trace, name, trace_id), requests, deadline)
+        yield from self._views(trace, trace_info(trace, name, trace_id), planned, deadline)
 
     def create_trace(self, request, deadline: float | None = None):
         name, trace = self._trace(request, deadline)

@@ -22,8 +22,10 @@ pytest.importorskip("grpc_health")
 pytest.importorskip("grpc_reflection")
 import torch
 
-from attnscope import Client, views
+from attnscope import Client, proto, views
 from attnscope.cli import main as cli_main
+from attnscope.service.stubs import channel, stubs
+from attnscope.service.tensors import assemble
 
 from tiny_models import build, random_text, word_tokenizer
 
@@ -114,11 +116,18 @@ def test_gateway_serves_the_page_and_the_service(served):
     status, models = post(url, "ListModels", {})
     assert status == 200 and models["models"][0]["name"] == model
     status, messages = post(url, "Extract", {"text": "w1 w2 w3", "views": [{"headStats": {}}]})
-    assert status == 200 and messages[0]["info"]["tokens"] == ["[CLS]", "w1", "w2", "w3", "[SEP]"]
-    assert {m["tensor"]["name"] for m in messages[1:]} >= {"head_stats/entropy", "head_stats/previous_token"}
+    assert status == 200 and messages[0]["info"]["kinds"][0]["queryTokens"] == [
+        "[CLS]",
+        "w1",
+        "w2",
+        "w3",
+        "[SEP]",
+    ]
+    assert messages[1]["manifest"]["views"][0]["name"] == "head_stats"
+    assert {m["tensor"]["name"] for m in messages[2:]} >= {"head_stats/entropy", "head_stats/previous_token"}
     with Client(address) as client:  # the same numbers as the gRPC client gets
         direct = client.extract("w1 w2 w3", views=[views.head_stats()])
-    piece = next(m["tensor"] for m in messages[1:] if m["tensor"]["name"] == "head_stats/entropy")
+    piece = next(m["tensor"] for m in messages[2:] if m["tensor"]["name"] == "head_stats/entropy")
     values = np.frombuffer(base64.b64decode(piece["data"]), dtype="<f4").reshape(2, 4)
     np.testing.assert_array_equal(values, direct["head_stats/entropy"])
 
@@ -167,28 +176,20 @@ def test_sigterm_lets_the_call_in_flight_finish(model_dir):
     text = random_text(2500, torch.Generator().manual_seed(0))
     # About 2 s of work on the 2-core machines: long enough to be in flight when SIGTERM arrives.
     requested = [views.topk(layer, head, 64) for _ in range(2) for layer in range(2) for head in range(4)]
-    outcome: dict = {}
-
-    def call():
-        try:
-            with Client(address, timeout=300) as client:
-                outcome["result"] = client.extract(text, views=requested)
-        except Exception as exc:  # reported by the assertion below
-            outcome["error"] = exc
-
-    caller = threading.Thread(target=call)
-    started = time.monotonic()
-    caller.start()
-    time.sleep(0.5)
-    assert caller.is_alive(), "the call finished before SIGTERM; make it longer"
+    chan = channel(address)
+    stream = stubs(chan)["Extract"].call(proto.ExtractRequest(text=text, views=requested), timeout=300)
+    # The call is in flight once its first message (the trace's description) has arrived: the
+    # views are still being computed and streamed. SIGTERM then must let it finish.
+    first = next(stream)
+    assert first.WhichOneof("piece") == "info"
     proc.send_signal(signal.SIGTERM)
-    caller.join(300)
+    rest = list(stream)
+    chan.close()
     assert proc.wait(120) == 0
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
-    assert result["topk/7/indices"].shape == (2502, 64) and len(result.tokens) == 2502
+    assert rest[0].WhichOneof("piece") == "manifest"
+    result = assemble(m.tensor for m in rest[1:])
+    assert result["topk/7/indices"].shape == (2502, 64) and len(first.info.kinds[0].query_tokens) == 2502
     assert (result["topk/7/probs"][:, 0] > 0).all()
-    assert time.monotonic() - started > 0.5
     assert any("stopped" in line for line in lines)
 
 
