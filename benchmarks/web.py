@@ -15,24 +15,31 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import transformers as tf
 from playwright.sync_api import sync_playwright
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from attnscope import Extractor
 from attnscope.service import AttentionCore, Limits
 from attnscope.service.background import BackgroundServer
 from attnscope.service.gateway import Gateway
 
+from .browser import launch_chromium
 from .common import RESULTS, environment, write
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browser import launch_chromium
 
-from tiny_models import word_tokenizer
+def word_tokenizer() -> tf.PreTrainedTokenizerFast:
+    """Whitespace words w0..w99 (ids 4..103) between [CLS] and [SEP]: n words are n + 2 tokens."""
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{f"w{i}": i + 4 for i in range(100)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
 
 
 def model_12x12() -> Extractor:

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from browser import launch_chromium
 
 import attnscope
 from attnscope import Client, Extractor
 from attnscope.cli import main as cli_main
 from attnscope.extract import default_model_path
+from attnscope.extract.dense import DenseTrace
 from attnscope.service import AttentionCore
 from attnscope.service.background import BackgroundServer
 from attnscope.service.core import trace_info
-from attnscope.service.exports import export_file, load
-from attnscope.web.dense import DenseTrace
-from attnscope.web.standalone import FULL_LIMIT, trace_fetch
+from attnscope.service.exports import export_file, load, trace_fetch
+from attnscope.service.limits import VIEWER
+from benchmarks.browser import launch_chromium
 
 from tiny_models import build, random_text, word_tokenizer
 
@@ -142,7 +142,7 @@ def test_standalone_html_shows_all_three_views_offline(minilm, tmp_path, browser
 
 def test_standalone_refuses_long_inputs_with_advice(tmp_path):
     ex = Extractor(build("llama", dtype=torch.float32), word_tokenizer())
-    tr = ex.trace(random_text(FULL_LIMIT, torch.Generator().manual_seed(0)))
+    tr = ex.trace(random_text(VIEWER.full_attention_tokens, torch.Generator().manual_seed(0)))
     with pytest.raises(ValueError, match=r"up to 256 tokens.*npz"):
         export_file(tmp_path / "long.html", trace_info(tr, "tiny"), trace_fetch(tr), text="...")
 

@@ -12,12 +12,12 @@ import re
 
 import pytest
 import torch
-from browser import launch_chromium
 
 from attnscope import Extractor
 from attnscope.service import AttentionCore
 from attnscope.service.background import BackgroundServer
 from attnscope.service.gateway import Gateway
+from benchmarks.browser import launch_chromium
 
 from tiny_models import build, random_text, word_tokenizer
 
@@ -233,7 +233,7 @@ def test_theme_compare_and_export(stack, page):
     assert page.locator("#pane-b").is_visible()
     # The difference map has coloured cells where the two inputs attend differently.
     page.wait_for_function(
-        """() => { const c = document.getElementById('difference-canvas');
+        """() => { const c = document.querySelector('#difference canvas');
         if (!c.width) return false; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         for (let i = 3; i < d.length; i += 4) if (d[i] > 0) return true; return false; }""",
         timeout=60_000,

@@ -1,17 +1,21 @@
 // Wiring: the run form, tabs, theme, progress, errors, exports, comparison. Views draw; data.js
 // talks to the server; state.js holds what the URL holds.
+//
+// Every view stays mounted once shown (a tab switch hides it, keeping its DOM and loaded data), so
+// switching tabs or themes redraws without asking the server again. A render is async (it may
+// load); renders are counted, and one that finishes after a newer one started draws nothing.
+import * as diffView from "./views/diff.js";
 import * as headView from "./views/head.js";
 import * as modelView from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
-import { createTrace, deleteTrace, getViews, listModels, views } from "./data.js";
-import { loadFromUrl, state, subscribe, update } from "./state.js";
-import { signedColor } from "./colors.js";
+import { createTrace, deleteTrace, serverInfo } from "./data.js";
+import { generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
 
 const VIEWS = { head: headView, model: modelView, neuron: neuronView };
 const $ = (id) => document.getElementById(id);
+const renders = generations();
 let busyCount = 0;
-const traces = { a: null, b: null }; // TraceInfo of the main input and of the comparison
-let runKey = "";
+let traceRun = null; // { key, promise of { a, b } }: the TraceInfo of the main input and of the comparison
 
 function showError(message) {
   $("error").textContent = message || "";
@@ -29,33 +33,51 @@ async function busy(promise) {
   }
 }
 
+// What every view gets: the state, its setters, the progress wrapper, the error line, and the
+// service's facts (ServerInfo, normalized by data.js; set before any view mounts).
+const app = { state, update, invalidate, busy, fail: (err) => showError(String(err.message || err)), server: null };
+
 function makePane(id) {
-  const root = $(id).querySelector(".view");
-  const app = { state, update, busy };
-  return { root, app, mounted: null, viewName: "" };
+  return { root: $(id).querySelector(".view"), views: {} };
 }
 const panes = { a: makePane("pane-a"), b: makePane("pane-b") };
+let difference = null;
 
-function mountView(pane, name) {
-  if (pane.viewName === name) return pane.mounted;
-  pane.root.replaceChildren();
-  pane.mounted = VIEWS[name].mount(pane.root, pane.app);
-  pane.viewName = name;
-  return pane.mounted;
+// The pane's view `name`, mounted on first use and shown; the pane's other views are hidden.
+function viewOf(pane, name) {
+  if (!pane.views[name]) {
+    const el = document.createElement("div");
+    el.className = "view-body";
+    el.dataset.view = name;
+    pane.root.append(el);
+    pane.views[name] = { el, mounted: VIEWS[name].mount(el, app) };
+  }
+  for (const [n, v] of Object.entries(pane.views)) v.el.hidden = n !== name;
+  return pane.views[name].mounted;
 }
 
-async function ensureTraces() {
-  const key = JSON.stringify([state.model, state.text, state.pair, state.compare]);
-  if (key === runKey && traces.a) return;
-  runKey = key;
-  const old = [traces.a, traces.b];
-  traces.a = await busy(createTrace({ model: state.model, text: state.text, pair: state.pair }));
-  traces.b = state.compare ? await busy(createTrace({ model: state.model, text: state.compare, pair: state.pair })) : null;
-  for (const t of old) if (t) deleteTrace(t.traceId).catch(() => {});
-  $("status").textContent = `${traces.a.seqLen} tokens · ${traces.a.numLayers} layers × ${traces.a.numHeads} heads · ${traces.a.model}`;
+function tracesFor(model, text, pair, compare) {
+  const key = JSON.stringify([model, text, pair, compare]);
+  if (traceRun?.key === key) return traceRun.promise;
+  const old = traceRun;
+  const promise = (async () => {
+    const a = await busy(createTrace({ model, text, pair }));
+    const b = compare ? await busy(createTrace({ model, text: compare, pair })) : null;
+    return { a, b };
+  })();
+  traceRun = { key, promise };
+  promise.catch(() => {
+    if (traceRun?.promise === promise) traceRun = null; // the next render tries again
+  });
+  old?.promise.then(({ a, b }) => {
+    for (const t of [a, b]) if (t) deleteTrace(t.traceId).catch(() => {});
+  }, () => {});
+  return promise;
 }
 
 async function render() {
+  const generation = renders.start();
+  const fresh = () => renders.isCurrent(generation);
   document.documentElement.dataset.theme = state.theme;
   for (const tab of document.querySelectorAll("#tabs button")) tab.setAttribute("aria-selected", String(tab.dataset.view === state.view));
   $("text").value = state.text;
@@ -64,53 +86,30 @@ async function render() {
   if (state.model) $("model").value = state.model;
   if (!state.text) return;
   try {
+    app.server = app.server || (await serverInfo());
+    if (!fresh()) return;
+    const { a, b } = await tracesFor(state.model, state.text, state.pair, state.compare);
+    if (!fresh()) return;
     showError("");
-    await ensureTraces();
-    const comparing = Boolean(traces.b);
+    const k = a.kinds[0];
+    $("status").textContent = `${k.queryLen} tokens · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}`;
+    const comparing = Boolean(b);
     $("pane-b").hidden = !comparing;
     $("difference").hidden = !comparing;
-    for (const [id, trace] of [["pane-a", traces.a], ["pane-b", traces.b]]) {
+    for (const [id, trace] of [["pane-a", a], ["pane-b", b]]) {
       const title = $(id).querySelector(".pane-title");
       title.hidden = !comparing;
-      if (trace) title.textContent = trace === traces.a ? state.text : state.compare;
+      if (trace) title.textContent = trace === a ? state.text : state.compare;
     }
-    await mountView(panes.a, state.view).render(traces.a);
-    if (comparing) {
-      await mountView(panes.b, state.view).render(traces.b);
-      await drawDifference(traces.a, traces.b);
+    await viewOf(panes.a, state.view).render(a, fresh);
+    if (comparing && fresh()) {
+      await viewOf(panes.b, state.view).render(b, fresh);
+      difference = difference || diffView.mount($("difference").querySelector(".view"), app);
+      if (fresh()) await difference.render(a, b, fresh);
     }
+    if (fresh()) window.attnscopeTimings = { ...window.attnscopeTimings, renders: (window.attnscopeTimings?.renders || 0) + 1 };
   } catch (err) {
-    runKey = "";
-    showError(String(err.message || err));
-  }
-}
-
-// Difference of the two inputs' pooled maps, every layer × head, on a common grid size.
-async function drawDifference(a, b) {
-  const size = Math.min(32, a.seqLen, b.seqLen);
-  const [ra, rb] = await busy(Promise.all([getViews(a.traceId, [views.pooled(size)]), getViews(b.traceId, [views.pooled(size)])]));
-  const pa = ra.tensors.pooled.data;
-  const pb = rb.tensors.pooled.data;
-  const layers = a.numLayers;
-  const heads = a.numHeads;
-  const cell = 40;
-  const canvas = $("difference-canvas");
-  canvas.width = heads * (cell + 4);
-  canvas.height = layers * (cell + 4);
-  const ctx = canvas.getContext("2d");
-  let scale = 1e-9;
-  for (let i = 0; i < pa.length; i++) scale = Math.max(scale, Math.abs(pa[i] - pb[i]));
-  for (let l = 0; l < layers; l++) {
-    for (let h = 0; h < heads; h++) {
-      const base = (l * heads + h) * size * size;
-      for (let r = 0; r < size; r++) {
-        for (let c = 0; c < size; c++) {
-          ctx.fillStyle = signedColor(pa[base + r * size + c] - pb[base + r * size + c], scale);
-          const px = cell / size;
-          ctx.fillRect(h * (cell + 4) + c * px, l * (cell + 4) + r * px, Math.ceil(px), Math.ceil(px));
-        }
-      }
-    }
+    if (fresh()) app.fail(err);
   }
 }
 
@@ -122,18 +121,23 @@ function download(name, blob) {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
+function shownView() {
+  return panes.a.views[state.view]?.mounted;
+}
+
 function setupExports() {
   $("export-png").addEventListener("click", () => {
-    const canvas = panes.a.mounted?.exportPng?.();
+    const canvas = shownView()?.exportPng?.();
     if (canvas) canvas.toBlob((blob) => download(`attnscope-${state.view}.png`, blob));
   });
   $("export-svg").addEventListener("click", () => {
-    const svg = state.view === "head" ? panes.a.mounted?.exportSvg?.() : null;
-    if (!svg) return showError("SVG export is for the head view of inputs up to 256 tokens");
+    const svg = state.view === "head" ? shownView()?.exportSvg?.() : null;
+    const limit = app.server?.viewer.fullAttentionTokens;
+    if (!svg) return showError(`SVG export is for the head view of inputs up to ${limit} tokens`);
     download("attnscope-head.svg", new Blob([svg], { type: "image/svg+xml" }));
   });
   $("export-json").addEventListener("click", () => {
-    const data = panes.a.mounted?.exportJson?.();
+    const data = shownView()?.exportJson?.();
     if (data) download(`attnscope-${state.view}.json`, new Blob([JSON.stringify({ state: { ...state }, data })], { type: "application/json" }));
   });
 }
@@ -146,11 +150,12 @@ async function init() {
   }
   document.documentElement.dataset.theme = state.theme;
   try {
-    const models = await listModels();
+    app.server = await serverInfo();
+    const models = app.server.models;
     $("model").replaceChildren(...models.map((m) => new Option(m.name, m.name, false, m.name === state.model)));
     if (!state.model && models.length) state.model = models.find((m) => m.isDefault)?.name || models[0].name;
   } catch (err) {
-    showError(String(err.message || err));
+    app.fail(err);
   }
   $("run-form").addEventListener("submit", (event) => {
     event.preventDefault();

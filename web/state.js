@@ -1,5 +1,6 @@
 // The viewer's state: one object, mirrored in the URL so that a link reproduces the picture.
-// Changes mark the page dirty; one requestAnimationFrame redraws (uPlot's pattern).
+// Changes mark the page dirty; one requestAnimationFrame redraws (uPlot's pattern): event handlers
+// only set state (`update`) or a view's own interaction state and `invalidate`, never draw or fetch.
 
 const DEFAULTS = {
   model: "",
@@ -47,18 +48,46 @@ function saveToUrl() {
   }
 }
 
-export function update(patch) {
-  Object.assign(state, patch);
-  saveToUrl();
+const frames = new Set(); // views' own redraws (hover, scroll, wheel, drag) due in the next frame
+let stateChanged = false;
+
+function requestFrame() {
   if (pending) return;
   pending = true;
   requestAnimationFrame(() => {
     pending = false;
-    for (const fn of listeners) fn(state);
+    const rendering = stateChanged;
+    stateChanged = false;
+    const draws = [...frames];
+    frames.clear();
+    if (rendering) for (const fn of listeners) fn(state);
+    for (const fn of draws) fn();
   });
+}
+
+// Change the state: the URL follows at once, the listeners (main.js's render) run in the next frame.
+export function update(patch) {
+  Object.assign(state, patch);
+  saveToUrl();
+  stateChanged = true;
+  requestFrame();
+}
+
+// A view's redraw of its own interaction state (nothing in the URL changed): `draw` runs once in
+// the next frame, however many events asked for it.
+export function invalidate(draw) {
+  frames.add(draw);
+  requestFrame();
 }
 
 export function subscribe(fn) {
   listeners.add(fn);
   return () => listeners.delete(fn);
+}
+
+// A counter of async renders: `const g = renders.start()` before loading; `renders.isCurrent(g)`
+// after each await is false once a newer render started, and then the older one must not draw.
+export function generations() {
+  let latest = 0;
+  return { start: () => ++latest, isCurrent: (g) => g === latest };
 }

@@ -1,35 +1,37 @@
 // Head view: two columns of tokens, lines from each query (left) to the keys it attends to
 // (right); opacity = weight, one colour per head. Canvas only; long inputs draw only the rows in
-// view (virtualized) and take their lines from each head's top-k keys per query.
+// view (virtualized) and take their lines from each head's top-k keys per query. How long is
+// "long" and how many keys (ViewerDefaults.full_attention_tokens, head_view_top_k) come from the
+// service's GetServerInfo.
 import { headColor } from "../colors.js";
 import { getViews, views } from "../data.js";
 
-export const FULL_LIMIT = 256; // up to this length every (query, key) weight is fetched
-export const TOPK = 16; // beyond it, each query's 16 strongest keys per head
 const ROW = 18;
 const MIN_WEIGHT = 0.004;
+const MINIMAP_WIDTH = 16;
 
 // ---- data -----------------------------------------------------------------------------------
 // edges[h][q] = { keys: Int32Array, weights: Float32Array }: the lines of head h from query q.
-export async function loadLayer(info, kind, layer, queryTokens, keyTokens) {
-  const lq = queryTokens.length;
-  const lk = keyTokens.length;
-  const heads = info.numHeads;
+// `k`: the KindInfo (data.js) of the attention shown; `viewer`: ServerInfo's viewer defaults.
+export async function loadLayer(traceId, k, layer, viewer) {
+  const lq = k.queryLen;
+  const lk = k.keyLen;
+  const heads = k.numHeads;
   const edges = [];
-  if (lq <= FULL_LIMIT && lk <= FULL_LIMIT) {
+  if (lq <= viewer.fullAttentionTokens && lk <= viewer.fullAttentionTokens) {
     const requested = [];
-    for (let h = 0; h < heads; h++) requested.push(views.tile(layer, h, null, null, kind));
-    const { tensors } = await getViews(info.traceId, requested);
+    for (let h = 0; h < heads; h++) requested.push(views.tile(`head/${h}`, layer, h, null, null, k.kind));
+    const { tensors } = await getViews(traceId, requested);
     for (let h = 0; h < heads; h++) {
-      const p = tensors[`tile/${h}`].data;
+      const p = tensors[`head/${h}`].data;
       const perQuery = [];
       for (let q = 0; q < lq; q++) {
         const keys = [];
         const weights = [];
-        for (let k = 0; k < lk; k++) {
-          const w = p[q * lk + k];
+        for (let j = 0; j < lk; j++) {
+          const w = p[q * lk + j];
           if (w >= MIN_WEIGHT) {
-            keys.push(k);
+            keys.push(j);
             weights.push(w);
           }
         }
@@ -37,31 +39,31 @@ export async function loadLayer(info, kind, layer, queryTokens, keyTokens) {
       }
       edges.push(perQuery);
     }
-    return { edges, exact: true, lq, lk };
+    return { edges, exact: true, lq, lk, topK: 0 };
   }
-  const k = Math.min(TOPK, lk);
+  const topK = Math.min(viewer.headViewTopK, lk);
   const requested = [];
-  for (let h = 0; h < heads; h++) requested.push(views.topk(layer, h, k, null, kind));
-  const { tensors } = await getViews(info.traceId, requested);
+  for (let h = 0; h < heads; h++) requested.push(views.topk(`top/${h}`, layer, h, topK, null, k.kind));
+  const { tensors } = await getViews(traceId, requested);
   for (let h = 0; h < heads; h++) {
-    const idx = tensors[`topk/${h}/indices`].data;
-    const probs = tensors[`topk/${h}/probs`].data;
+    const idx = tensors[`top/${h}/indices`].data;
+    const probs = tensors[`top/${h}/probs`].data;
     const perQuery = [];
     for (let q = 0; q < lq; q++) {
       const keys = [];
       const weights = [];
-      for (let j = 0; j < k; j++) {
-        const key = Number(idx[q * k + j]);
-        if (key >= 0 && probs[q * k + j] >= MIN_WEIGHT) {
+      for (let j = 0; j < topK; j++) {
+        const key = Number(idx[q * topK + j]);
+        if (key >= 0 && probs[q * topK + j] >= MIN_WEIGHT) {
           keys.push(key);
-          weights.push(probs[q * k + j]);
+          weights.push(probs[q * topK + j]);
         }
       }
       perQuery.push({ keys: Int32Array.from(keys), weights: Float32Array.from(weights) });
     }
     edges.push(perQuery);
   }
-  return { edges, exact: false, lq, lk };
+  return { edges, exact: false, lq, lk, topK };
 }
 
 export function weightOf(layerData, head, query, key) {
@@ -168,7 +170,7 @@ export function toSvg(m) {
   return parts.join("\n");
 }
 
-// ---- mounting: DOM, events, fetching -----------------------------------------------------------
+// ---- mounting: DOM, events, loading --------------------------------------------------------------
 export function mount(root, app) {
   root.innerHTML = `
     <div class="controls">
@@ -182,7 +184,7 @@ export function mount(root, app) {
     </div>
     <div class="head-body">
       <div class="scroller"><div class="spacer"></div><canvas class="lines"></canvas></div>
-      <canvas class="minimap" width="16" title="click to jump"></canvas>
+      <canvas class="minimap" title="click to jump"></canvas>
     </div>
     <div class="tooltip" hidden></div>`;
   const $ = (sel) => root.querySelector(sel);
@@ -190,16 +192,17 @@ export function mount(root, app) {
   const scroller = $(".scroller");
   const minimap = $(".minimap");
   const tooltip = $(".tooltip");
-  let current = null; // { key, data, info, queryTokens, keyTokens }
+  let current = null; // { key, data, k: KindInfo, layer }: what is drawn
   let hidden = new Set();
   let appliedHeads = false; // state.heads (a starting selection) is applied once
-  let hover = null;
-  let lastDrawMs = 0;
+  let hover = null; // { side: "left" | "right", index }
+  let pointer = null; // the last mouse position over the canvas (for the tooltip)
+  let hoverAt = 0; // when the hover changed (performance.now()), for the hover timing
 
-  function headsShown(info) {
+  function headsShown(k) {
     const s = app.state;
-    const all = [...Array(info.numHeads).keys()];
-    if (s.head >= 0 && s.head < info.numHeads) return [s.head];
+    const all = [...Array(k.numHeads).keys()];
+    if (s.head >= 0 && s.head < k.numHeads) return [s.head];
     return all.filter((h) => !hidden.has(h));
   }
 
@@ -207,48 +210,57 @@ export function mount(root, app) {
     const s = app.state;
     const width = scroller.clientWidth || 600;
     const height = scroller.clientHeight || 400;
-    const lay = layout(width, current.queryTokens);
+    const lay = layout(width, current.k.queryTokens);
     const scroll = scroller.scrollTop;
     const first = Math.max(0, Math.floor(scroll / lay.row) - 1);
-    const last = Math.min(current.queryTokens.length, Math.ceil((scroll + height) / lay.row) + 1);
-    const lastKey = Math.min(current.keyTokens.length, Math.ceil((scroll + height) / lay.row) + 1);
+    const last = Math.min(current.k.queryLen, Math.ceil((scroll + height) / lay.row) + 1);
+    const lastKey = Math.min(current.k.keyLen, Math.ceil((scroll + height) / lay.row) + 1);
     return {
       lay, first, last, firstKey: first, lastKey, scroll, height, hover, pinned: s.query,
-      heads: headsShown(current.info), data: current.data, filter: s.filter,
-      bStart: s.kind === "cross" ? -1 : current.info.sentenceBStart,
-      queryTokens: current.queryTokens, keyTokens: current.keyTokens,
+      heads: headsShown(current.k), data: current.data, filter: s.filter, bStart: current.k.sentenceBStart,
+      queryTokens: current.k.queryTokens, keyTokens: current.k.keyTokens,
       textColor: getComputedStyle(document.body).getPropertyValue("--fg").trim() || "#222",
     };
   }
 
-  function redraw() {
-    if (!current) return;
+  // One frame: size the canvases to their CSS boxes × devicePixelRatio, draw, place the tooltip.
+  function frame() {
+    if (!current || root.hidden || root.offsetParent === null) return;
     const t0 = performance.now();
     const dpr = window.devicePixelRatio || 1;
     const m = model();
+    canvas.style.width = `${m.lay.width}px`;
     canvas.style.height = `${m.height}px`;
     canvas.width = Math.round(m.lay.width * dpr);
     canvas.height = Math.round(m.height * dpr);
     const ctx = canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     draw(ctx, m);
-    drawMinimap(m);
-    lastDrawMs = performance.now() - t0;
-    window.attnscopeTimings = { ...(window.attnscopeTimings || {}), headDrawMs: lastDrawMs };
+    canvas.dataset.drawn = JSON.stringify({ kind: current.k.kind, layer: current.layer }); // for tests and tools
+    drawMinimap(m, dpr);
+    showTooltip();
+    const done = performance.now();
+    const timings = { ...(window.attnscopeTimings || {}), headDrawMs: done - t0 };
+    if (hoverAt) timings.hoverMs = done - hoverAt; // from the mousemove to the redrawn canvas
+    hoverAt = 0;
+    window.attnscopeTimings = timings;
   }
 
-  function drawMinimap(m) {
-    const rows = Math.max(current.queryTokens.length, current.keyTokens.length);
+  function drawMinimap(m, dpr) {
+    const rows = Math.max(current.k.queryLen, current.k.keyLen);
     const h = scroller.clientHeight || 400;
-    minimap.height = h;
+    minimap.style.width = `${MINIMAP_WIDTH}px`;
     minimap.style.height = `${h}px`;
+    minimap.width = Math.round(MINIMAP_WIDTH * dpr);
+    minimap.height = Math.round(h * dpr);
     const ctx = minimap.getContext("2d");
-    ctx.clearRect(0, 0, minimap.width, h);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, MINIMAP_WIDTH, h);
     ctx.fillStyle = "rgba(127,127,127,0.25)";
-    ctx.fillRect(0, 0, minimap.width, h);
+    ctx.fillRect(0, 0, MINIMAP_WIDTH, h);
     ctx.fillStyle = "rgba(31,119,180,0.6)";
     const top = (m.scroll / (rows * m.lay.row)) * h;
-    ctx.fillRect(0, top, minimap.width, Math.max(4, (m.height / (rows * m.lay.row)) * h));
+    ctx.fillRect(0, top, MINIMAP_WIDTH, Math.max(4, (m.height / (rows * m.lay.row)) * h));
   }
 
   function hitTest(event) {
@@ -256,72 +268,74 @@ export function mount(root, app) {
     const x = event.clientX - rect.left;
     const yPos = event.clientY - rect.top + scroller.scrollTop;
     const index = Math.floor(yPos / ROW);
-    const lay = layout(scroller.clientWidth || 600, current.queryTokens);
-    if (x < lay.leftX && index < current.queryTokens.length) return { side: "left", index };
-    if (x > lay.rightX && index < current.keyTokens.length) return { side: "right", index };
+    const lay = layout(scroller.clientWidth || 600, current.k.queryTokens);
+    if (x < lay.leftX && index < current.k.queryLen) return { side: "left", index };
+    if (x > lay.rightX && index < current.k.keyLen) return { side: "right", index };
     return null;
   }
 
-  function showTooltip(event) {
+  function showTooltip() {
     const s = app.state;
     const query = hover?.side === "left" ? hover.index : s.query;
-    if (!hover || query < 0 || hover.side !== "right") {
+    if (!hover || !pointer || query < 0 || hover.side !== "right") {
       tooltip.hidden = true;
       return;
     }
-    const lines = headsShown(current.info).map((h) => {
-      const w = weightOf(current.data, h, query, hover.index);
-      return `<div><span class="swatch" style="background:${headColor(h)}"></span>head ${h}: ${w ? w.toFixed(4) : current.data.exact ? "0" : "< top-k"}</div>`;
+    const { k, data } = current;
+    const lines = headsShown(k).map((h) => {
+      const w = weightOf(data, h, query, hover.index);
+      return `<div><span class="swatch" style="background:${headColor(h)}"></span>head ${h}: ${w ? w.toFixed(4) : data.exact ? "0" : "< top-k"}</div>`;
     });
-    tooltip.innerHTML = `<div>${escapeHtml(current.queryTokens[query])} → ${escapeHtml(current.keyTokens[hover.index])}</div>${lines.join("")}`;
-    tooltip.style.left = `${event.clientX + 12}px`;
-    tooltip.style.top = `${event.clientY + 12}px`;
+    tooltip.innerHTML = `<div>${escapeHtml(k.queryTokens[query])} → ${escapeHtml(k.keyTokens[hover.index])}</div>${lines.join("")}`;
+    tooltip.style.left = `${pointer.x + 12}px`;
+    tooltip.style.top = `${pointer.y + 12}px`;
     tooltip.hidden = false;
   }
 
+  // Events only change what is shown and ask for the next frame (state.js).
   canvas.addEventListener("mousemove", (event) => {
     if (!current) return;
-    const t0 = performance.now();
     const hit = hitTest(event);
+    pointer = { x: event.clientX, y: event.clientY };
     if (JSON.stringify(hit) !== JSON.stringify(hover)) {
       hover = hit;
-      redraw();
-      window.attnscopeTimings = { ...(window.attnscopeTimings || {}), hoverMs: performance.now() - t0 };
+      hoverAt = performance.now();
     }
-    showTooltip(event);
+    app.invalidate(frame);
   });
   canvas.addEventListener("mouseleave", () => {
     hover = null;
-    tooltip.hidden = true;
-    redraw();
+    pointer = null;
+    app.invalidate(frame);
   });
   canvas.addEventListener("click", (event) => {
     const hit = current && hitTest(event);
     if (hit?.side === "left") app.update({ query: app.state.query === hit.index ? -1 : hit.index });
   });
-  scroller.addEventListener("scroll", () => requestAnimationFrame(redraw));
+  scroller.addEventListener("scroll", () => app.invalidate(frame));
   minimap.addEventListener("click", (event) => {
+    if (!current) return;
     const rect = minimap.getBoundingClientRect();
-    const rows = Math.max(current.queryTokens.length, current.keyTokens.length);
+    const rows = Math.max(current.k.queryLen, current.k.keyLen);
     scroller.scrollTop = ((event.clientY - rect.top) / rect.height) * rows * ROW - scroller.clientHeight / 2;
   });
   $(".layer").addEventListener("change", (e) => app.update({ layer: Number(e.target.value) }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
   $(".filter").addEventListener("change", (e) => app.update({ filter: e.target.value }));
 
-  function drawHeadSquares(info) {
+  function drawHeadSquares(k) {
     const box = $(".heads");
     box.replaceChildren();
-    for (let h = 0; h < info.numHeads; h++) {
+    for (let h = 0; h < k.numHeads; h++) {
       const sq = document.createElement("span");
-      const shown = headsShown(info).includes(h);
+      const shown = headsShown(k).includes(h);
       sq.className = `head-square${shown ? "" : " off"}`;
       sq.style.background = headColor(h);
       sq.dataset.head = String(h);
       sq.title = `head ${h}`;
       sq.addEventListener("click", () => {
         if (app.state.head >= 0) {
-          hidden = new Set([...Array(info.numHeads).keys()].filter((x) => x !== app.state.head));
+          hidden = new Set([...Array(k.numHeads).keys()].filter((x) => x !== app.state.head));
           app.update({ head: -1 });
         }
         if (hidden.has(h)) hidden.delete(h);
@@ -336,43 +350,42 @@ export function mount(root, app) {
     }
   }
 
-  async function render(info) {
+  // Load what the state asks for (unless loaded), then, if no newer render started, draw it.
+  async function render(info, fresh) {
     const s = app.state;
-    const kinds = info.kinds;
-    const kind = kinds.includes(s.kind) ? s.kind : kinds[0];
-    const layer = Math.min(Math.max(0, s.layer), info.numLayers - 1);
-    const key = `${info.traceId}/${kind}/${layer}`;
-    $(".layer").replaceChildren(...[...Array(info.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === layer)));
-    $(".kind-label").hidden = kinds.length < 2;
-    $(".kind").replaceChildren(...kinds.map((k) => new Option(k, k, false, k === kind)));
-    $(".filter-label").hidden = info.sentenceBStart < 0 || kind === "cross";
+    const viewer = app.server.viewer;
+    const k = info.kind(s.kind);
+    const layer = Math.min(Math.max(0, s.layer), k.numLayers - 1);
+    const key = `${info.traceId}/${k.kind}/${layer}`;
+    let shown = current?.key === key ? current : null;
+    if (!shown) {
+      const data = await app.busy(loadLayer(info.traceId, k, layer, viewer));
+      if (!fresh()) return;
+      shown = { key, data, k, layer };
+    }
+    current = shown;
+    $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === layer)));
+    $(".kind-label").hidden = info.kinds.length < 2;
+    $(".kind").replaceChildren(...info.kindNames.map((n) => new Option(n, n, false, n === k.kind)));
+    $(".filter-label").hidden = k.sentenceBStart < 0;
     $(".filter").value = s.filter;
     if (s.heads && !appliedHeads) {
-      const shown = new Set(s.heads.split(",").map(Number));
-      hidden = new Set([...Array(info.numHeads).keys()].filter((h) => !shown.has(h)));
+      const visible = new Set(s.heads.split(",").map(Number));
+      hidden = new Set([...Array(k.numHeads).keys()].filter((h) => !visible.has(h)));
     }
     appliedHeads = true;
-    drawHeadSquares(info);
-    if (!current || current.key !== key) {
-      const decoderSide = kind !== "encoder" && info.targetTokens.length > 0;
-      const queryTokens = decoderSide ? info.targetTokens : info.tokens;
-      const keyTokens = kind === "cross" ? info.tokens : queryTokens;
-      const data = await app.busy(loadLayer(info, kind, layer, queryTokens, keyTokens));
-      current = { key, data, info, queryTokens, keyTokens };
-      const rows = Math.max(queryTokens.length, keyTokens.length);
-      $(".spacer").style.height = `${rows * ROW}px`;
-      $(".note").textContent = data.exact ? "" : `${queryTokens.length} tokens: lines show each query's top ${TOPK} keys per head`;
-    }
-    current.info = info;
-    redraw();
+    drawHeadSquares(k);
+    $(".spacer").style.height = `${Math.max(k.queryLen, k.keyLen) * ROW}px`;
+    $(".note").textContent = current.data.exact ? "" : `${k.queryLen} tokens: lines show each query's top ${current.data.topK} keys per head`;
+    frame();
   }
 
   return {
     render,
     exportPng: () => canvas,
     exportSvg: () => (current && current.data.exact ? toSvg({ ...model(), data: current.data }) : null),
-    exportJson: () => current && { layer: app.state.layer, kind: app.state.kind, exact: current.data.exact,
-      queryTokens: current.queryTokens, keyTokens: current.keyTokens,
+    exportJson: () => current && { layer: current.layer, kind: current.k.kind, exact: current.data.exact,
+      queryTokens: current.k.queryTokens, keyTokens: current.k.keyTokens,
       edges: current.data.edges.map((perQuery) => perQuery.map((e) => ({ keys: [...e.keys], weights: [...e.weights] }))) },
   };
 }

@@ -1,14 +1,14 @@
 // Model view: every layer × head as a thumbnail of its pooled map, sortable and coloured by a head
 // statistic; click a cell to open that head in the head view. Below, a zoomable heatmap of one
-// head: scroll to zoom, drag to pan; regions of at most 512 × 512 are fetched as exact tiles from
-// the kept trace (no model re-run), larger ones are drawn from the pooled map.
+// head: scroll to zoom, drag to pan; regions of at most tile_size × tile_size positions are
+// fetched as exact tiles from the kept trace (no model re-run), larger ones are drawn from the
+// pooled map. The statistics (and which end is notable), the thumbnail and tile sizes come from
+// the service's GetServerInfo.
 import { heat } from "../colors.js";
 import { getViews, views } from "../data.js";
+import { generations } from "../state.js";
 
-export const THUMB = 64;
-export const HEATMAP = 512;
-const STATS = ["entropy", "previous_token", "self", "first_token", "mean_distance"];
-const LOW_IS_NOTABLE = new Set(["entropy"]);
+const TILE_DELAY_MS = 150; // a zoom or pan that rests this long gets its exact tile
 
 // ---- pure drawing ------------------------------------------------------------------------------
 export function paintMatrix(image, values, rows, cols, dark) {
@@ -57,12 +57,42 @@ export function drawGrid(ctx, m) {
   }
 }
 
+// The zoomable heatmap (pure): m = { size (CSS pixels a side), region: [q0, q1, k0, k1], exact,
+// tile (the region's exact values), base (pooled, rows × cols), rows, cols, lq, lk, dark }.
+export function drawHeatmap(ctx, m) {
+  const { size, region, exact } = m;
+  const [q0, q1, k0, k1] = region;
+  const values = new Float32Array(size * size);
+  for (let py = 0; py < size; py++) {
+    const q = q0 + Math.floor(((py + 0.5) * (q1 - q0)) / size);
+    for (let px = 0; px < size; px++) {
+      const k = k0 + Math.floor(((px + 0.5) * (k1 - k0)) / size);
+      if (exact) values[py * size + px] = m.tile[(q - q0) * (k1 - k0) + (k - k0)];
+      else {
+        const r = Math.min(m.rows - 1, Math.floor((q * m.rows) / m.lq));
+        const c = Math.min(m.cols - 1, Math.floor((k * m.cols) / m.lk));
+        values[py * size + px] = m.base[r * m.cols + c];
+      }
+    }
+  }
+  const image = paintMatrix(new ImageData(size, size), values, size, size, m.dark);
+  const pixels = document.createElement("canvas");
+  pixels.width = size;
+  pixels.height = size;
+  pixels.getContext("2d").putImageData(image, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(pixels, 0, 0, size, size);
+}
+
 // ---- mounting ----------------------------------------------------------------------------------
 export function mount(root, app) {
+  const stats = app.server.headStats; // [{ name, description, notable: "high" | "low" }]
+  const notableLow = new Set(stats.filter((s) => s.notable === "low").map((s) => s.name));
+  const esc = (t) => t.replace(/[<>&"]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;" })[c]);
   root.innerHTML = `
     <div class="controls">
       <label>Sort and colour by <select class="sort"><option value="">— (head order)</option>
-        ${STATS.map((s) => `<option value="${s}">${s}</option>`).join("")}</select></label>
+        ${stats.map((s) => `<option value="${esc(s.name)}" title="${esc(s.description)}">${esc(s.name)}</option>`).join("")}</select></label>
       <label class="kind-label" hidden>Attention <select class="kind"></select></label>
       <span class="hint">click a head to open it in the head view; shift-click to zoom it below</span>
     </div>
@@ -72,42 +102,43 @@ export function mount(root, app) {
       <button class="reset" type="button">reset zoom</button>
       <span class="region"></span>
     </div>
-    <canvas class="heatmap" width="${HEATMAP}" height="${HEATMAP}" title="scroll to zoom, drag to pan"></canvas>`;
+    <canvas class="heatmap" title="scroll to zoom, drag to pan"></canvas>`;
   const $ = (sel) => root.querySelector(sel);
   const grid = $(".grid");
   const heatmap = $(".heatmap");
-  let current = null; // { key, info, kind, size, pooled, stats, lq, lk }
+  let current = null; // { key, k: KindInfo, rows, cols, pooled, stats }
   let layoutInfo = null;
-  let zoom = null; // { key, base, baseSize, region: [q0, q1, k0, k1], tile, tileRegion }
-  let fetchTimer = null;
+  let zoom = null; // { key, layer, head, base, rows, cols, region: [q0, q1, k0, k1], tile, tileRegion }
+  let tileTimer = null;
+  const tileLoads = generations();
   window.attnscopeTimings = { ...(window.attnscopeTimings || {}), tileFetches: 0 };
 
   $(".sort").addEventListener("change", (e) => app.update({ sort: e.target.value }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
   $(".reset").addEventListener("click", () => {
-    if (zoom) zoom.region = [0, current.lq, 0, current.lk];
-    drawHeatmap();
+    if (zoom) zoom.region = [0, current.k.queryLen, 0, current.k.keyLen];
+    app.invalidate(heatFrame);
   });
 
-  function order(info, stats, stat) {
-    return [...Array(info.numLayers).keys()].map((l) => {
-      const idx = [...Array(info.numHeads).keys()];
-      if (!stat) return idx;
-      const sign = LOW_IS_NOTABLE.has(stat) ? 1 : -1;
-      return idx.sort((a, b) => sign * (stats[stat][l * info.numHeads + a] - stats[stat][l * info.numHeads + b]));
+  function order(k, values, stat) {
+    return [...Array(k.numLayers).keys()].map((l) => {
+      const idx = [...Array(k.numHeads).keys()];
+      if (!stat || !values) return idx;
+      const sign = notableLow.has(stat) ? 1 : -1; // the notable end first
+      return idx.sort((a, b) => sign * (values[l * k.numHeads + a] - values[l * k.numHeads + b]));
     });
   }
 
-  function drawAll() {
-    if (!current) return;
+  function gridFrame() {
+    if (!current || root.hidden) return;
     const t0 = performance.now();
-    const { info } = current;
-    const stat = app.state.sort;
+    const { k } = current;
+    const stat = current.stats[app.state.sort] ? app.state.sort : "";
     const width = Math.max(300, root.clientWidth - 8);
     const gap = 4;
-    const cell = Math.max(24, Math.min(96, Math.floor((width - 30) / info.numHeads) - gap));
+    const cell = Math.max(24, Math.min(96, Math.floor((width - 30) / k.numHeads) - gap));
     const rowH = cell + gap + (stat ? 12 : 0);
-    const height = 8 + info.numLayers * rowH;
+    const height = 8 + k.numLayers * rowH;
     const dpr = window.devicePixelRatio || 1;
     grid.width = Math.round(width * dpr);
     grid.height = Math.round(height * dpr);
@@ -118,17 +149,17 @@ export function mount(root, app) {
     const values = stat ? current.stats[stat] : null;
     const lo = values ? Math.min(...values) : 0;
     const hi = values ? Math.max(...values) : 1;
-    const ord = order(info, current.stats, stat);
+    const ord = order(k, values, stat);
     layoutInfo = { left: 28, top: 4, cell, gap, rowH, order: ord };
     grid.dataset.layout = JSON.stringify(layoutInfo); // geometry for tests and tools
     drawGrid(ctx, {
-      layers: info.numLayers, heads: info.numHeads, cell, gap, rows: current.rows, cols: current.cols,
+      layers: k.numLayers, heads: k.numHeads, cell, gap, rows: current.rows, cols: current.cols,
       pooled: current.pooled,
       order: ord, stat, stats: current.stats, left: 28, top: 4, dark: app.state.theme === "dark",
       textColor: getComputedStyle(document.body).getPropertyValue("--fg").trim() || "#222",
       notability: (v) => {
         const t = hi > lo ? (v - lo) / (hi - lo) : 0;
-        return LOW_IS_NOTABLE.has(stat) ? 1 - t : t;
+        return notableLow.has(stat) ? 1 - t : t;
       },
     });
     const t = window.attnscopeTimings || {};
@@ -143,7 +174,7 @@ export function mount(root, app) {
     const y = event.clientY - rect.top - layoutInfo.top;
     const col = Math.floor(x / (layoutInfo.cell + layoutInfo.gap));
     const l = Math.floor(y / layoutInfo.rowH);
-    if (x < 0 || y < 0 || col >= current.info.numHeads || l >= current.info.numLayers) return null;
+    if (x < 0 || y < 0 || col >= current.k.numHeads || l >= current.k.numLayers) return null;
     return { layer: l, head: layoutInfo.order[l][col] };
   }
 
@@ -155,56 +186,47 @@ export function mount(root, app) {
   });
 
   // ---- zoomable heatmap ----------------------------------------------------------------------
-  async function loadHeatmap(layer, head) {
-    const key = `${current.key}/${layer}/${head}`;
-    if (zoom?.key === key) return;
-    const size = Math.min(HEATMAP, Math.max(current.lq, current.lk));
-    const { tensors } = await app.busy(getViews(current.info.traceId, [views.pooled(size, current.kind, [layer], [head])]));
-    const base = tensors.pooled;
-    zoom = { key, layer, head, base: base.data, rows: base.shape[2], cols: base.shape[3],
-      region: [0, current.lq, 0, current.lk], tile: null, tileRegion: null };
-    $(".heat-title").textContent = `layer ${layer}, head ${head}`;
-  }
-
-  function drawHeatmap() {
-    if (!zoom) return;
-    const [q0, q1, k0, k1] = zoom.region;
+  function heatFrame() {
+    if (!zoom || root.hidden) return;
+    const size = heatmap.clientWidth || app.server.viewer.tileSize;
+    const dpr = window.devicePixelRatio || 1;
+    heatmap.style.width = `${size}px`;
+    heatmap.style.height = `${size}px`;
+    heatmap.width = Math.round(size * dpr);
+    heatmap.height = Math.round(size * dpr);
     const ctx = heatmap.getContext("2d");
-    const image = ctx.createImageData(HEATMAP, HEATMAP);
-    const dark = app.state.theme === "dark";
-    const exact = zoom.tile && zoom.tileRegion.join() === zoom.region.join();
-    const values = new Float32Array(HEATMAP * HEATMAP);
-    for (let py = 0; py < HEATMAP; py++) {
-      const q = q0 + Math.floor(((py + 0.5) * (q1 - q0)) / HEATMAP);
-      for (let px = 0; px < HEATMAP; px++) {
-        const k = k0 + Math.floor(((px + 0.5) * (k1 - k0)) / HEATMAP);
-        if (exact) values[py * HEATMAP + px] = zoom.tile[(q - q0) * (k1 - k0) + (k - k0)];
-        else {
-          const r = Math.min(zoom.rows - 1, Math.floor((q * zoom.rows) / current.lq));
-          const c = Math.min(zoom.cols - 1, Math.floor((k * zoom.cols) / current.lk));
-          values[py * HEATMAP + px] = zoom.base[r * zoom.cols + c];
-        }
-      }
-    }
-    ctx.putImageData(paintMatrix(image, values, HEATMAP, HEATMAP, dark), 0, 0);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const exact = Boolean(zoom.tile) && zoom.tileRegion.join() === zoom.region.join();
+    drawHeatmap(ctx, { ...zoom, size, exact, lq: current.k.queryLen, lk: current.k.keyLen, dark: app.state.theme === "dark" });
+    const [q0, q1, k0, k1] = zoom.region;
     $(".region").textContent = `queries ${q0}–${q1 - 1}, keys ${k0}–${k1 - 1} ${exact ? "(exact tile)" : "(pooled)"}`;
-    scheduleTile();
+    loadTileSoon();
   }
 
-  function scheduleTile() {
-    clearTimeout(fetchTimer);
+  // The load step of the heatmap: once a zoomed region small enough for an exact tile rests,
+  // fetch it; a tile that arrives after a newer request started is dropped.
+  function loadTileSoon() {
+    clearTimeout(tileTimer);
     const [q0, q1, k0, k1] = zoom.region;
-    const pooledIsExact = zoom.rows === current.lq && zoom.cols === current.lk;
-    if (pooledIsExact || q1 - q0 > HEATMAP || k1 - k0 > HEATMAP) return;
+    const limit = app.server.viewer.tileSize;
+    const pooledIsExact = zoom.rows === current.k.queryLen && zoom.cols === current.k.keyLen;
+    if (pooledIsExact || q1 - q0 > limit || k1 - k0 > limit) return;
     if (zoom.tileRegion && zoom.tileRegion.join() === zoom.region.join()) return;
-    fetchTimer = setTimeout(async () => {
-      const region = [...zoom.region];
-      const { tensors } = await getViews(current.info.traceId, [views.tile(zoom.layer, zoom.head, [region[0], region[1]], [region[2], region[3]], current.kind)]);
-      window.attnscopeTimings.tileFetches += 1;
-      zoom.tile = tensors["tile/0"].data;
-      zoom.tileRegion = region;
-      drawHeatmap();
-    }, 150);
+    const target = zoom;
+    const region = [...zoom.region];
+    tileTimer = setTimeout(async () => {
+      const g = tileLoads.start();
+      try {
+        const { tensors } = await getViews(target.traceId, [views.tile("zoom", target.layer, target.head, [q0, q1], [k0, k1], target.kind)]);
+        if (!tileLoads.isCurrent(g) || zoom !== target) return;
+        window.attnscopeTimings.tileFetches += 1;
+        target.tile = tensors.zoom.data;
+        target.tileRegion = region;
+        app.invalidate(heatFrame);
+      } catch (err) {
+        app.fail(err);
+      }
+    }, TILE_DELAY_MS);
   }
 
   heatmap.addEventListener("wheel", (event) => {
@@ -221,10 +243,10 @@ export function mount(root, app) {
       const start = Math.max(0, Math.min(n - span, Math.round(center - f * span)));
       return [start, start + span];
     };
-    const [nq0, nq1] = zoomAxis(q0, q1, fy, current.lq);
-    const [nk0, nk1] = zoomAxis(k0, k1, fx, current.lk);
+    const [nq0, nq1] = zoomAxis(q0, q1, fy, current.k.queryLen);
+    const [nk0, nk1] = zoomAxis(k0, k1, fx, current.k.keyLen);
     zoom.region = [nq0, nq1, nk0, nk1];
-    drawHeatmap();
+    app.invalidate(heatFrame);
   }, { passive: false });
 
   let drag = null;
@@ -238,42 +260,60 @@ export function mount(root, app) {
     const [q0, q1, k0, k1] = drag.region;
     const dq = Math.round(((drag.y - event.clientY) / rect.height) * (q1 - q0));
     const dk = Math.round(((drag.x - event.clientX) / rect.width) * (k1 - k0));
-    const sq = Math.max(-q0, Math.min(current.lq - q1, dq));
-    const sk = Math.max(-k0, Math.min(current.lk - k1, dk));
+    const sq = Math.max(-q0, Math.min(current.k.queryLen - q1, dq));
+    const sk = Math.max(-k0, Math.min(current.k.keyLen - k1, dk));
     zoom.region = [q0 + sq, q1 + sq, k0 + sk, k1 + sk];
-    drawHeatmap();
+    app.invalidate(heatFrame);
   });
 
-  async function render(info) {
+  // Load the thumbnails, statistics and the heatmap's pooled map the state asks for (one call,
+  // only what is not loaded yet); then, if no newer render started, draw.
+  async function render(info, fresh) {
     const s = app.state;
-    const kind = info.kinds.includes(s.kind) ? s.kind : info.kinds[0];
-    $(".kind-label").hidden = info.kinds.length < 2;
-    $(".kind").replaceChildren(...info.kinds.map((k) => new Option(k, k, false, k === kind)));
-    $(".sort").value = s.sort;
-    const key = `${info.traceId}/${kind}`;
-    if (!current || current.key !== key) {
-      const decoderSide = kind !== "encoder" && info.targetTokens.length > 0;
-      const lq = decoderSide ? info.targetTokens.length : info.tokens.length;
-      const lk = kind === "cross" ? info.tokens.length : lq;
-      const size = Math.min(THUMB, Math.max(lq, lk));
-      const { tensors } = await app.busy(getViews(info.traceId, [views.pooled(size, kind), views.headStats(kind)]));
-      const stats = Object.fromEntries(STATS.map((n) => [n, tensors[`head_stats/${n}`].data]));
-      const pooled = tensors.pooled;
-      current = { key, info, kind, rows: pooled.shape[2], cols: pooled.shape[3], pooled: pooled.data, stats, lq, lk };
-      zoom = null;
+    const viewer = app.server.viewer;
+    const k = info.kind(s.kind);
+    const lq = k.queryLen;
+    const lk = k.keyLen;
+    const layer = Math.min(Math.max(0, s.layer), k.numLayers - 1);
+    const head = s.head >= 0 ? Math.min(s.head, k.numHeads - 1) : 0;
+    const key = `${info.traceId}/${k.kind}`;
+    const zoomKey = `${key}/${layer}/${head}`;
+    const needGrid = current?.key !== key;
+    const needZoom = zoom?.key !== zoomKey;
+    const requested = [];
+    if (needGrid) {
+      requested.push(views.pooled("thumbs", Math.min(viewer.thumbnailSize, Math.max(lq, lk)), k.kind));
+      requested.push(views.headStats("stats", k.kind));
     }
-    drawAll();
-    const layer = Math.min(Math.max(0, s.layer), info.numLayers - 1);
-    const head = s.head >= 0 ? Math.min(s.head, info.numHeads - 1) : 0;
-    await loadHeatmap(layer, head);
-    drawHeatmap();
+    if (needZoom) requested.push(views.pooled("heatmap", Math.min(viewer.tileSize, Math.max(lq, lk)), k.kind, [layer], [head]));
+    let tensors = {};
+    if (requested.length) {
+      ({ tensors } = await app.busy(getViews(info.traceId, requested)));
+      if (!fresh()) return;
+    }
+    if (needGrid) {
+      const thumbs = tensors.thumbs;
+      current = { key, k, rows: thumbs.shape[2], cols: thumbs.shape[3], pooled: thumbs.data,
+        stats: Object.fromEntries(stats.map((st) => [st.name, tensors[`stats/${st.name}`].data])) };
+    }
+    if (needZoom) {
+      const base = tensors.heatmap;
+      zoom = { key: zoomKey, traceId: info.traceId, kind: k.kind, layer, head, base: base.data, rows: base.shape[2], cols: base.shape[3],
+        region: [0, lq, 0, lk], tile: null, tileRegion: null };
+      $(".heat-title").textContent = `layer ${layer}, head ${head}`;
+    }
+    $(".kind-label").hidden = info.kinds.length < 2;
+    $(".kind").replaceChildren(...info.kindNames.map((n) => new Option(n, n, false, n === k.kind)));
+    $(".sort").value = s.sort;
+    gridFrame();
+    heatFrame();
   }
 
   return {
     render,
     exportPng: () => grid,
-    exportJson: () => current && { kind: current.kind, rows: current.rows, cols: current.cols, layers: current.info.numLayers,
-      heads: current.info.numHeads, pooled: [...current.pooled],
-      stats: Object.fromEntries(Object.entries(current.stats).map(([k, v]) => [k, [...v]])) },
+    exportJson: () => current && { kind: current.k.kind, rows: current.rows, cols: current.cols, layers: current.k.numLayers,
+      heads: current.k.numHeads, pooled: [...current.pooled],
+      stats: Object.fromEntries(Object.entries(current.stats).map(([n, v]) => [n, [...v]])) },
   };
 }

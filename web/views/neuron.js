@@ -3,6 +3,7 @@
 // for negative, intensity by magnitude; numbers on hover. Long inputs show the top keys first.
 import { signedColor } from "../colors.js";
 import { getViews, views } from "../data.js";
+import { generations } from "../state.js";
 
 export const ALL_KEYS_LIMIT = 16384; // beyond, keys come in windows of this size that the user pages through
 const ROW = 18;
@@ -82,47 +83,68 @@ export function mount(root, app) {
   const $ = (sel) => root.querySelector(sel);
   const canvas = $(".neuron");
   const tooltip = $(".tooltip");
-  let current = null; // { key, info, kind, tokens, keyTokens }
+  let current = null; // { key, traceId, k: KindInfo }
   let shown = null; // { rows, q, dim, cell, columns }
-  let preview = -1;
+  let preview = -1; // the hovered query token (-1: the pinned one)
   let windowStart = null; // first key of the window for inputs longer than ALL_KEYS_LIMIT
   let lastQuery = -1;
-  const cache = new Map();
+  let barKey = "";
+  const cache = new Map(); // loaded neuron views by `need.key`
+  const loads = generations();
 
   $(".layer").addEventListener("change", (e) => app.update({ layer: Number(e.target.value) }));
   $(".head").addEventListener("change", (e) => app.update({ head: Number(e.target.value) }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
-  $(".order").addEventListener("change", () => app.update({}));
+  $(".order").addEventListener("change", () => app.invalidate(frame));
   const page = (direction) => {
-    const lk = current.keyTokens.length;
+    const lk = current.k.keyLen;
     windowStart = Math.max(0, Math.min(lk - ALL_KEYS_LIMIT, (windowStart ?? 0) + direction * ALL_KEYS_LIMIT));
-    show();
+    app.invalidate(frame);
   };
   $(".earlier").addEventListener("click", () => page(-1));
   $(".later").addEventListener("click", () => page(1));
 
-  async function fetchNeuron(layer, head, query) {
-    const lk = current.keyTokens.length;
+  // What the state asks to show: { key, layer, head, query, keys (a window or null) }.
+  function need() {
+    const s = app.state;
+    const { k } = current;
+    const layer = Math.min(Math.max(0, s.layer), k.numLayers - 1);
+    const head = Math.min(Math.max(0, s.head), k.numHeads - 1);
+    const query = preview >= 0 ? preview : Math.min(Math.max(0, s.query), k.queryLen - 1);
+    if (query !== lastQuery) windowStart = null; // a new query starts at its own window
+    lastQuery = query;
     let keys = null;
-    if (lk > ALL_KEYS_LIMIT) {
+    if (k.keyLen > ALL_KEYS_LIMIT) {
       // By default the window that ends at the query (all a causal query can see, if it fits).
-      if (windowStart === null) windowStart = Math.max(0, Math.min(lk - ALL_KEYS_LIMIT, query - ALL_KEYS_LIMIT + 1));
+      if (windowStart === null) windowStart = Math.max(0, Math.min(k.keyLen - ALL_KEYS_LIMIT, query - ALL_KEYS_LIMIT + 1));
       keys = [windowStart, windowStart + ALL_KEYS_LIMIT];
     }
-    $(".paging").hidden = !keys;
-    const key = `${current.key}/${layer}/${head}/${query}/${keys ? keys[0] : 0}`;
-    if (!cache.has(key)) {
-      const { tensors } = await getViews(current.info.traceId, [views.neuron(layer, head, query, keys, current.kind)]);
-      const t = (n) => tensors[`neuron/0/${n}`];
-      cache.set(key, { offset: keys ? keys[0] : 0, q: t("q").data, k: t("k"), qk: t("q_times_k"),
-        scores: t("scores").data, probs: t("probs").data });
+    return { key: `${current.key}/${layer}/${head}/${query}/${keys ? keys[0] : 0}`, layer, head, query, keys };
+  }
+
+  async function load(n) {
+    const { tensors } = await getViews(current.traceId, [views.neuron("neuron", n.layer, n.head, n.query, n.keys, current.k.kind)]);
+    const t = (part) => tensors[`neuron/${part}`];
+    return { offset: n.keys ? n.keys[0] : 0, q: t("q").data, k: t("k"), qk: t("q_times_k"), scores: t("scores").data, probs: t("probs").data };
+  }
+
+  // The load step of a preview (hover) or a page of keys: the newest request wins.
+  async function loadAndShow(n) {
+    const g = loads.start();
+    try {
+      const loaded = await load(n);
+      cache.set(n.key, loaded);
+      if (loads.isCurrent(g)) app.invalidate(frame);
+    } catch (err) {
+      if (loads.isCurrent(g)) app.fail(err);
     }
-    return cache.get(key);
   }
 
   function tokensBar(query) {
-    const bar = $(".query-tokens");
-    bar.replaceChildren(...current.tokens.map((tok, i) => {
+    const key = `${current.key}/${query}`;
+    if (key === barKey) return;
+    barKey = key;
+    $(".query-tokens").replaceChildren(...current.k.queryTokens.map((tok, i) => {
       const span = document.createElement("span");
       span.textContent = tok;
       span.dataset.index = String(i);
@@ -135,12 +157,12 @@ export function mount(root, app) {
     const i = Number(e.target.dataset?.index);
     if (!Number.isNaN(i) && i !== preview) {
       preview = i;
-      show();
+      app.invalidate(frame);
     }
   });
   $(".query-tokens").addEventListener("mouseleave", () => {
     preview = -1;
-    show();
+    app.invalidate(frame);
   });
   $(".query-tokens").addEventListener("click", (e) => {
     const i = Number(e.target.dataset?.index);
@@ -172,22 +194,29 @@ export function mount(root, app) {
   });
   canvas.addEventListener("mouseleave", () => { tooltip.hidden = true; });
 
-  async function show() {
-    if (!current) return;
-    const s = app.state;
-    const layer = Math.min(Math.max(0, s.layer), current.info.numLayers - 1);
-    const head = Math.min(Math.max(0, s.head), current.info.numHeads - 1);
-    const query = preview >= 0 ? preview : Math.min(Math.max(0, s.query), current.tokens.length - 1);
-    if (query !== lastQuery) windowStart = null; // a new query starts at its own window
-    lastQuery = query;
-    tokensBar(query);
-    const n = await fetchNeuron(layer, head, query);
+  // One frame: draw what is loaded for the current need; if it is not loaded, start its load
+  // (the picture stays as it was until the data arrives).
+  function frame() {
+    if (!current || root.hidden) return;
+    const n = need();
+    tokensBar(n.query);
+    $(".paging").hidden = !n.keys;
+    const loaded = cache.get(n.key);
+    if (!loaded) {
+      loadAndShow(n);
+      return;
+    }
+    paint(n, loaded);
+  }
+
+  function paint({ layer, head, query }, n) {
+    const { k } = current;
     const dim = n.q.length;
     const count = n.probs.length;
     let order = [...Array(count).keys()];
     if ($(".order").value === "top") order = order.sort((a, b) => n.probs[b] - n.probs[a]).slice(0, 20);
     const rows = order.map((i) => ({
-      key: n.offset + i, token: current.keyTokens[n.offset + i],
+      key: n.offset + i, token: k.keyTokens[n.offset + i],
       k: n.k.data.subarray(i * dim, (i + 1) * dim), qk: n.qk.data.subarray(i * dim, (i + 1) * dim),
       score: n.scores[i], prob: n.probs[i],
     }));
@@ -203,26 +232,33 @@ export function mount(root, app) {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     shown = { rows, q: n.q, dim, cell, columns: cols };
     draw(ctx, { ...shown, textColor: getComputedStyle(document.body).getPropertyValue("--fg").trim() || "#222" });
-    $(".note").textContent = `query ${query} “${current.tokens[query]}”, layer ${layer}, head ${head}` +
-      (count < current.keyTokens.length ? ` (keys ${n.offset}–${n.offset + count - 1})` : "");
+    $(".note").textContent = `query ${query} “${k.queryTokens[query]}”, layer ${layer}, head ${head}` +
+      (count < k.keyLen ? ` (keys ${n.offset}–${n.offset + count - 1})` : "");
   }
 
-  async function render(info) {
+  // Load the neuron view the state asks for (unless loaded); then, if no newer render started, draw.
+  async function render(info, fresh) {
     const s = app.state;
-    const kind = info.kinds.includes(s.kind) ? s.kind : info.kinds[0];
-    $(".kind-label").hidden = info.kinds.length < 2;
-    $(".kind").replaceChildren(...info.kinds.map((k) => new Option(k, k, false, k === kind)));
-    $(".layer").replaceChildren(...[...Array(info.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === s.layer)));
-    $(".head").replaceChildren(...[...Array(info.numHeads).keys()].map((h) => new Option(`${h}`, h, false, h === Math.max(0, s.head))));
-    const key = `${info.traceId}/${kind}`;
-    if (!current || current.key !== key) {
-      const decoderSide = kind !== "encoder" && info.targetTokens.length > 0;
-      const tokens = decoderSide ? info.targetTokens : info.tokens;
-      current = { key, info, kind, tokens, keyTokens: kind === "cross" ? info.tokens : tokens };
+    const k = info.kind(s.kind);
+    const key = `${info.traceId}/${k.kind}`;
+    if (current?.key !== key) {
+      current = { key, traceId: info.traceId, k };
       cache.clear();
       windowStart = null;
+      barKey = "";
     }
-    await app.busy(show());
+    const n = need();
+    if (!cache.has(n.key)) {
+      loads.start(); // a preview still loading is older than this
+      const loaded = await app.busy(load(n));
+      cache.set(n.key, loaded);
+      if (!fresh()) return;
+    }
+    $(".kind-label").hidden = info.kinds.length < 2;
+    $(".kind").replaceChildren(...info.kindNames.map((name) => new Option(name, name, false, name === k.kind)));
+    $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === n.layer)));
+    $(".head").replaceChildren(...[...Array(k.numHeads).keys()].map((h) => new Option(`${h}`, h, false, h === n.head)));
+    frame();
   }
 
   return {

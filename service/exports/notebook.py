@@ -82,7 +82,7 @@ def show(
 
 
 def _dense_view(view: str, html_action: str, state: dict, prettify_tokens: bool, **bertviz_args):
-    from .dense import DenseTrace
+    from ...extract.dense import DenseTrace
 
     if prettify_tokens:
         for key in ("tokens", "encoder_tokens", "decoder_tokens"):
@@ -120,7 +120,7 @@ def neuron_view(
     model, tokenizer, sentence_a, sentence_b=None, layer=0, head=0, display_mode="light", html_action="view"
 ):
     """bertviz's neuron view for any model attnscope can trace: q, k, q×k, q·k and softmax per query."""
-    from ..extract import Extractor
+    from ...extract import Extractor
 
     trace = Extractor(model, tokenizer).trace(sentence_a, pair=sentence_b)
     state = {

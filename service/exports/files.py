@@ -1,12 +1,13 @@
-"""Files of a trace's views: .npz, .safetensors and the standalone .html viewer.
+"""Files of a trace's views: .npz and .safetensors (the standalone .html has its own writer).
 
-Schema of .npz and .safetensors (the same tensor names as the wire, see the .proto):
-* ``head_stats/<statistic>`` float32 [layers, heads] for entropy, previous_token, self,
-  first_token, mean_distance;
+Schema of .npz and .safetensors (tensor names are the view names each export request gives):
+* ``head_stats/<statistic>`` float32 [layers, heads] for every statistic the service lists
+  (GetServerInfo's head_stats: entropy, previous_token, ...);
 * ``pooled`` float32 [layers, heads, sq, sk]: probability mass per block (kernels/pooled.py);
 * ``tile/<layer>.<head>`` float32 [Lq, Lk]: exact attention of the heads asked for with `tiles`;
 * with encoder-decoder models every name is prefixed by its kind: ``cross/pooled``, ...;
-* metadata: ``tokens`` (and ``target_tokens``), ``model``, ``text``, ``pair``, ``kinds``,
+* metadata: ``tokens`` (the default kind's query tokens) and ``target_tokens`` (the decoder's, for
+  encoder-decoder traces), ``model``, ``text``, ``pair``, ``kinds``, and the default kind's
   ``num_layers``, ``num_heads``, ``seq_len``, ``sentence_b_start`` (-1 without a pair),
   ``schema`` ("attnscope.export/1"). In .npz, ``tokens`` and ``target_tokens`` are string arrays
   and the rest sits in ``metadata`` (a JSON string); in .safetensors, all of it is in the header's
@@ -21,17 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import views
+from ...kernels.pooled import DEFAULT_POOLED_SIZE
+from ...proto import NAME_OF_KIND
+from .. import views
 
 SCHEMA = "attnscope.export/1"
 FORMATS = (".npz", ".safetensors", ".html")
 
 
-def export_views(info, pooled_size: int = 256, tiles: Iterable[tuple[int, int]] = ()) -> list:
+def export_views(info, pooled_size: int = DEFAULT_POOLED_SIZE, tiles: Iterable[tuple[int, int]] = ()) -> list:
     """The views an export holds: stats and pooled maps of every kind, plus the tiles asked for."""
     requested = []
     tiles = list(tiles)
-    for kind in info.kinds:
+    for entry in info.kinds:
+        kind = NAME_OF_KIND[entry.kind]
         prefix = f"{kind}/" if len(info.kinds) > 1 else ""
         requested += [
             views.head_stats(kind=kind, name=f"{prefix}head_stats"),
@@ -44,18 +48,23 @@ def export_views(info, pooled_size: int = 256, tiles: Iterable[tuple[int, int]] 
 
 
 def metadata(info, text: str, pair: str) -> dict:
+    """The file's description of the trace, read from TraceInfo's per-kind entries."""
+    kinds = {NAME_OF_KIND[entry.kind]: entry for entry in info.kinds}
+    default = info.kinds[0]
+    # The decoder's text of an encoder-decoder trace (its cross attention reads the encoder's).
+    target = list(kinds["decoder"].query_tokens) if "cross" in kinds and "decoder" in kinds else []
     return {
         "schema": SCHEMA,
         "model": info.model,
         "text": text,
         "pair": pair,
-        "kinds": list(info.kinds),
-        "num_layers": info.num_layers,
-        "num_heads": info.num_heads,
-        "seq_len": info.seq_len,
-        "sentence_b_start": info.sentence_b_start,
-        "tokens": list(info.tokens),
-        "target_tokens": list(info.target_tokens),
+        "kinds": list(kinds),
+        "num_layers": default.num_layers,
+        "num_heads": default.num_heads,
+        "seq_len": default.query_len,
+        "sentence_b_start": default.sentence_b_start,
+        "tokens": list(default.query_tokens),
+        "target_tokens": target,
     }
 
 
@@ -109,7 +118,7 @@ def export_file(
     fetch: Callable[[list], dict[str, np.ndarray]],
     text: str = "",
     pair: str = "",
-    pooled_size: int = 256,
+    pooled_size: int = DEFAULT_POOLED_SIZE,
     tiles: Iterable[tuple[int, int]] = (),
     neuron_queries: Iterable[int] | None = None,
 ) -> Path:
@@ -118,10 +127,10 @@ def export_file(
     if path.suffix not in FORMATS:
         raise ValueError(f"the output must end in one of {', '.join(FORMATS)}, got {path.name!r}")
     if path.suffix == ".html":
-        from ..web.standalone import embedded_data, model_entry, standalone_html
+        from .standalone import embedded_data, standalone_html
 
         state = {"text": text, "pair": pair, "model": info.model}
-        data = embedded_data(info, fetch, model_entry(info.model, info), neuron_queries, state)
+        data = embedded_data(info, fetch, neuron_queries, state)
         path.write_text(standalone_html(data, title=f"attnscope: {text[:60]}"), encoding="utf-8")
         return path
     return write(path, info, fetch(export_views(info, pooled_size, tiles)), text, pair)

@@ -1,4 +1,5 @@
-"""Debian's Chromium for Playwright, launched one way for the viewer tests and benchmarks.
+"""Debian's Chromium for Playwright, launched one way for the web benchmark and the viewer and
+export tests (tests import it from here; benchmarks import nothing from tests/).
 
 Playwright's own browser download does not work on these machines; `make test` installs Debian's.
 """
@@ -21,7 +22,9 @@ CHROMIUM_ARGS = [
 def launch_chromium(playwright):
     """A headless Chromium browser from `playwright` (a started sync_playwright())."""
     executable = shutil.which("chromium")
-    assert executable, (
-        "the viewer tests need Debian's Chromium: `make test` installs it (apt-get install chromium)"
-    )
+    if not executable:
+        raise RuntimeError(
+            "the viewer tests and the web benchmark need Debian's Chromium: "
+            "`make test` installs it (apt-get install chromium)"
+        )
     return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
