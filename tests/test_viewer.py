@@ -75,6 +75,11 @@ def open_view(page, url: str, query: str, ready: str):
         ) from exc
 
 
+def settle(page):
+    """Wait until the viewer shows its state: no frame due, no render or load under way."""
+    page.wait_for_function("window.attnscopeIdle && window.attnscopeIdle()", timeout=60_000)
+
+
 def pixel(page, selector: str, x: float, y: float) -> list[int]:
     return page.evaluate(
         """([sel, x, y]) => { const c = document.querySelector(sel); const dpr = c.width / c.clientWidth;
@@ -112,21 +117,21 @@ def test_hover_shows_only_the_hovered_tokens_lines(stack, page):
     geo = head_geometry(page)
     box = page.locator("#pane-a canvas.lines").bounding_box()
     page.mouse.move(box["x"] + geo["text"] - 30, box["y"] + 18 * 5 + 9)  # over query token 5 ("nurse")
-    page.wait_for_timeout(300)
+    settle(page)
     assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 5, 4))[3] > 200
     assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 9, 8))[3] < 20, (
         "other queries' lines hidden"
     )
     page.mouse.move(box["x"] + geo["right"] + 30, box["y"] + 18 * 4 + 9)  # key token 4 ("the")
-    page.wait_for_timeout(200)
+    settle(page)
     page.mouse.move(box["x"] + geo["right"] + 31, box["y"] + 18 * 4 + 9)
     page.mouse.move(box["x"] + 5, box["y"] + 5)
     page.mouse.move(box["x"] + geo["text"] - 30, box["y"] + 18 * 5 + 9)
     page.locator("#pane-a canvas.lines").click(position={"x": geo["text"] - 30, "y": 18 * 5 + 9})
-    page.wait_for_timeout(200)
+    settle(page)
     assert "query=5" in page.url
     page.mouse.move(box["x"] + geo["right"] + 30, box["y"] + 18 * 4 + 9)
-    page.wait_for_timeout(300)
+    settle(page)
     tip = page.locator("#pane-a .tooltip")
     assert tip.is_visible() and re.search(r"head 2: (0\.9\d+|1\.0+)", tip.inner_text()), tip.inner_text()
 
@@ -136,14 +141,14 @@ def test_head_squares_toggle_and_isolate(stack, page):
     geo = head_geometry(page)
     page.locator("#pane-a .head-square").nth(7).dblclick()
     page.wait_for_function("location.search.includes('head=7')")
-    page.wait_for_timeout(300)
+    settle(page)
     assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 8, 7))[:3] != list(HEAD2_GREEN)
     page.locator("#pane-a .head-square").nth(3).click()  # from "only 7" to "7 and 3"
-    page.wait_for_timeout(300)
+    settle(page)
     assert "head=" not in page.url
     assert page.locator("#pane-a .head-square:not(.off)").count() == 2
     page.locator("#pane-a .head-square").nth(7).click()  # and hide 7 again
-    page.wait_for_timeout(300)
+    settle(page)
     assert [page.locator("#pane-a .head-square:not(.off)").get_attribute("data-head")] == ["3"]
 
 
@@ -191,7 +196,7 @@ def test_zoom_fetches_exact_tiles(stack, page):
     page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6)
     for _ in range(2):  # 1402 -> 701 -> 351 queries and keys: small enough for an exact tile
         page.mouse.wheel(0, -100)
-        page.wait_for_timeout(100)
+        settle(page)
     page.wait_for_function(
         "document.querySelector('#pane-a .region').textContent.includes('exact tile')", timeout=30_000
     )
@@ -257,7 +262,7 @@ def test_sentence_filter_and_svg_export(stack, page):
     assert pixel(page, "#pane-a canvas.lines", *on_b)[3] > 100
     page.locator("#pane-a select.filter").select_option("AA")
     page.wait_for_function("location.search.includes('filter=AA')")
-    page.wait_for_timeout(300)
+    settle(page)
     assert pixel(page, "#pane-a canvas.lines", *on_b)[3] < 20, "B -> B lines hidden by the A -> A filter"
     assert pixel(page, "#pane-a canvas.lines", *line_midpoint(geo, 3, 2))[3] > 200
     with page.expect_download() as download:
@@ -273,7 +278,7 @@ def test_encoder_decoder_kinds(stack, page):
     assert [o.inner_text() for o in kind.locator("option").all()] == ["encoder", "decoder", "cross"]
     kind.select_option("cross")
     page.wait_for_function("location.search.includes('kind=cross')")
-    page.wait_for_timeout(300)
+    settle(page)
     filled = page.evaluate("""() => { const c = document.querySelector('#pane-a canvas.lines');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
@@ -289,7 +294,10 @@ def test_long_input_is_virtualized_with_top_k_lines_and_a_minimap(stack, page):
     assert page.evaluate("document.querySelector('#pane-a .scroller').scrollTop") == 0
     mini = page.locator("#pane-a canvas.minimap").bounding_box()
     page.mouse.click(mini["x"] + 5, mini["y"] + mini["height"] - 5)  # jump to the end
-    page.wait_for_timeout(400)
+    page.wait_for_function(  # the scroll event's frame has drawn the rows near the end
+        "JSON.parse(document.querySelector('#pane-a canvas.lines').dataset.drawn).first > 400"
+    )
+    settle(page)
     top = page.evaluate("document.querySelector('#pane-a .scroller').scrollTop")
     assert top > 18 * 400, f"the minimap jumped to {top}px"
     drawn = page.evaluate("""() => { const c = document.querySelector('#pane-a canvas.lines');
@@ -299,3 +307,93 @@ def test_long_input_is_virtualized_with_top_k_lines_and_a_minimap(stack, page):
     with page.expect_download() as download:
         page.locator("#export-png").click()
     assert download.value.path().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def api_calls(page) -> list[str]:
+    """The /api methods the page calls from now on, in order (a live list)."""
+    calls = []
+    page.on("request", lambda r: calls.append(r.url.split("/api/", 1)[1]) if "/api/" in r.url else None)
+    return calls
+
+
+def test_tab_and_theme_switches_ask_the_server_nothing(stack, page):
+    calls = api_calls(page)
+    open_view(page, stack, f"model=minilm&text={TEXT}&layer=0&head=2", HEAD_READY)
+    for view in ("model", "neuron"):  # each view loads once, when first shown
+        page.locator(f"#tabs button[data-view={view}]").click()
+        settle(page)
+    assert calls.count("GetServerInfo") == 1 and calls.count("CreateTrace") == 1
+    assert calls.count("GetViews") == 3, calls
+    loaded = list(calls)
+    page.evaluate("document.querySelector('#pane-a .view-body[data-view=head]').mountedOnce = true")
+    renders = page.evaluate("window.attnscopeTimings.renders")
+    for view in ("head", "model", "neuron", "head"):
+        page.locator(f"#tabs button[data-view={view}]").click()
+        settle(page)
+        assert page.locator(f"#pane-a .view-body[data-view={view}]").is_visible()
+    page.locator("#theme").click()
+    settle(page)
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    assert page.evaluate("window.attnscopeTimings.renders") == renders + 5, "every switch rendered"
+    assert page.evaluate("document.querySelector('#pane-a .view-body[data-view=head]').mountedOnce")
+    assert calls == loaded, f"switching tabs and themes asked the server for {calls[len(loaded) :]}"
+
+
+def visible_canvases(target) -> list[dict]:
+    return target.evaluate("""() => [...document.querySelectorAll('canvas')]
+        .filter((c) => c.offsetParent !== null)
+        .map((c) => ({ name: c.className, width: c.width, height: c.height, css: [c.clientWidth, c.clientHeight] }))""")
+
+
+def test_every_canvas_follows_the_device_pixel_ratio(stack, browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, device_scale_factor=2)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        compare = "The doctor asked the nurse a question. He said he would help."
+        open_view(
+            page,
+            stack,
+            f"model=minilm&text={TEXT}&view=model&compare={compare}",
+            HEAD_READY.replace("headDrawMs", "modelDrawMs"),
+        )
+        settle(page)
+        seen = {}
+        for view in ("model", "head", "neuron"):
+            page.locator(f"#tabs button[data-view={view}]").click()
+            settle(page)
+            for c in visible_canvases(page):
+                seen[c["name"]] = c
+        assert {"grid", "heatmap", "difference-map", "lines", "minimap", "neuron"} <= set(seen), sorted(seen)
+        for name, c in seen.items():
+            css_w, css_h = c["css"]
+            assert css_w > 0 and css_h > 0, (name, c)
+            assert abs(c["width"] - 2 * css_w) <= 1 and abs(c["height"] - 2 * css_h) <= 1, (name, c)
+        assert errors == []
+    finally:
+        context.close()
+
+
+def test_a_render_that_finishes_after_a_newer_one_draws_nothing(stack, page):
+    open_view(page, stack, f"model=minilm&text={TEXT}&layer=0&head=2", HEAD_READY)
+    held = []
+
+    def hold_the_first(route):  # layer 1's views wait until layer 2 is drawn
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/api/GetViews", hold_the_first)
+    drawn = "JSON.parse(document.querySelector('#pane-a canvas.lines').dataset.drawn).layer"
+    with page.expect_request("**/api/GetViews"):
+        page.locator("#pane-a select.layer").select_option("1")
+    page.locator("#pane-a select.layer").select_option("2")
+    page.wait_for_function(f"{drawn} === 2")
+    assert len(held) == 1
+    with page.expect_response(lambda r: r.request == held[0].request):
+        held[0].continue_()
+    settle(page)  # the older render has its answer now, and has finished
+    assert page.evaluate(drawn) == 2, "the older render (layer 1) drew over the newer one"
+    assert page.locator("#pane-a select.layer").input_value() == "2" and "layer=2" in page.url

@@ -9,12 +9,13 @@ import * as headView from "./views/head.js";
 import * as modelView from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
 import { createTrace, deleteTrace, serverInfo } from "./data.js";
-import { generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
+import { framePending, generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
 
 const VIEWS = { head: headView, model: modelView, neuron: neuronView };
 const $ = (id) => document.getElementById(id);
 const renders = generations();
 let busyCount = 0;
+let working = 0; // renders and views' own loads (tile, preview) under way
 let traceRun = null; // { key, promise of { a, b } }: the TraceInfo of the main input and of the comparison
 
 function showError(message) {
@@ -22,20 +23,34 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
+// `promise`, counted as work under way (see window.attnscopeIdle).
+async function track(promise) {
+  working += 1;
+  try {
+    return await promise;
+  } finally {
+    working -= 1;
+  }
+}
+
+// `promise`, with the progress line shown while it runs.
 async function busy(promise) {
   busyCount += 1;
   $("progress").hidden = false;
   try {
-    return await promise;
+    return await track(promise);
   } finally {
     busyCount -= 1;
     $("progress").hidden = busyCount === 0;
   }
 }
 
-// What every view gets: the state, its setters, the progress wrapper, the error line, and the
-// service's facts (ServerInfo, normalized by data.js; set before any view mounts).
-const app = { state, update, invalidate, busy, fail: (err) => showError(String(err.message || err)), server: null };
+// True when no frame is due and nothing is loading: the picture shows the state (tests wait on it).
+window.attnscopeIdle = () => !framePending() && working === 0;
+
+// What every view gets: the state, its setters, the progress and work wrappers, the error line,
+// and the service's facts (ServerInfo, normalized by data.js; set before any view mounts).
+const app = { state, update, invalidate, busy, track, fail: (err) => showError(String(err.message || err)), server: null };
 
 function makePane(id) {
   return { root: $(id).querySelector(".view"), views: {} };
@@ -75,7 +90,11 @@ function tracesFor(model, text, pair, compare) {
   return promise;
 }
 
-async function render() {
+function render() {
+  return track(renderNow());
+}
+
+async function renderNow() {
   const generation = renders.start();
   const fresh = () => renders.isCurrent(generation);
   document.documentElement.dataset.theme = state.theme;

@@ -80,6 +80,11 @@ export function invalidate(draw) {
   requestFrame();
 }
 
+// Whether a frame is due (for `window.attnscopeIdle`, which tests and tools wait on).
+export function framePending() {
+  return pending;
+}
+
 export function subscribe(fn) {
   listeners.add(fn);
   return () => listeners.delete(fn);

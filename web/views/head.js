@@ -192,6 +192,7 @@ export function mount(root, app) {
   const scroller = $(".scroller");
   const minimap = $(".minimap");
   const tooltip = $(".tooltip");
+  minimap.style.width = `${MINIMAP_WIDTH}px`; // before the first layout: the scroller takes the rest
   let current = null; // { key, data, k: KindInfo, layer }: what is drawn
   let hidden = new Set();
   let appliedHeads = false; // state.heads (a starting selection) is applied once
@@ -236,7 +237,7 @@ export function mount(root, app) {
     const ctx = canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     draw(ctx, m);
-    canvas.dataset.drawn = JSON.stringify({ kind: current.k.kind, layer: current.layer }); // for tests and tools
+    canvas.dataset.drawn = JSON.stringify({ kind: current.k.kind, layer: current.layer, first: m.first }); // for tests and tools
     drawMinimap(m, dpr);
     showTooltip();
     const done = performance.now();

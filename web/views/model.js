@@ -110,6 +110,7 @@ export function mount(root, app) {
   let layoutInfo = null;
   let zoom = null; // { key, layer, head, base, rows, cols, region: [q0, q1, k0, k1], tile, tileRegion }
   let tileTimer = null;
+  let cancelTile = () => {}; // ends the wait of a tile whose region changed before its fetch
   const tileLoads = generations();
   window.attnscopeTimings = { ...(window.attnscopeTimings || {}), tileFetches: 0 };
 
@@ -206,7 +207,7 @@ export function mount(root, app) {
   // The load step of the heatmap: once a zoomed region small enough for an exact tile rests,
   // fetch it; a tile that arrives after a newer request started is dropped.
   function loadTileSoon() {
-    clearTimeout(tileTimer);
+    cancelTile();
     const [q0, q1, k0, k1] = zoom.region;
     const limit = app.server.viewer.tileSize;
     const pooledIsExact = zoom.rows === current.k.queryLen && zoom.cols === current.k.keyLen;
@@ -214,19 +215,30 @@ export function mount(root, app) {
     if (zoom.tileRegion && zoom.tileRegion.join() === zoom.region.join()) return;
     const target = zoom;
     const region = [...zoom.region];
-    tileTimer = setTimeout(async () => {
-      const g = tileLoads.start();
-      try {
-        const { tensors } = await getViews(target.traceId, [views.tile("zoom", target.layer, target.head, [q0, q1], [k0, k1], target.kind)]);
-        if (!tileLoads.isCurrent(g) || zoom !== target) return;
-        window.attnscopeTimings.tileFetches += 1;
-        target.tile = tensors.zoom.data;
-        target.tileRegion = region;
-        app.invalidate(heatFrame);
-      } catch (err) {
-        app.fail(err);
-      }
-    }, TILE_DELAY_MS);
+    const g = tileLoads.start();
+    app.track(new Promise((resolve) => {
+      let fired = false;
+      cancelTile = () => {
+        if (fired) return;
+        clearTimeout(tileTimer);
+        resolve();
+      };
+      tileTimer = setTimeout(async () => {
+        fired = true;
+        try {
+          const { tensors } = await getViews(target.traceId, [views.tile("zoom", target.layer, target.head, [q0, q1], [k0, k1], target.kind)]);
+          if (!tileLoads.isCurrent(g) || zoom !== target) return;
+          window.attnscopeTimings.tileFetches += 1;
+          target.tile = tensors.zoom.data;
+          target.tileRegion = region;
+          app.invalidate(heatFrame);
+        } catch (err) {
+          if (tileLoads.isCurrent(g)) app.fail(err);
+        } finally {
+          resolve();
+        }
+      }, TILE_DELAY_MS);
+    }));
   }
 
   heatmap.addEventListener("wheel", (event) => {

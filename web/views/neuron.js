@@ -132,7 +132,7 @@ export function mount(root, app) {
   async function loadAndShow(n) {
     const g = loads.start();
     try {
-      const loaded = await load(n);
+      const loaded = await app.track(load(n));
       cache.set(n.key, loaded);
       if (loads.isCurrent(g)) app.invalidate(frame);
     } catch (err) {
