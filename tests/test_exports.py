@@ -3,6 +3,7 @@ show(), and the bertviz-compatible functions."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -17,10 +18,11 @@ from attnscope import Client, Extractor
 from attnscope.cli import main as cli_main
 from attnscope.extract import default_model_path
 from attnscope.extract.dense import DenseTrace
+from attnscope.kernels.facts import HEAD_STAT_NAMES
 from attnscope.service import AttentionCore
 from attnscope.service.background import BackgroundServer
 from attnscope.service.core import trace_info
-from attnscope.service.exports import export_file, load, trace_fetch
+from attnscope.service.exports import export_file, load, trace_fetch, trace_standalone
 from attnscope.service.limits import VIEWER
 from benchmarks.browser import launch_chromium
 
@@ -138,6 +140,25 @@ def test_standalone_html_shows_all_three_views_offline(minilm, tmp_path, browser
         assert page.network_attempts == [] and page.js_errors == []
     finally:
         context.close()
+
+
+def test_standalone_embeds_the_service_facts_as_base64(minilm):
+    tr = minilm.trace(TEXT, pair=PAIR)
+    page = trace_standalone(tr, "minilm", neuron_queries=[1])
+    data = json.loads(re.search(r'id="attnscope-data" type="application/json">(.*?)</script>', page).group(1))
+    viewer, stats = data["serverInfo"]["viewer"], data["serverInfo"]["headStats"]
+    assert viewer["fullAttentionTokens"] == VIEWER.full_attention_tokens
+    assert viewer["thumbnailSize"] == VIEWER.thumbnail_size
+    assert [s["name"] for s in stats] == list(HEAD_STAT_NAMES) and stats[0]["notable"] == "NOTABLE_LOW"
+    (kind,) = data["info"]["kinds"]
+    assert kind["kind"] == "KIND_ENCODER" and kind["queryTokens"] == tr.tokens == kind["keyTokens"]
+    assert kind["sentenceBStart"] == tr.sentence_b_start
+    head = data["attention"]["encoder"][0][2]
+    assert head["dtype"] == "FLOAT16" and head["shape"] == [str(tr.seq_len)] * 2
+    values = np.frombuffer(base64.b64decode(head["data"]), "<f2").reshape(tr.seq_len, tr.seq_len)
+    np.testing.assert_allclose(values, tr.attention(0, 2).numpy(), atol=1e-3)
+    assert data["neuronQueries"] == {"encoder": [1]} and '"data":[' not in page  # no number lists
+    assert "<script>\n// The module loader of standalone files" in page  # web/loader.js, inline
 
 
 def test_standalone_refuses_long_inputs_with_advice(tmp_path):

@@ -397,3 +397,22 @@ def test_a_render_that_finishes_after_a_newer_one_draws_nothing(stack, page):
     settle(page)  # the older render has its answer now, and has finished
     assert page.evaluate(drawn) == 2, "the older render (layer 1) drew over the newer one"
     assert page.locator("#pane-a select.layer").input_value() == "2" and "layer=2" in page.url
+
+
+def test_view_requests_carry_names_and_wire_kinds(stack, page):
+    open_view(page, stack, f"model=minilm&text={TEXT}", HEAD_READY)
+    made = page.evaluate("""async () => {
+        const { views } = await import('/data.js');
+        let refused = '';
+        try { views.tile('', 0, 0); } catch (err) { refused = err.message; }
+        // As the body of a request carries them (JSON leaves out what is undefined).
+        const wire = (v) => JSON.parse(JSON.stringify(v));
+        return { zoom: wire(views.tile('zoom', 1, 2, [0, 4], null, 'cross')), self: wire(views.headStats('stats')), refused };
+    }""")
+    assert made["zoom"] == {
+        "name": "zoom",
+        "kind": "KIND_CROSS",
+        "tile": {"layer": 1, "head": 2, "queries": {"start": 0, "stop": 4}},
+    }
+    assert made["self"] == {"name": "stats", "headStats": {}}  # KIND_SELF: the field left out
+    assert "needs a name" in made["refused"]

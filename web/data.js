@@ -76,7 +76,7 @@ export function decodeTensor(name, t) {
 
 // A stream's messages (proto3 JSON: info, manifest, then Tensor pieces with base64 data) -> the
 // decoded result; every tensor the manifest names must have arrived whole.
-export function assemble(messages) {
+function assemble(messages) {
   const parts = new Map();
   let info = null;
   let manifest = { views: [] };

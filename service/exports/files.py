@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...kernels.pooled import DEFAULT_POOLED_SIZE
+from ...kernels.facts import DEFAULT_POOLED_SIZE
 from ...proto import NAME_OF_KIND
 from .. import views
 
