@@ -74,11 +74,11 @@ def _compile_only(arch: int):
     """
     from triton.runtime.driver import driver
 
-    from attnscope.kernels import neuron, pooled, rowstats, tiles, topk
+    from attnscope.kernels import digest, neuron, rowstats, tiles, topk
 
     kernels = [
         (rowstats, "_row_stats_kernel"),
-        (pooled, "_digest_kernel"),
+        (digest, "_digest_kernel"),
         (tiles, "_probs_tile_kernel"),
         (topk, "_topk_kernel"),
         (neuron, "_neuron_kernel"),
@@ -97,7 +97,7 @@ def _compile_only(arch: int):
 
 def _launches(dtype: torch.dtype, d: int, masked: bool, quick: bool):
     """(label, call) for every launcher variant at one dtype / head dim / mask."""
-    from attnscope.kernels import MaskSpec, neuron, pooled, rowstats, tiles, topk
+    from attnscope.kernels import MaskSpec, digest, neuron, rowstats, tiles, topk
 
     length = 40  # lengths do not specialize the kernels (only their 16-divisibility does)
     q = torch.randn(8, length, d).to(dtype)
@@ -111,8 +111,8 @@ def _launches(dtype: torch.dtype, d: int, masked: bool, quick: bool):
     calls = [
         ("row_stats", lambda: rowstats.row_stats_triton(q, k, spec, pack_gqa=False)),
         ("row_stats packed", lambda: rowstats.row_stats_triton(q, k, spec, pack_gqa=True)),
-        ("digest", lambda: pooled.digest_triton(q, k, spec, lse, pack_gqa=False, **everything)),
-        ("digest packed", lambda: pooled.digest_triton(q, k, spec, lse, pack_gqa=True, **everything)),
+        ("digest", lambda: digest.digest_triton(q, k, spec, lse, pack_gqa=False, **everything)),
+        ("digest packed", lambda: digest.digest_triton(q, k, spec, lse, pack_gqa=True, **everything)),
         ("tile", lambda: tiles.probs_tile_triton(q, k, spec, lse, 0, range(length), range(length))),
         ("top-16", lambda: topk.topk_triton(q, k, spec, lse, 0, 16, range(length))),
         ("neuron", lambda: neuron.neuron_triton(q, k, spec, lse, 0, length - 1, range(length))),

@@ -151,11 +151,17 @@ class Trace(TokensByKind):
             raise ValueError(f"size must be an int >= 1, got {size!r}")
         chosen_layers = choose(layers, len(self._layers[kind]), "layer")
         chosen_heads = choose(heads, self.shape(kind)[1], "head")
+        # A selection of every head costs a full pass anyway: run that, and keep its row terms.
+        every_head = set(chosen_heads) == set(range(self.shape(kind)[1]))
         maps = []
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)
             lse, _ = self.row_stats(layer, kind)
             sq, sk = min(size, lqk.q.shape[1]), min(size, lqk.k.shape[1])
+            if not every_head:  # only the chosen heads are computed
+                got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, pooled_size=(sq, sk), heads=chosen_heads)
+                maps.append(got["pooled"].cpu())
+                continue
             # The pass over P that pools also yields the head statistics' row terms: keep them.
             want_terms = (kind, layer) not in self._row_terms
             got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, pooled_size=(sq, sk), terms=want_terms)
@@ -178,7 +184,8 @@ class Trace(TokensByKind):
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)
             lse, _ = self.row_stats(layer, kind)
-            out.append(backend.received(lqk.q, lqk.k, lqk.spec, lse)[chosen_heads].cpu())
+            got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, received=True, heads=chosen_heads)
+            out.append(got["received"].cpu())
         return torch.stack(out)
 
     def topk(

@@ -3,6 +3,8 @@
 Each family module holds the chunked torch implementation (``*_torch``), the reference that runs
 everywhere; the Triton kernels that must match it live beside it. Shared facts: `masking`
 (the mask description), `scores` (numerics) and `facts` (torch-free: statistic names, defaults).
+`digest` fuses `pooled` and `headstats` into one pass over P; imports point from the fused pass
+to the families it fuses, never back.
 
 Names below are imported on first use, so that `attnscope.kernels.facts` is readable without
 loading torch (the light client reads it).
@@ -25,9 +27,9 @@ _WHERE = {
     "row_stats_torch": "rowstats",
     "probs_tile_torch": "tiles",
     "topk_torch": "topk",
-    "head_stats_torch": "headstats",
-    "pooled_torch": "pooled",
-    "received_torch": "pooled",
+    "head_stats_torch": "digest",
+    "pooled_torch": "digest",
+    "received_torch": "digest",
     "backend": None,
 }
 

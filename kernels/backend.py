@@ -1,7 +1,8 @@
 """Which implementation computes the views: Triton kernels on CUDA, the chunked torch backend
 elsewhere (and for float64 traces). ``ATTNSCOPE_BACKEND=torch|triton`` forces one (the tests run the Triton path on the
 CPU under ``TRITON_INTERPRET=1``). Every function here takes Q [Hq, Lq, D], K [Hkv, Lk, D], a
-`MaskSpec` and, past row statistics, the row log-sum-exp; results stay on Q's device.
+`MaskSpec` and, past row statistics, the row log-sum-exp; results stay on Q's device. The views of
+one head take its index; the digest takes the query heads to compute (`select_heads`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import warnings
 
 import torch
 
-from . import headstats, neuron, pooled, rowstats, tiles, topk
+from . import digest as digest_pass
+from . import neuron, rowstats, tiles, topk
 from .masking import MaskSpec
 from .triton_common import HAS_TRITON
 
@@ -88,6 +90,39 @@ def probs_tile(q, k, spec: MaskSpec, lse, head: int, queries: range, keys: range
     return _run(q, lambda: tiles.probs_tile_triton(*args), lambda: tiles.probs_tile_torch(*args))
 
 
+def select_heads(
+    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, heads: list[int] | None
+) -> tuple[torch.Tensor, torch.Tensor, MaskSpec, torch.Tensor]:
+    """(q, k, spec, lse) of the query heads `heads` alone, in that order (None: all heads), so that
+    a pass over them costs those heads only.
+
+    Query heads, their row log-sum-exp and their sink logits are taken out; so are the key heads
+    they read. Where `heads` is made of whole groups of query heads sharing a key head (each run
+    of `group` entries one group), the chosen key heads stay shared; otherwise each chosen query
+    head gets its key head of its own (group 1). A contiguous run of heads is a view, not a copy.
+    """
+    hq, hkv = q.shape[0], k.shape[0]
+    if heads is None or list(heads) == list(range(hq)):
+        return q, k, spec, lse
+    heads = list(heads)
+    if not heads or any(not 0 <= h < hq for h in heads):
+        raise ValueError(f"query heads must be a non-empty list of ints in [0, {hq}), got {heads}")
+    group = hq // hkv
+    runs = [heads[i : i + group] for i in range(0, len(heads), group)]
+    whole = len(heads) % group == 0 and all(
+        len(set(run)) == group and len({h // group for h in run}) == 1 for run in runs
+    )
+    kv = [run[0] // group for run in runs] if whole else [h // group for h in heads]
+    return _take(q, heads), _take(k, kv), spec.for_heads(heads), _take(lse, heads)
+
+
+def _take(t: torch.Tensor, index: list[int]) -> torch.Tensor:
+    """t[index] along dim 0: a view where `index` is a contiguous ascending run."""
+    if index == list(range(index[0], index[0] + len(index))):
+        return t[index[0] : index[0] + len(index)]
+    return t[torch.tensor(index, device=t.device)]
+
+
 def digest(
     q,
     k,
@@ -96,22 +131,13 @@ def digest(
     pooled_size: tuple[int, int] | None = None,
     received: bool = False,
     terms: bool = False,
+    heads: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over P for any of "pooled", "received" and head-statistic "terms" (kernels/pooled.py)."""
+    """One pass over P for any of "pooled", "received" and head-statistic "terms" (kernels/digest.py),
+    over the query heads `heads` only (None: all); results have one row per entry of `heads`."""
+    q, k, spec, lse = select_heads(q, k, spec, lse, heads)
     args = (q, k, spec, lse, pooled_size, received, terms)
-    return _run(q, lambda: pooled.digest_triton(*args), lambda: pooled.digest_torch(*args))
-
-
-def pooled_map(q, k, spec: MaskSpec, lse, size_q: int, size_k: int) -> torch.Tensor:
-    return digest(q, k, spec, lse, pooled_size=(size_q, size_k))["pooled"]
-
-
-def received(q, k, spec: MaskSpec, lse) -> torch.Tensor:
-    return digest(q, k, spec, lse, received=True)["received"]
-
-
-def head_stats(q, k, spec: MaskSpec, lse, entropy) -> dict[str, torch.Tensor]:
-    return headstats.reduce_head_stats(lse, entropy, digest(q, k, spec, lse, terms=True)["terms"])
+    return _run(q, lambda: digest_pass.digest_triton(*args), lambda: digest_pass.digest_torch(*args))
 
 
 def top_k(q, k, spec: MaskSpec, lse, head: int, count: int, queries: range):

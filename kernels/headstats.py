@@ -11,9 +11,10 @@ Each is a mean over the head's non-empty query rows ``q`` (rows with at least on
 A statistic with no qualifying row is 0. Positions compare query and key indices directly,
 which for cross-attention (decoder queries, encoder keys) is only an index comparison.
 
-Both backends produce the same per-row terms ``[4, Hq, Lq]`` (previous, self, first, distance):
-the torch twin here, the Triton path fused into the pooled pass (`pooled.digest_triton`).
-`reduce_head_stats` turns them into the means above, once, for both.
+Both backends produce the same per-row terms ``[4, Hq, Lq]`` (previous, self, first, distance)
+in the fused pass over P (`digest`): the torch twin from `chunk_terms` here, the Triton kernel
+in its own loop. `reduce_head_stats` turns them into the means above, once, for both (and for
+the dense eager trace).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from .facts import HEAD_STAT_NAMES
-from .masking import MaskSpec
 
 ROW_TERMS = ("previous_token", "self", "first_token", "mean_distance")
 
@@ -53,13 +53,6 @@ def chunk_terms(p: torch.Tensor, q0: int, k0: int) -> torch.Tensor:
     return terms
 
 
-def row_terms_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor) -> torch.Tensor:
-    """Per-row terms [4, Hq, Lq] (ROW_TERMS order) in the compute dtype, on q's device."""
-    from .pooled import digest_torch
-
-    return digest_torch(q, k, spec, lse, terms=True)["terms"]
-
-
 def reduce_head_stats(
     lse: torch.Tensor, entropy: torch.Tensor, terms: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -77,10 +70,3 @@ def reduce_head_stats(
             count > 0, sums[name] / count.clamp(min=1), torch.zeros_like(sums[name])
         ).float()
     return out
-
-
-def head_stats_torch(
-    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, entropy: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """dict name -> [Hq] float32 on q's device (names in HEAD_STAT_NAMES)."""
-    return reduce_head_stats(lse, entropy, row_terms_torch(q, k, spec, lse))

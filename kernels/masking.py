@@ -51,6 +51,17 @@ class MaskSpec:
             raise ValueError("the key range kept for a batch item must contain only real tokens")
         return replace(self, key_padding=None)
 
+    def for_heads(self, heads: list[int]) -> MaskSpec:
+        """The spec of the query heads `heads` (in that order) taken out of a call: the per-head
+        sink logits follow them; every other fact is shared by all heads."""
+        if self.sinks is None:
+            return self
+        count = self.sinks.shape[0]
+        bad = [h for h in heads if not 0 <= h < count]
+        if bad:
+            raise ValueError(f"query heads must be in [0, {count}), got {bad}")
+        return replace(self, sinks=self.sinks[list(heads)])
+
     def allowed(self, q_idx: torch.Tensor, k_idx: torch.Tensor, batch: int = 0) -> torch.Tensor | None:
         """Boolean block [len(q_idx), len(k_idx)] of visible (query, key) pairs; None if all are visible."""
         block = None

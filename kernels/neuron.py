@@ -17,9 +17,10 @@ from .masking import MaskSpec
 from .scores import compute_dtype, probs_from_logits
 from .triton_common import (
     HAS_TRITON,
+    LN2_C,
     block_d,
+    launch,
     logits2,
-    mask_args,
     new_output,
     one_head,
     tl,
@@ -59,13 +60,14 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _neuron_kernel(
-        Q, K, KV_VALID, LSE2, PROD, SCORES, PROBS, sq_d, sk_l, sk_d, query, k_begin, nk, D, scale, softcap,
-        window,
+        Q, K, KV_VALID, sq_d, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        LSE2, PROD, SCORES, PROBS, query, k_begin, nk,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
     # fmt: on
-        # One program: BLOCK_N keys of the single query row; q·k as an explicit product, then a sum.
+        # One program: BLOCK_N keys of the single query row; q·k as an explicit product in fp32,
+        # then a sum (IEEE, the precision of tl.dot, plays no part here).
         cols = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         offs_n = k_begin + cols
         offs_d = tl.arange(0, BLOCK_D)
@@ -86,7 +88,7 @@ if HAS_TRITON:
         )
         t = tl.where(visible, t, float("-inf"))
         lse2 = tl.load(LSE2 + query)
-        tl.store(SCORES + cols, t * 0.6931471805599453, mask=col_in)
+        tl.store(SCORES + cols, t * LN2_C, mask=col_in)
         tl.store(PROBS + cols, tl.exp2(t - lse2), mask=col_in)
 
 
@@ -112,26 +114,8 @@ def neuron_triton(
     probs = new_output(n, device=dev)
     qh, kh, lse2 = one_head(q, k, lse, head)
     qv = qh[query]
-    args = mask_args(spec, dev)
-    _neuron_kernel[(triton.cdiv(n, block_n),)](
-        qv,
-        kh,
-        args.pop("kv_valid"),
-        lse2,
-        prod,
-        scores,
-        probs,
-        qv.stride(0),
-        *kh.stride(),
-        query,
-        keys.start,
-        n,
-        d,
-        args.pop("scale"),
-        args.pop("softcap"),
-        args.pop("window"),
-        **args,
-        BLOCK_N=block_n,
-        BLOCK_D=block_d(d),
+    grid = (triton.cdiv(n, block_n),)
+    launch(
+        _neuron_kernel, grid, qv, kh, spec, lse2, prod, scores, probs, query, keys.start, n, BLOCK_N=block_n
     )
     return NeuronView(qv.float(), kh[keys.start : keys.stop].float(), prod, scores, probs)

@@ -1,4 +1,4 @@
-"""Pooled maps and received attention.
+"""Pooled maps and received attention: what they mean, and the block layout they share.
 
 Pooled map at output size ``(sq, sk)``: query positions are cut into ``sq`` contiguous blocks
 and keys into ``sk``; block ``j`` of a length-``L`` axis holds positions
@@ -9,36 +9,18 @@ zero for empty rows), whatever the block sizes, so maps at every zoom level read
 
 Received attention is the column sum ``Σ_q P[q, k]``: how much attention each key receives.
 
-Triton path (`digest_triton`): one pass over P, a program per (query block, head, or group of
-heads sharing a key head when `triton_common.gqa_pack` packs them) looping over its visible key
-blocks, that adds whichever of three results are asked for: pooled blocks (the
-tile is pooled by two one-hot matrix products, ``onehotᵀ_q · P · onehot_k``, on tensor cores
-to fp32 accuracy (`triton_common.onehot_dot`), then added with atomics; no L×L buffer), column sums (atomics), and the per-row head-statistic terms of
-`headstats` (plain stores: each row belongs to one program). Atomic float additions make the
-last bits order-dependent; the tests allow for that.
+Both are computed in one pass over P by `digest` (with the head statistics' row terms); the
+torch reduction into blocks is `add_blocks` then `finish_blocks`, here once for every caller
+(the digest's torch twin, the dense eager trace); the Triton digest pools on the chip and
+finishes with `finish_blocks`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .masking import MaskSpec
-from .scores import masked_logits, probs_from_logits, query_chunks
-from .triton_common import (
-    HAS_TRITON,
-    block_d,
-    gqa_pack,
-    key_bounds,
-    loop_config,
-    mask_args,
-    new_output,
-    onehot_dot,
-    packed_rows,
-    safe_lse2,
-    tile_logits2,
-    tl,
-    triton,
-)
+# The pooled size when none is asked for, kept in the torch-free `facts` for light clients.
+from .facts import DEFAULT_POOLED_SIZE as DEFAULT_POOLED_SIZE
 
 
 def block_of(length: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -56,227 +38,22 @@ def block_sizes(length: int, size: int) -> torch.Tensor:
     return edges[1:] - edges[:-1]
 
 
-def digest_torch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    spec: MaskSpec,
-    lse: torch.Tensor,
-    pooled_size: tuple[int, int] | None = None,
-    received: bool = False,
-    terms: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Torch twin of `digest_triton`: one pass over P for "pooled" [Hq, sq, sk] (float32),
-    "received" [Hq, Lk] (float32) and "terms" [4, Hq, Lq] (headstats.ROW_TERMS, compute dtype)."""
-    from .headstats import chunk_terms
-
-    hq, lq, _ = q.shape
-    lk = k.shape[1]
-    group = hq // k.shape[0]
-    heads = torch.arange(hq, device=q.device)
-    out: dict[str, torch.Tensor] = {}
-    if pooled_size is not None:
-        sq, sk = pooled_size
-        qb, kb = block_of(lq, sq, q.device), block_of(lk, sk, q.device)
-        acc = torch.zeros(hq, sq, sk, dtype=torch.float64, device=q.device)
-    if received:
-        rec = torch.zeros(hq, lk, dtype=torch.float64, device=q.device)
-    if terms:
-        out["terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=q.device)
-    for q0, q1, k0, k1 in query_chunks(q, k, spec):
-        if k1 == k0:
-            continue
-        p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
-        if pooled_size is not None:
-            by_key = torch.zeros(hq, q1 - q0, sk, dtype=p.dtype, device=q.device)
-            by_key.index_add_(2, kb[k0:k1], p)
-            acc.index_add_(1, qb[q0:q1], by_key.to(acc.dtype))
-        if received:
-            rec[:, k0:k1] += p.sum(1)
-        if terms:
-            out["terms"][:, :, q0:q1] = chunk_terms(p, q0, k0)
-    if pooled_size is not None:
-        rows = block_sizes(lq, sq).to(device=q.device, dtype=acc.dtype)
-        out["pooled"] = (acc / rows[None, :, None]).to(torch.float32)
-    if received:
-        out["received"] = rec.to(torch.float32)
-    return out
-
-
-def pooled_torch(
-    q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor, size_q: int, size_k: int
+def add_blocks(
+    acc: torch.Tensor,  # [H, sq, sk] block sums so far (float64 in the torch backends)
+    p: torch.Tensor,  # [H, c, n] probabilities of c query rows and n key columns
+    query_blocks: torch.Tensor,  # [c] int64 block index of each row (`block_of`)
+    key_blocks: torch.Tensor,  # [n] int64 block index of each column
 ) -> torch.Tensor:
-    """Pooled map [Hq, size_q, size_k], float32 on q's device."""
-    return digest_torch(q, k, spec, lse, pooled_size=(size_q, size_k))["pooled"]
+    """Add the mass of `p` to the blocks its rows and columns fall in, in place; returns `acc`.
 
-
-def received_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, lse: torch.Tensor) -> torch.Tensor:
-    """Column sums [Hq, Lk] of P, float32 on q's device."""
-    return digest_torch(q, k, spec, lse, received=True)["received"]
-
-
-if HAS_TRITON:
-    # fmt: off
-    @triton.jit
-    def _digest_kernel(
-        Q, K, KV_VALID, LSE2, POOL, REC, TERMS, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, Lq, Lk, D, group, SQ,
-        SK, scale, softcap, window,
-        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, DO_POOL: tl.constexpr, DO_REC: tl.constexpr,
-        DO_TERMS: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr, CELLS_Q: tl.constexpr,
-        HEADS_P: tl.constexpr,
-    ):
-    # fmt: on
-        # One program: BLOCK_M rows of PACK query heads sharing a key head (packed_rows).
-        h, pos, row_in, m_start, m_stop = packed_rows(tl.program_id(0), tl.program_id(1), Lq, PACK, BLOCK_M)
-        h0 = tl.program_id(1).to(tl.int64) * PACK
-        nh = tl.num_programs(1).to(tl.int64) * PACK
-        offs_d = tl.arange(0, BLOCK_D)
-        q = tl.load(
-            Q + h[:, None] * sq_h + pos[:, None] * sq_l + offs_d[None, :] * sq_d,
-            mask=row_in[:, None] & (offs_d < D)[None, :],
-            other=0.0,
-        )
-        lse2 = tl.load(LSE2 + h * Lq + pos, mask=row_in, other=float("inf"))
-        k_base = K + (h0 // group) * sk_h
-        # Pooled rows of this program: cell c = (head in pack) · BLOCK_SQ + (block - first block).
-        # Block indices in int64 (position × size passes 2^31 at L = 128k); the first is the minimum.
-        qb = ((pos + 1) * SQ - 1) // Lq
-        qb0 = tl.min(qb, 0)
-        cell = (h - h0) * BLOCK_SQ + qb - qb0
-        onehot_q = ((cell[:, None] == tl.arange(0, CELLS_Q)[None, :]) & row_in[:, None]).to(tl.float32)
-        ci = tl.arange(0, CELLS_Q)
-        cell_head = h0 + ci // BLOCK_SQ
-        cell_bin = qb0 + ci % BLOCK_SQ
-        cell_in = (ci // BLOCK_SQ < PACK) & (cell_bin < SQ)
-        # Received attention of a pack: column sums per head, by a one-hot product over heads.
-        g = tl.arange(0, HEADS_P)
-        onehot_h = ((h - h0)[:, None] == g[None, :]).to(tl.float32)
-        prev = tl.zeros([BLOCK_M], tl.float32)
-        same = tl.zeros([BLOCK_M], tl.float32)
-        first = tl.zeros([BLOCK_M], tl.float32)
-        dist = tl.zeros([BLOCK_M], tl.float32)
-        lo, hi = key_bounds(m_start, m_stop, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
-        for start_n in range(lo, hi, BLOCK_N):
-            offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
-            key_in = offs_n < Lk
-            k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
-            # fmt: off
-            t = tile_logits2(q, k_ptrs, pos, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
-                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
-            # fmt: on
-            p = tl.exp2(t - lse2[:, None])
-            p = tl.where(row_in[:, None], p, 0.0)
-            if DO_REC:
-                if PACK == 1:
-                    tl.atomic_add(REC + h0 * Lk + offs_n, tl.sum(p, 0), mask=key_in)
-                else:
-                    by_head = onehot_dot(p, tl.trans(onehot_h), True)  # [HEADS_P, BLOCK_N]
-                    tl.atomic_add(
-                        REC + (h0 + g)[:, None] * Lk + offs_n[None, :],
-                        by_head,
-                        mask=(g < PACK)[:, None] & key_in[None, :],
-                    )
-            if DO_POOL:
-                kb = ((offs_n + 1) * SK - 1) // Lk
-                kb0 = tl.min(kb, 0)
-                onehot_k = ((kb[:, None] - kb0) == tl.arange(0, BLOCK_SK)[None, :]) & key_in[:, None]
-                by_key = onehot_dot(p, onehot_k, False)  # [BLOCK_M, BLOCK_SK]
-                cells = onehot_dot(by_key, tl.trans(onehot_q), True)  # [CELLS_Q, BLOCK_SK]
-                cj = kb0 + tl.arange(0, BLOCK_SK)
-                tl.atomic_add(
-                    POOL + cell_head[:, None] * SQ * SK + cell_bin[:, None] * SK + cj[None, :],
-                    cells,
-                    mask=cell_in[:, None] & (cj < SK)[None, :],
-                )
-            if DO_TERMS:
-                # int32 (positions < 2^31): an int64 [BLOCK_M, BLOCK_N] matrix doubles its registers.
-                rel = pos.to(tl.int32)[:, None] - (start_n + tl.arange(0, BLOCK_N))[None, :]
-                prev += tl.sum(tl.where(rel == 1, p, 0.0), 1)
-                same += tl.sum(tl.where(rel == 0, p, 0.0), 1)
-                first += tl.sum(tl.where(offs_n[None, :] == 0, p, 0.0), 1)
-                dist += tl.sum(p * tl.abs(rel).to(tl.float32), 1)
-        if DO_TERMS:
-            row = h * Lq + pos
-            tl.store(TERMS + row, prev, mask=row_in)
-            tl.store(TERMS + nh * Lq + row, same, mask=row_in)
-            tl.store(TERMS + 2 * nh * Lq + row, first, mask=row_in)
-            tl.store(TERMS + 3 * nh * Lq + row, dist, mask=row_in)
-
-
-def _cells_per_tile(block: int, size: int, length: int) -> int:
-    """Power-of-two bound on the pooled blocks `block` consecutive positions can touch (>= 16 for tl.dot)."""
-    return max(16, min(triton.next_power_of_2(block), triton.next_power_of_2(-(-block * size // length) + 1)))
-
-
-def digest_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    spec: MaskSpec,
-    lse: torch.Tensor,
-    pooled_size: tuple[int, int] | None = None,
-    received: bool = False,
-    terms: bool = False,
-    block_m: int | None = None,
-    block_n: int | None = None,
-    pack_gqa: bool | None = None,
-) -> dict[str, torch.Tensor]:
-    """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq].
-
-    `pack_gqa` as in `rowstats.row_stats_triton`.
+    Columns are summed per key block in p's dtype, then rows per query block in acc's dtype.
     """
-    hq, lq, d = q.shape
-    lk = k.shape[1]
-    group = hq // k.shape[0]
-    block_m, block_n, launch = loop_config(d, q.dtype, block_m, block_n)
-    pack = gqa_pack(group, lq, block_m, pack_gqa)
-    dev = q.device
-    dummy = torch.empty(1, dtype=torch.float32, device=dev)
-    sq, sk = pooled_size if pooled_size is not None else (1, 1)
-    pool = torch.zeros(hq, sq, sk, dtype=torch.float32, device=dev) if pooled_size is not None else dummy
-    rec = torch.zeros(hq, lk, dtype=torch.float32, device=dev) if received else dummy
-    row_terms = new_output(4, hq, lq, device=dev) if terms else dummy
-    args = mask_args(spec, dev)
-    block_sq = _cells_per_tile(-(-block_m // pack) + 1, sq, lq)
-    _digest_kernel[(triton.cdiv(pack * lq, block_m), hq // pack)](
-        q,
-        k,
-        args.pop("kv_valid"),
-        safe_lse2(lse),
-        pool,
-        rec,
-        row_terms,
-        *q.stride(),
-        *k.stride(),
-        lq,
-        lk,
-        d,
-        group,
-        sq,
-        sk,
-        args.pop("scale"),
-        args.pop("softcap"),
-        args.pop("window"),
-        **args,
-        IEEE=q.dtype == torch.float32,
-        DO_POOL=pooled_size is not None,
-        DO_REC=received,
-        DO_TERMS=terms,
-        PACK=pack,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_D=block_d(d),
-        BLOCK_SQ=block_sq,
-        BLOCK_SK=_cells_per_tile(block_n, sk, lk),
-        CELLS_Q=triton.next_power_of_2(pack * block_sq),
-        HEADS_P=max(16, triton.next_power_of_2(pack)),
-        **launch,
-    )
-    out = {}
-    if pooled_size is not None:
-        out["pooled"] = pool / block_sizes(lq, sq).to(device=dev, dtype=torch.float32)[None, :, None]
-    if received:
-        out["received"] = rec
-    if terms:
-        out["terms"] = row_terms
-    return out
+    by_key = torch.zeros(p.shape[0], p.shape[1], acc.shape[2], dtype=p.dtype, device=p.device)
+    by_key.index_add_(2, key_blocks, p)
+    return acc.index_add_(1, query_blocks, by_key.to(acc.dtype))
+
+
+def finish_blocks(acc: torch.Tensor, length_q: int, size_q: int) -> torch.Tensor:
+    """The pooled map [H, sq, sk] float32: block sums `acc` divided by the rows per query block."""
+    rows = block_sizes(length_q, size_q).to(device=acc.device, dtype=acc.dtype)
+    return (acc / rows[None, :, None]).to(torch.float32)

@@ -17,11 +17,11 @@ from .masking import MaskSpec
 from .scores import compute_dtype, masked_logits, query_chunks
 from .triton_common import (
     HAS_TRITON,
-    block_d,
+    LN2_C,
     gqa_pack,
     key_bounds,
+    launch,
     loop_config,
-    mask_args,
     new_output,
     packed_rows,
     tile_logits2,
@@ -58,11 +58,11 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _row_stats_kernel(
-        Q, K, KV_VALID, LSE, ENT, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, Lq, Lk, D, group, scale, softcap,
-        window,
+        Q, K, KV_VALID, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        LSE, ENT, Lq, Lk, group,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, PACK: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M rows of PACK query heads that share a key head (packed_rows);
@@ -93,8 +93,8 @@ if HAS_TRITON:
         empty = l_i == 0
         lse2 = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
         # Natural units: lse = lse2 · ln2; Σ p·s = ln2 · Σ p·t.
-        ent = tl.where(empty, 0.0, (lse2 - a_i / tl.where(empty, 1.0, l_i)) * 0.6931471805599453)
-        tl.store(LSE + h * Lq + pos, lse2 * 0.6931471805599453, mask=row_in)
+        ent = tl.where(empty, 0.0, (lse2 - a_i / tl.where(empty, 1.0, l_i)) * LN2_C)
+        tl.store(LSE + h * Lq + pos, lse2 * LN2_C, mask=row_in)
         tl.store(ENT + h * Lq + pos, ent, mask=row_in)
 
 
@@ -114,34 +114,26 @@ def row_stats_triton(
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    block_m, block_n, launch = loop_config(d, q.dtype, block_m, block_n)
+    block_m, block_n, options = loop_config(d, q.dtype, block_m, block_n)
     pack = gqa_pack(group, lq, block_m, pack_gqa)
     lse = new_output(hq, lq, device=q.device)
     ent = new_output(hq, lq, device=q.device)
-    args = mask_args(spec, q.device)
     grid = (triton.cdiv(pack * lq, block_m), hq // pack)
-    _row_stats_kernel[grid](
+    launch(
+        _row_stats_kernel,
+        grid,
         q,
         k,
-        args.pop("kv_valid"),
+        spec,
         lse,
         ent,
-        *q.stride(),
-        *k.stride(),
         lq,
         lk,
-        d,
         group,
-        args.pop("scale"),
-        args.pop("softcap"),
-        args.pop("window"),
-        **args,
-        IEEE=q.dtype == torch.float32,
         PACK=pack,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        BLOCK_D=block_d(d),
-        **launch,
+        **options,
     )
     if spec.sinks is not None:
         lse, ent = add_sinks(lse, ent, spec.sinks)

@@ -10,17 +10,7 @@ import torch
 
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
-from .triton_common import (
-    HAS_TRITON,
-    block_d,
-    loop_config,
-    mask_args,
-    new_output,
-    one_head,
-    tile_logits2,
-    tl,
-    triton,
-)
+from .triton_common import HAS_TRITON, launch, loop_config, new_output, one_head, tile_logits2, tl, triton
 
 
 def probs_tile_torch(
@@ -49,11 +39,11 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _probs_tile_kernel(
-        Q, K, KV_VALID, LSE2, OUT, sq_l, sq_d, sk_l, sk_d, q_begin, nq, k_begin, nk, Lk, D, scale, softcap,
-        window,
+        Q, K, KV_VALID, sq_l, sq_d, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        LSE2, OUT, q_begin, nq, k_begin, nk, Lk,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
     ):
     # fmt: on
         # One program: a BLOCK_M × BLOCK_N tile of P; Q and K already point at the head's rows.
@@ -95,30 +85,8 @@ def probs_tile_triton(
     # The looping kernels' tile shapes (spill-free); one tile needs no pipelining options.
     block_m, block_n, _ = loop_config(d, q.dtype, block_m, block_n)
     out = new_output(len(queries), len(keys), device=q.device)
-    args = mask_args(spec, q.device)
     qh, kh, lse2 = one_head(q, k, lse, head)
     grid = (triton.cdiv(len(queries), block_m), triton.cdiv(len(keys), block_n))
-    _probs_tile_kernel[grid](
-        qh,
-        kh,
-        args.pop("kv_valid"),
-        lse2,
-        out,
-        *qh.stride(),
-        *kh.stride(),
-        queries.start,
-        len(queries),
-        keys.start,
-        len(keys),
-        k.shape[1],
-        d,
-        args.pop("scale"),
-        args.pop("softcap"),
-        args.pop("window"),
-        **args,
-        IEEE=q.dtype == torch.float32,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_D=block_d(d),
-    )
+    args = (lse2, out, queries.start, len(queries), keys.start, len(keys), k.shape[1])
+    launch(_probs_tile_kernel, grid, qh, kh, spec, *args, BLOCK_M=block_m, BLOCK_N=block_n)
     return out

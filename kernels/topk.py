@@ -23,13 +23,26 @@ import torch
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
 from .tiles import probs_tile_triton
-from .triton_common import HAS_TRITON, block_d, key_bounds, mask_args, one_head, tile_logits2, tl, triton
+from .triton_common import (
+    DOT_MIN,
+    HAS_TRITON,
+    block_d,
+    key_bounds,
+    launch,
+    one_head,
+    tile_logits2,
+    tl,
+    triton,
+)
 
 #: Largest k the fused kernel keeps in registers (rounded up to a power of two; it is also the
 #: key-block width). fp32 inputs take Triton's FMA path for Q·Kᵀ, which spills registers beyond
 #: 16-key blocks at d >= 80 (benchmarks/compiled.py); fp16/bf16 run on tensor cores up to 128.
 FUSED_MAX_K = 128
 FUSED_MAX_K_FP32 = 16
+#: A candidate's low 32 bits hold INDEX_CODE - key index (2^31 - 1 - index), so that among equal
+#: probabilities the lower index has the larger sort key.
+INDEX_CODE = 2**31 - 1
 
 
 def topk_torch(
@@ -74,6 +87,7 @@ def topk_torch(
 
 
 if HAS_TRITON:
+    _INDEX_CODE = tl.constexpr(INDEX_CODE)
 
     @triton.jit
     def _merged_top(best, keys, BLOCK_M: tl.constexpr, KP: tl.constexpr):
@@ -95,10 +109,11 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _topk_kernel(
-        Q, K, KV_VALID, LSE2, OUT, sq_l, sq_d, sk_l, sk_d, q_begin, nq, Lk, D, scale, softcap, window,
+        Q, K, KV_VALID, sq_l, sq_d, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        LSE2, OUT, q_begin, nq, Lk,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+        KP: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M query rows of one head (Q, K already point at it); key blocks of KP.
@@ -124,7 +139,8 @@ if HAS_TRITON:
             # fmt: on
             p = tl.where(row_in[:, None], tl.exp2(t - lse2[:, None]), 0.0)
             bits = p.to(tl.int32, bitcast=True).to(tl.int64)
-            keys = (bits << 32) | (2147483647 - offs_n)[None, :]
+            # INDEX_CODE - index, the tensor first: the interpreter cannot index a constexpr's result.
+            keys = (bits << 32) | (-offs_n + _INDEX_CODE)[None, :]
             kth = tl.min(best, 1)
             if tl.max(tl.max((keys > kth[:, None]).to(tl.int32), 1), 0) > 0:
                 best = _merged_top(best, keys, BLOCK_M, KP)
@@ -139,35 +155,27 @@ def topk_triton(
     if count > (FUSED_MAX_K_FP32 if q.dtype == torch.float32 else FUSED_MAX_K):
         return topk_torch(q, k, spec, lse, head, count, queries, tile=probs_tile_triton)
     d = q.shape[2]
-    kp = max(16, triton.next_power_of_2(count))
-    block_m = max(16, min(64, 2048 // kp))  # the merge sorts block_m × 2·kp int64 in registers
+    kp = max(DOT_MIN, triton.next_power_of_2(count))
+    block_m = max(DOT_MIN, min(64, 2048 // kp))  # the merge sorts block_m × 2·kp int64 in registers
     qh, kh, lse2 = one_head(q, k, lse, head)
     packed = torch.empty(len(queries), kp, dtype=torch.int64, device=q.device)
-    args = mask_args(spec, q.device)
-    _topk_kernel[(triton.cdiv(len(queries), block_m),)](
+    launch(
+        _topk_kernel,
+        (triton.cdiv(len(queries), block_m),),
         qh,
         kh,
-        args.pop("kv_valid"),
+        spec,
         lse2,
         packed,
-        *qh.stride(),
-        *kh.stride(),
         queries.start,
         len(queries),
         k.shape[1],
-        d,
-        args.pop("scale"),
-        args.pop("softcap"),
-        args.pop("window"),
-        **args,
-        IEEE=q.dtype == torch.float32,
         BLOCK_M=block_m,
         KP=kp,
-        BLOCK_D=block_d(d),
         # A key block is kp rows: at kp = 128, d = 256 in fp32 one stage is already 128 KiB.
         num_stages=max(1, min(3, (64 << 10) // (kp * block_d(d) * q.element_size()))),
     )
     packed = packed[:, :count]
     probs = (packed >> 32).to(torch.int32).view(torch.float32)
-    index = 2147483647 - (packed & 0xFFFFFFFF)
+    index = INDEX_CODE - (packed & 0xFFFFFFFF)
     return torch.where(probs > 0, index, torch.full_like(index, -1)), probs.clone()

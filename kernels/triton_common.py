@@ -1,5 +1,5 @@
 """What every Triton kernel family shares: the guarded import, the masked base-2 logits tile, and
-the launch arguments that describe a `MaskSpec`.
+one launch helper (`launch`) that passes Q, K and the arguments describing a `MaskSpec`.
 
 Numerics (written once, used by every kernel):
 
@@ -32,8 +32,11 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     tl = None
     HAS_TRITON = False
 
+#: log2(e): base-2 logits are t = s · LOG2E. ln 2: natural units again, lse = lse2 · LN2.
 LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
+#: The smallest extent of a tl.dot operand: tile widths and one-hot widths are at least this.
+DOT_MIN = 16
 
 
 def mask_args(spec: MaskSpec, device: torch.device) -> dict:
@@ -70,7 +73,37 @@ def new_output(*shape: int, device: torch.device) -> torch.Tensor:
 
 
 def block_d(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(DOT_MIN, triton.next_power_of_2(head_dim))
+
+
+def launch(kernel, grid, q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, *operands, **constexprs) -> None:
+    """Launch `kernel` on `grid` with the parameters every kernel family shares.
+
+    A kernel's signature opens with ``Q, K, KV_VALID``, the strides of Q and of K (as many as
+    their ranks: a head's Q [L, D] has two, a single query row one), ``D, scale, softcap, window``,
+    then takes its own `operands` (buffers, sizes), and has the constexprs ``CAUSAL, HAS_WINDOW,
+    HAS_SOFTCAP, HAS_PADDING`` (`mask_args`), ``IEEE`` (fp32 inputs: IEEE products, see the
+    module docstring) and ``BLOCK_D``; `constexprs` holds its own constexprs and the launch
+    options (``num_warps``, ``num_stages``).
+    """
+    args = mask_args(spec, q.device)
+    d = q.shape[-1]
+    kernel[grid](
+        q,
+        k,
+        args.pop("kv_valid"),
+        *q.stride(),
+        *k.stride(),
+        d,
+        args.pop("scale"),
+        args.pop("softcap"),
+        args.pop("window"),
+        *operands,
+        **args,
+        IEEE=q.dtype == torch.float32,
+        BLOCK_D=block_d(d),
+        **constexprs,
+    )
 
 
 def loop_config(
@@ -127,6 +160,12 @@ def safe_lse2(lse: torch.Tensor) -> torch.Tensor:
 
 
 if HAS_TRITON:
+    # The constants above as kernel code may read them (a @triton.jit function reads only
+    # constexpr globals).
+    LOG2E_C = tl.constexpr(LOG2E)
+    LN2_C = tl.constexpr(LN2)
+    #: onehot_dot's scale, 2^14 (see there).
+    _ONEHOT_SCALE = tl.constexpr(16384.0)
 
     @triton.jit
     def logits2(raw, scale, softcap, HAS_SOFTCAP: tl.constexpr):
@@ -134,7 +173,7 @@ if HAS_TRITON:
         if HAS_SOFTCAP:
             x = raw * scale / softcap
             # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at ±inf, no libdevice needed.
-            return softcap * (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)) * 1.4426950408889634
+            return softcap * (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)) * LOG2E_C
         return raw * scale
 
     @triton.jit
@@ -214,7 +253,7 @@ if HAS_TRITON:
         of any a above 2^-28 clear of fp16's subnormals), each product with a 0/1 matrix is
         exact, and the fp32 accumulation adds them back: 33 bits >= fp32's 24.
         """
-        x = a * 16384.0
+        x = a * _ONEHOT_SCALE
         hi = x.to(tl.float16)
         rest = x - hi.to(tl.float32)
         mid = rest.to(tl.float16)
@@ -228,7 +267,7 @@ if HAS_TRITON:
             acc = tl.dot(hi, oh, out_dtype=tl.float32)
             acc = tl.dot(mid, oh, acc, out_dtype=tl.float32)
             acc = tl.dot(lo, oh, acc, out_dtype=tl.float32)
-        return acc * (1.0 / 16384.0)
+        return acc * (1.0 / _ONEHOT_SCALE)
 
     @triton.jit
     def packed_rows(pid_m, pid_h, Lq, PACK: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -268,3 +307,4 @@ if HAS_TRITON:
         return lo, hi
 else:  # pragma: no cover
     tile_logits2 = key_bounds = logits2 = visible_pairs = packed_rows = onehot_dot = None
+    LOG2E_C = LN2_C = None

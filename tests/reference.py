@@ -1,4 +1,5 @@
-"""Dense float64 references for the tests: the whole L×L matrix, built the obvious way.
+"""Dense float64 references for the tests: the whole L×L matrix, built the obvious way; and the
+cases and acceptance rules every kernel family's tests share (tests/kernels/).
 
 Written independently of attnscope's own mask code (explicit loops over the definitions) so
 that a shared mistake cannot make both sides agree.
@@ -6,14 +7,35 @@ that a shared mistake cannot make both sides agree.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+
 import torch
 
 from attnscope.kernels import MaskSpec
+
+#: Where the Triton tests run their kernels: the GPU if there is one, else the CPU interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: Small tiles for the interpreter, so that L = 37 or 41 spans several uneven blocks.
+BLOCKS = {"block_m": 16, "block_n": 16}
+#: (Hq, Hkv, Lq, Lk, d) of the interpreter tests: GQA, cross-attention shapes, a wide group.
+SHAPES = {
+    "gqa2_d24_L37": (4, 2, 37, 37, 24),
+    "mha_d80_cross": (2, 2, 23, 41, 80),
+    "gqa4_d32_L50": (4, 1, 50, 50, 32),
+}
 
 STATS = ("entropy", "previous_token", "self", "first_token", "mean_distance")
 
 
 def dense_visible(lq, lk, causal=False, window=None, key_real=None):
+    key = None if key_real is None else tuple(bool(x) for x in key_real)
+    return _dense_visible(lq, lk, causal, window, key).clone()
+
+
+@lru_cache(maxsize=64)
+def _dense_visible(lq, lk, causal, window, key_real):
+    # Cached: the loops take seconds at L = 1023, and every family's tests ask for the same masks.
     vis = torch.ones(lq, lk, dtype=torch.bool)
     for i in range(lq):
         for j in range(lk):
@@ -167,3 +189,13 @@ def rounding_floor(q: torch.Tensor, k: torch.Tensor, scaling: float) -> float:
     kk = k.double().abs().repeat_interleave(group, dim=0)
     magnitude = scaling * float((q.double().abs() @ kk.transpose(-1, -2)).max())
     return max(1e-6, 4 * 2.0**-24 * magnitude)
+
+
+def on_device(q, k, spec, device=DEVICE):
+    """q, k and spec (its key padding and sinks) on `device`."""
+    moved = {
+        name: getattr(spec, name).to(device)
+        for name in ("key_padding", "sinks")
+        if getattr(spec, name) is not None
+    }
+    return q.to(device), k.to(device), replace(spec, **moved)
