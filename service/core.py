@@ -153,9 +153,8 @@ class AttentionCore:
     def get_views(self, request, deadline: float | None = None) -> Iterator[Item]:
         self.trace_owner(request.trace_id)
         trace, name = self.traces.get(request.trace_id)
-        yield from self._views(
-            trace, trace_info(trace, name, request.trace_id), list(request.views), deadline
-        )
+        info = trace_info(trace, name, request.trace_id)
+        yield from self._views(trace, info, self._plan(trace, request.views), deadline)
 
     # ---- cheap calls: no model work, answered on the event loop ------------------------------
     def delete_trace(self, request):

@@ -11,7 +11,9 @@ def test_kernel_benchmark_quick_mode_writes_json_and_table(tmp_path):
     assert kernels.main(["--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "kernels-quick.json").read_text())
     assert {"date", "device", "torch", "triton", "commit"} <= set(data["environment"])
-    assert len(data["rows"]) == 8  # 2 lengths × 1 head dim × causal or not × 2 passes
+    # 2 lengths × 1 head dim × causal or not, for every pass of every family (tiles: one per length).
+    assert len(data["rows"]) == 28
+    assert {row["family"] for row in data["rows"]} == set(kernels.FAMILIES)
     for row in data["rows"]:
         assert row["ms"] > 0 and row["floor_ms"] > 0
         assert abs(row["ratio_to_floor"] - row["ms"] / row["floor_ms"]) < 1e-6 * row["ratio_to_floor"]

@@ -72,7 +72,7 @@ def test_extract_equals_the_python_api(client, extractor, rng):
     (kind,) = got.info.kinds
     assert got.tokens == tr.tokens and kind.query_len == 32 and kind.kind == proto.Kind["KIND_DECODER"]
     assert list(kind.key_tokens) == tr.tokens and (kind.num_layers, kind.num_heads) == (2, 4)
-    assert (kind.num_key_heads, kind.head_dim) == (tr.num_key_heads(), tr.head_dim()) == (2, 8)
+    assert (kind.num_key_heads, kind.head_dim) == (tr.num_key_heads(), tr.head_dim()) == (2, 16)
     # Unnamed views get the server's names, listed per view in the manifest.
     assert [list(v.tensors) for v in got.manifest.views] == [
         ["pooled"],
@@ -159,7 +159,7 @@ def test_a_result_over_32_mib_streams_in_pieces(server, client, extractor, rng):
     )
     sizes = [m.ByteSize() for m in stream]
     assert sum(sizes) > 32 * 2**20
-    tensor_messages = sizes[1:]  # the first message is the TraceInfo
+    tensor_messages = sizes[2:]  # the first messages are the TraceInfo and the manifest
     assert max(tensor_messages) <= PIECE_BYTES + 4096  # a piece plus its name, shape and offsets
     assert min(tensor_messages[:-1]) >= 256 * 1024, "pieces between 256 KiB and 1 MiB, but the last"
     got = client.extract(text, views=request)
