@@ -68,15 +68,21 @@ async def _serve(args: argparse.Namespace) -> int:
         gateway = Gateway(grpc_address, args.host, args.http_port)
         gateway.start()
         print(f"attnscope: viewer on {gateway.url}  (gRPC at {grpc_address})", flush=True)
+    idle = True
     try:
         if server is not None:
-            await server.run_until_signal(args.grace)
+            idle = await server.run_until_signal(args.grace)
         else:
             await wait_for_signal()
     finally:
         if gateway is not None:
             gateway.stop()
     print("attnscope: stopped", flush=True)
+    if not idle:  # --grace bounds shutdown: a worker stuck in one long launch is not waited for
+        import os
+
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -25,6 +25,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from ..kernels.interrupt import checkpoint
 from ..kernels.masking import MaskSpec
 from .attend import attention_output
 
@@ -101,6 +102,7 @@ def attnscope_attention(
         raise TimeoutError(
             f"deadline exceeded during the forward pass, after {len(recording.calls)} attention layers"
         )
+    checkpoint()  # between layers: an abandoned call stops here (kernels/interrupt.py)
     out = attention_output(query, key, value, spec, dropout)
     if recording is not None:
         recording.calls.append(CapturedCall(module, _compact(query), _compact(key), spec))

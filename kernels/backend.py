@@ -14,6 +14,7 @@ import torch
 
 from . import digest as digest_pass
 from . import neuron, rowstats, tiles, topk
+from .interrupt import checkpoint
 from .masking import MaskSpec
 from .triton_common import HAS_TRITON
 
@@ -61,6 +62,7 @@ def _run(q: torch.Tensor, triton_fn, torch_fn):
     warn once and use the torch backend from then on, unless ATTNSCOPE_BACKEND=triton asked for
     Triton explicitly. Failures while running (out of memory, bad input) propagate."""
     global _broken
+    checkpoint()  # before every launch: an abandoned call stops here (kernels/interrupt.py)
     if _broken is None and _triton(q):
         try:
             return triton_fn()

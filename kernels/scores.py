@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .interrupt import checkpoint
 from .masking import MaskSpec
 
 #: Upper bound on the score elements one chunk may hold (1 Mi = 4 MB in float32): small enough
@@ -72,6 +73,7 @@ def query_chunks(
     span = spec.key_range(q_start, q_stop, lk)
     step = rows_per_chunk(q.shape[0], max(1, min(lk, span[1] - span[0])))
     for q0 in range(q_start, q_stop, step):
+        checkpoint()  # between chunks: an abandoned call stops here (kernels/interrupt.py)
         q1 = min(q_stop, q0 + step)
         k0, k1 = spec.key_range(q0, q1, lk)
         yield q0, q1, k0, k1

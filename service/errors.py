@@ -29,6 +29,18 @@ class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Cancelled(ServiceError):
+    """The client cancelled the call or went away: its work is abandoned at the next checkpoint."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unavailable(ServiceError):
+    """The server is stopping: work still running past the grace period is abandoned."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(status code, message) for any exception raised while serving a call."""
     if isinstance(exc, ServiceError):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from .. import proto
+from ..kernels.interrupt import checking
 from .core import AttentionCore
-from .errors import ResourceExhausted, status_of
+from .errors import Cancelled, ResourceExhausted, Unavailable, status_of
 from .stubs import MAX_MESSAGE_BYTES
 from .tensors import tensor_pieces
 
@@ -30,6 +32,31 @@ WORKER_POLICIES = ("device", "model")
 
 def _pieces(tensors: list) -> list:
     return [piece for name, array in tensors for piece in tensor_pieces(name, array)]
+
+
+class CallControl:
+    """What a call's work checks at every checkpoint (kernels/interrupt.py): its deadline, whether
+    its client is still there, whether the server is stopping."""
+
+    def __init__(self, deadline: float | None, stopping: threading.Event) -> None:
+        self.deadline = deadline
+        self.cancelled = threading.Event()
+        self._stopping = stopping
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("the call was cancelled (the client went away); its work is abandoned")
+        if self._stopping.is_set():
+            raise Unavailable("the server is stopping; retry on another server or later")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeoutError(
+                "deadline exceeded; ask for fewer views or a shorter input, or allow more time"
+            )
+
+    def run(self, fn, *args):
+        """`fn(*args)` with this call's checks on (on the worker thread that computes)."""
+        with checking(self.check):
+            return fn(*args)
 
 
 def _deadline(context) -> float | None:
@@ -83,6 +110,8 @@ class AttentionServicer:
         self.core = core
         self.max_pending = core.limits.max_pending if max_pending is None else max_pending
         self._pending = 0
+        #: Set when the server stops: every call's next checkpoint then abandons its work.
+        self.stopping = threading.Event()
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._worker_of: dict[str, ThreadPoolExecutor] = {}
         for name, ex in core.models.items():
@@ -91,16 +120,19 @@ class AttentionServicer:
                 self._workers[key] = ThreadPoolExecutor(1, thread_name_prefix=f"attnscope-{key}")
             self._worker_of[name] = self._workers[key]
 
-    async def _on_worker(self, model: str, fn, *args):
-        """`fn(*args)` on the worker of `model` (a served model's name)."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker_of[model], fn, *args)
+    async def _on_worker(self, model: str, control: CallControl, fn, *args):
+        """`fn(*args)` on the worker of `model` (a served model's name), under the call's checks."""
+        worker = self._worker_of[model]
+        return await asyncio.get_running_loop().run_in_executor(worker, control.run, fn, *args)
 
     @contextlib.asynccontextmanager
     async def _call(self, method: str, request, context, admit: bool = True):
-        """Admission, timing, the status map and the one log line around one call's work."""
+        """Admission, timing, the status map and the one log line around one call's work; yields
+        the call's CallControl (cancelled when the call ends in any way but success)."""
         started = time.perf_counter()
         status = grpc.StatusCode.OK
         admitted = False
+        control = CallControl(_deadline(context), self.stopping)
         try:
             if admit:
                 if self._pending >= self.max_pending:
@@ -109,14 +141,15 @@ class AttentionServicer:
                     )
                 self._pending += 1
                 admitted = True
-            yield
+            yield control
         except (asyncio.CancelledError, GeneratorExit):
             status = grpc.StatusCode.CANCELLED
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit from model code must not stop the server
             status, message = status_of(exc)
             await context.abort(status, message)
         finally:
+            control.cancelled.set()  # whatever ended the call, its work (if still running) stops
             if admitted:
                 self._pending -= 1
             log.info(
@@ -127,11 +160,11 @@ class AttentionServicer:
                 (time.perf_counter() - started) * 1e3,
             )
 
-    async def _stream(self, model: str, items: Iterator) -> AsyncIterator:
+    async def _stream(self, model: str, control: CallControl, items: Iterator) -> AsyncIterator:
         """Step the core's generator on the model's worker; stream each item as soon as it exists."""
         loop = asyncio.get_running_loop()
         done = object()
-        while (item := await self._on_worker(model, next, items, done)) is not done:
+        while (item := await self._on_worker(model, control, next, items, done)) is not done:
             what, value = item
             if what == "info":
                 yield proto.ExtractResponse(info=value)
@@ -144,23 +177,23 @@ class AttentionServicer:
 
     # Streaming handlers must themselves be async generator functions for grpc.aio to stream them.
     async def Extract(self, request, context) -> AsyncIterator:
-        async with self._call("Extract", request, context):
+        async with self._call("Extract", request, context) as control:
             model = self.core.model_name(request.model)
-            items = self.core.extract(request, _deadline(context))
-            async for message in self._stream(model, items):
+            items = self.core.extract(request, control.deadline)
+            async for message in self._stream(model, control, items):
                 yield message
 
     async def GetViews(self, request, context) -> AsyncIterator:
-        async with self._call("GetViews", request, context):
+        async with self._call("GetViews", request, context) as control:
             model = self.core.trace_owner(request.trace_id)  # its model's worker computes its views
-            items = self.core.get_views(request, _deadline(context))
-            async for message in self._stream(model, items):
+            items = self.core.get_views(request, control.deadline)
+            async for message in self._stream(model, control, items):
                 yield message
 
     async def CreateTrace(self, request, context):
-        async with self._call("CreateTrace", request, context):
+        async with self._call("CreateTrace", request, context) as control:
             model = self.core.model_name(request.model)
-            return await self._on_worker(model, self.core.create_trace, request, _deadline(context))
+            return await self._on_worker(model, control, self.core.create_trace, request, control.deadline)
 
     async def DeleteTrace(self, request, context):
         async with self._call("DeleteTrace", request, context, admit=False):
@@ -191,9 +224,19 @@ class AttentionServicer:
             )
         return grpc.method_handlers_generic_handler(proto.SERVICE_NAME, handlers)
 
-    def shutdown(self) -> None:
+    async def shutdown(self, settle_s: float = 5.0) -> bool:
+        """Abandon all work still running (each call stops at its next checkpoint) and wait up to
+        `settle_s` for the workers to be idle; False if one is still busy (one long kernel launch)."""
+        self.stopping.set()
+        loop = asyncio.get_running_loop()
+        idle = [loop.run_in_executor(worker, lambda: None) for worker in self._workers.values()]
         for worker in self._workers.values():
-            worker.shutdown(wait=False, cancel_futures=True)
+            worker.shutdown(wait=False)  # queued steps still run, and stop at their first check
+        try:
+            await asyncio.wait_for(asyncio.gather(*idle), settle_s)
+            return True
+        except (asyncio.TimeoutError, RuntimeError):
+            return False
 
 
 class Server:
@@ -259,20 +302,24 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(None, self.core.warm_up)
         await self._set_health(True)
 
-    async def stop(self, grace_s: float = 30.0) -> None:
-        """Refuse new calls, let calls in flight finish (up to `grace_s`), then stop."""
+    async def stop(self, grace_s: float = 30.0) -> bool:
+        """Refuse new calls, let calls in flight finish (up to `grace_s`), then abandon what is
+        left. True when every worker is idle after that; False if one is still busy."""
         await self._set_health(False)
         await self._grpc.stop(grace_s)
-        self.servicer.shutdown()
+        idle = await self.servicer.shutdown()
+        if not idle:
+            log.warning("a worker is still busy after the grace period; its work is abandoned")
+        return idle
 
     async def wait(self) -> None:
         await self._grpc.wait_for_termination()
 
-    async def run_until_signal(self, grace_s: float = 30.0) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    async def run_until_signal(self, grace_s: float = 30.0) -> bool:
+        """Serve until SIGTERM or SIGINT, then stop gracefully (see `stop`)."""
         await wait_for_signal()
         log.info("signal received: finishing calls in flight (grace %.0f s)", grace_s)
-        await self.stop(grace_s)
+        return await self.stop(grace_s)
 
 
 async def wait_for_signal() -> None:
