@@ -56,7 +56,7 @@ function makePane(id) {
   return { root: $(id).querySelector(".view"), views: {} };
 }
 const panes = { a: makePane("pane-a"), b: makePane("pane-b") };
-let difference = null;
+const difference = diffView.mount($("difference").querySelector(".view"), app); // shown when comparing
 
 // The pane's view `name`, mounted on first use and shown; the pane's other views are hidden.
 function viewOf(pane, name) {
@@ -123,7 +123,6 @@ async function renderNow() {
     await viewOf(panes.a, state.view).render(a, fresh);
     if (comparing && fresh()) {
       await viewOf(panes.b, state.view).render(b, fresh);
-      difference = difference || diffView.mount($("difference").querySelector(".view"), app);
       if (fresh()) await difference.render(a, b, fresh);
     }
     if (fresh()) window.attnscopeTimings = { ...window.attnscopeTimings, renders: (window.attnscopeTimings?.renders || 0) + 1 };
