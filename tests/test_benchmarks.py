@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import kernels
+from attnscope.benchmarks import kernels
 
 
 def test_kernel_benchmark_quick_mode_writes_json_and_table(tmp_path):
@@ -22,7 +22,7 @@ def test_kernel_benchmark_quick_mode_writes_json_and_table(tmp_path):
 
 
 def test_end_to_end_benchmark_quick_mode(tmp_path):
-    from benchmarks import e2e
+    from attnscope.benchmarks import e2e
 
     assert e2e.main(["--quick", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "e2e-quick-raw.json").read_text())

@@ -15,6 +15,7 @@ import transformers as tf
 
 import attnscope
 from attnscope import Client, Extractor
+from attnscope.benchmarks.browser import launch_chromium
 from attnscope.cli import main as cli_main
 from attnscope.extract import default_model_path
 from attnscope.extract.dense import DenseTrace
@@ -24,7 +25,6 @@ from attnscope.service.background import BackgroundServer
 from attnscope.service.core import trace_info
 from attnscope.service.exports import export_file, load, trace_fetch, trace_standalone
 from attnscope.service.limits import VIEWER
-from benchmarks.browser import launch_chromium
 
 from tiny_models import build, random_text, word_tokenizer
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from attnscope import Extractor
+from attnscope.benchmarks.browser import launch_chromium
 from attnscope.service import AttentionCore
 from attnscope.service.background import BackgroundServer
 from attnscope.service.gateway import Gateway
-from benchmarks.browser import launch_chromium
 
 from tiny_models import build, random_text, word_tokenizer
 

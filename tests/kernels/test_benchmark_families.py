@@ -16,7 +16,7 @@ try:
 except (
     ImportError
 ):  # installed before benchmarks/ became attnscope.benchmarks: the checkout's (python -m pytest)
-    from benchmarks import kernels as bench
+    from attnscope.benchmarks import kernels as bench
 
 REPO = Path(__file__).resolve().parents[2]
 needs_triton = pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
