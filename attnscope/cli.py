@@ -30,6 +30,31 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token-file, the ATTNSCOPE_TOKEN environment variable or --token (the
+    last is visible to every user in `ps`; the first two are not), in that order."""
+    import os
+
+    path = getattr(args, "token_file", None)
+    if path:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+        if not token:
+            raise ValueError(f"--token-file {path} is empty")
+        return token
+    return os.environ.get("ATTNSCOPE_TOKEN") or args.token or None
+
+
+def _tls(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    """(certificate chain, key) PEM from --tls-cert/--tls-key, or None for plaintext."""
+    if not args.tls_cert and not args.tls_key:
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    with open(args.tls_cert, "rb") as cert, open(args.tls_key, "rb") as key:
+        return cert.read(), key.read()
+
+
 def _load_models(names: list[str], device: str | None, dtype: str | None) -> dict:
     import torch
 
@@ -59,7 +84,15 @@ async def _serve(args: argparse.Namespace) -> int:
             max_pending=args.max_pending,
         )
         core = AttentionCore(_load_models(args.model, args.device, args.dtype), limits)
-        server = Server(core, args.host, args.grpc_port, token=args.token, workers=args.workers)
+        server = Server(
+            core,
+            args.host,
+            args.grpc_port,
+            token=_token(args),
+            workers=args.workers,
+            tls=_tls(args),
+            allow_unauthenticated=args.allow_unauthenticated,
+        )
         await server.start()
         grpc_address = server.address
         print(f"attnscope: gRPC on {server.address} (models: {', '.join(core.models)})", flush=True)
@@ -102,7 +135,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     requested = [views.head_stats(), views.pooled(args.pooled_size)]
     if args.received:
         requested.append(views.received())
-    with Client(args.server, token=args.token, timeout=args.timeout) as client:
+    with Client(args.server, token=_token(args), timeout=args.timeout, tls=args.tls) as client:
         result = client.extract(args.text, model=args.model, pair=args.pair or "", views=requested)
     np.savez(args.out, tokens=np.array(result.tokens), **result.tensors)
     print(
@@ -131,7 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.server:
         from attnscope.service import Client
 
-        with Client(args.server, token=args.token, timeout=args.timeout) as client:
+        with Client(args.server, token=_token(args), timeout=args.timeout, tls=args.tls) as client:
             path = client.export(
                 args.text,
                 args.out,
@@ -215,7 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "float16", "bfloat16"],
         help="model dtype (default: float32 on CPU, the checkpoint's on GPU)",
     )
-    sv.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' on every call")
+    sv.add_argument(
+        "--token",
+        default=None,
+        help="require 'authorization: Bearer TOKEN' on every call (visible in `ps`: prefer "
+        "--token-file or the ATTNSCOPE_TOKEN environment variable)",
+    )
+    sv.add_argument("--token-file", default=None, help="read the bearer token from this file")
+    sv.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve an address beyond loopback without a token (anyone who reaches it can run models)",
+    )
+    sv.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS (with --tls-key)")
+    sv.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     sv.add_argument(
         "--max-tokens",
         type=int,
@@ -271,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--received", action="store_true", help="also fetch received attention per key")
     ex.add_argument("--token", default=None, help="bearer token, if the server requires one")
+    ex.add_argument("--token-file", default=None, help="read the bearer token from this file")
+    ex.add_argument("--tls", action="store_true", help="the server speaks TLS (system CA roots)")
     ex.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     ex.set_defaults(func=_cmd_extract)
 
@@ -308,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--server", default=None, metavar="HOST:PORT", help="trace on a running attnscope server")
     xp.add_argument("--device", default=None, help="cpu, cuda, ... (without --server)")
     xp.add_argument("--token", default=None, help="bearer token for --server")
+    xp.add_argument("--token-file", default=None, help="read the bearer token for --server from this file")
+    xp.add_argument("--tls", action="store_true", help="--server speaks TLS (system CA roots)")
     xp.add_argument("--timeout", type=float, default=None, help="seconds before giving up (with --server)")
     xp.set_defaults(func=_cmd_export)
 

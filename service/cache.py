@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from ..extract import Trace
-from .errors import NotFound, ResourceExhausted
+from .errors import NotFound, ResourceExhausted, shorten
 
 
 def trace_bytes(trace: Trace) -> int:
@@ -67,7 +67,7 @@ class TraceCache:
             item = self._items.get(trace_id)
             if item is None:
                 raise NotFound(
-                    f"no trace with id {trace_id!r}: it never existed, was deleted, or expired "
+                    f"no trace with id {shorten(trace_id)}: it never existed, was deleted, or expired "
                     f"(traces live {self.ttl_s:g} s after their last use); create it again"
                 )
             self._items[trace_id] = (item[0], item[1], item[2], now)

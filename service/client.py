@@ -44,12 +44,19 @@ class Client:
     """
 
     def __init__(
-        self, address: str = "127.0.0.1:50051", token: str | None = None, timeout: float | None = None
+        self,
+        address: str = "127.0.0.1:50051",
+        token: str | None = None,
+        timeout: float | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
     ):
+        """`token`: the server's bearer token; `tls` (or `root_certificates`, PEM bytes of the CA
+        that signed the server's certificate) for a server started with --tls-cert/--tls-key."""
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = channel(address)
+        self._channel = channel(address, root_certificates, tls)
         self._stubs = stubs(self._channel)
 
     def _call(self, name: str, request, timeout: float | None):

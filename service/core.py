@@ -19,7 +19,7 @@ from .. import proto
 from ..extract import Extractor, InputTooLong, Trace
 from . import view_table
 from .cache import TraceCache
-from .errors import InvalidArgument, NotFound, ResourceExhausted
+from .errors import InvalidArgument, NotFound, ResourceExhausted, shorten
 from .limits import Limits, server_info
 from .views import default_views
 
@@ -98,7 +98,7 @@ class AttentionCore:
         """The served model a request's `model` field names ("" = the default)."""
         name = name or self.default_model
         if name not in self.models:
-            raise NotFound(f"model {name!r} is not served here; available: {', '.join(self.models)}")
+            raise NotFound(f"model {shorten(name)} is not served here; available: {', '.join(self.models)}")
         return name
 
     def trace_owner(self, trace_id: str) -> str:
@@ -110,8 +110,8 @@ class AttentionCore:
     def _trace(self, request, deadline: float | None) -> tuple[str, Trace]:
         name = self.model_name(request.model)
         text, pair, target = request.text, request.text_pair, request.target
-        if not text:
-            raise InvalidArgument("text is empty: send the input to trace")
+        if not text.strip():
+            raise InvalidArgument("text is empty or only whitespace: send the input to trace")
         chars = len(text) + len(pair) + len(target)
         if chars > self.limits.max_text_chars:
             raise ResourceExhausted(

@@ -41,6 +41,12 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+def shorten(value: object, limit: int = 64) -> str:
+    """`repr(value)`, cut to `limit` characters: messages never echo unbounded input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…' ({len(str(value)):,} characters)"
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(status code, message) for any exception raised while serving a call."""
     if isinstance(exc, ServiceError):

@@ -18,6 +18,9 @@ class Limits:
     max_pooled_size: int = 2048
     default_pooled_size: int = DEFAULT_POOLED_SIZE
     max_result_values: int = 64 * 2**20  # 256 MiB of float32 per call
+    #: Attention scores all views of one call may evaluate: a pass over every head of every layer
+    #: of Llama-3-8B at 128k tokens is 32·32·131072² = 1.8e13; this allows two such passes.
+    max_scores: int = 2**45
     trace_cache_bytes: int = 2 * 2**30
     trace_ttl_s: float = 600.0
     max_pending: int = 64
@@ -29,6 +32,7 @@ class Limits:
             max_pooled_size=self.max_pooled_size,
             default_pooled_size=self.default_pooled_size,
             max_result_values=self.max_result_values,
+            max_scores=self.max_scores,
             trace_cache_bytes=self.trace_cache_bytes,
             trace_ttl_s=self.trace_ttl_s,
             max_pending=self.max_pending,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import signal
 import threading
@@ -21,7 +23,7 @@ import grpc
 from .. import proto
 from ..kernels.interrupt import checking
 from .core import AttentionCore
-from .errors import Cancelled, ResourceExhausted, Unavailable, status_of
+from .errors import Cancelled, InvalidArgument, ResourceExhausted, Unavailable, status_of
 from .stubs import MAX_MESSAGE_BYTES
 from .tensors import tensor_pieces
 
@@ -32,6 +34,27 @@ WORKER_POLICIES = ("device", "model")
 
 def _pieces(tensors: list) -> list:
     return [piece for name, array in tensors for piece in tensor_pieces(name, array)]
+
+
+class MalformedRequest:
+    """Bytes that are not a valid request message: answered INVALID_ARGUMENT by the call itself
+    (grpc turns a deserializer's exception into UNKNOWN, with a traceback in the log)."""
+
+    def __init__(self, what: str, error: Exception) -> None:
+        self.what, self.error = what, error
+
+    def ByteSize(self) -> int:  # the log line's request size
+        return 0
+
+
+def _lenient(request_cls):
+    def parse(data: bytes):
+        try:
+            return request_cls.FromString(data)
+        except Exception as exc:  # protobuf's DecodeError; invalid UTF-8 in a string field too
+            return MalformedRequest(request_cls.DESCRIPTOR.name, exc)
+
+    return parse
 
 
 class CallControl:
@@ -64,15 +87,26 @@ def _deadline(context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or address to bind) reaches only this machine."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class _TokenCheck(grpc.aio.ServerInterceptor):
     """Every call, health and reflection included, must carry `authorization: Bearer <token>`."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
+        self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation, details):
         metadata = dict(details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
+        given = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(given, self._expected):  # constant time: no timing oracle
             return await continuation(details)
         handler = await continuation(details)
 
@@ -134,6 +168,11 @@ class AttentionServicer:
         admitted = False
         control = CallControl(_deadline(context), self.stopping)
         try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidArgument(
+                    f"the request is not a valid {request.what} message ({request.error}); "
+                    "send a serialized attnscope.v1 message"
+                )
             if admit:
                 if self._pending >= self.max_pending:
                     raise ResourceExhausted(
@@ -219,7 +258,7 @@ class AttentionServicer:
             )
             handlers[name] = make(
                 getattr(self, name),
-                request_deserializer=request_cls.FromString,
+                request_deserializer=_lenient(request_cls),
                 response_serializer=response_cls.SerializeToString,
             )
         return grpc.method_handlers_generic_handler(proto.SERVICE_NAME, handlers)
@@ -250,7 +289,16 @@ class Server:
         token: str | None = None,
         max_pending: int | None = None,
         workers: str = "device",
+        tls: tuple[bytes, bytes] | None = None,
+        allow_unauthenticated: bool = False,
     ) -> None:
+        """`tls`: (certificate chain, private key), PEM, to serve TLS instead of plaintext. Binding
+        beyond loopback needs a `token` unless `allow_unauthenticated` says otherwise."""
+        if not token and not allow_unauthenticated and not is_loopback(host):
+            raise ValueError(
+                f"refusing to serve {host} without a token: anyone who can reach it could run models "
+                "here. Set a token (--token-file, ATTNSCOPE_TOKEN) or pass --allow-unauthenticated"
+            )
         self.core = core
         interceptors = [_TokenCheck(token)] if token else []
         self._grpc = grpc.aio.server(
@@ -279,7 +327,11 @@ class Server:
             self._grpc,
         )
         try:
-            self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+            if tls is None:
+                self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+            else:
+                credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+                self.port = self._grpc.add_secure_port(f"{host}:{port}", credentials)
         except RuntimeError:  # grpcio reports a failed bind this way
             self.port = 0
         if self.port == 0:

@@ -20,14 +20,18 @@ class Stub:
     streaming: bool
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def channel(address: str, root_certificates: bytes | None = None, tls: bool = False) -> grpc.Channel:
+    """A channel to `address`: TLS when `tls` or `root_certificates` (PEM; None = the system's)."""
+    if tls or root_certificates is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return grpc.secure_channel(address, credentials, options=_OPTIONS)
+    return grpc.insecure_channel(address, options=_OPTIONS)
 
 
 def stubs(chan: grpc.Channel) -> dict[str, Stub]:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import proto
+from ..extract.selection import IndexOutOfRange
 from ..kernels import HEAD_STAT_NAMES, NeuronView
-from .errors import InvalidArgument, ResourceExhausted
+from .errors import InvalidArgument, ResourceExhausted, shorten
 from .limits import Limits
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
-_UNLIMITED = Limits(max_pooled_size=1 << 30, max_result_values=1 << 62)
+_UNLIMITED = Limits(max_pooled_size=1 << 30, max_result_values=1 << 62, max_scores=1 << 62)
 
 
 def _slice(r, has: bool) -> slice | None:
@@ -36,7 +37,16 @@ def _length(r, has: bool, total: int) -> int:
 
 
 def _selection(sel) -> tuple[list[int] | None, list[int] | None]:
-    return (list(sel.layers) or None), (list(sel.heads) or None)
+    """(layers, heads) of a Selection, None = all; a repeated entry is refused, not recomputed."""
+    out = []
+    for what, values in (("layers", list(sel.layers)), ("heads", list(sel.heads))):
+        if len(set(values)) != len(values):
+            repeated = next(v for v in values if values.count(v) > 1)
+            raise InvalidArgument(
+                f"selection {what} lists {repeated} {values.count(repeated)} times; list each once"
+            )
+        out.append(values or None)
+    return out[0], out[1]
 
 
 def _count(selected: list[int] | None, total: int) -> int:
@@ -105,8 +115,10 @@ def _tile_run(trace, spec, kind, limits):
 
 
 def _topk_cost(trace, spec, kind, limits) -> int:
-    _, _, lq, _ = trace.shape(kind)
-    return 2 * _length(spec.queries, spec.HasField("queries"), lq) * max(spec.k, 0)
+    _, _, lq, lk = trace.shape(kind)
+    if not 1 <= spec.k <= lk:
+        raise IndexOutOfRange(f"k must be in [1, {lk}] (the keys of this trace), got {spec.k}")
+    return 2 * _length(spec.queries, spec.HasField("queries"), lq) * spec.k
 
 
 def _topk_run(trace, spec, kind, limits):
@@ -129,6 +141,29 @@ def _neuron_run(trace, spec, kind, limits):
     yield from zip(view._fields, view, strict=True)
 
 
+# ---- work (score evaluations) of each view type: what the cost in values does not show -----------
+def _pass_work(trace, spec, kind) -> int:
+    """One pass over every selected head's L×L scores (pooled maps, received attention)."""
+    layers, heads, lq, lk = trace.shape(kind)
+    sel_l, sel_h = _selection(spec.selection)
+    return _count(sel_l, layers) * _count(sel_h, heads) * lq * lk
+
+
+def _head_stats_work(trace, spec, kind) -> int:
+    layers, heads, lq, lk = trace.shape(kind)
+    return layers * heads * lq * lk
+
+
+def _rows_work(trace, spec, kind) -> int:
+    """Every key of the requested query rows of one head (tiles, top-k)."""
+    _, _, lq, lk = trace.shape(kind)
+    return _length(spec.queries, spec.HasField("queries"), lq) * lk
+
+
+def _neuron_work(trace, spec, kind) -> int:
+    return trace.shape(kind)[3] * max(trace.head_dim(kind), 1)
+
+
 @dataclass(frozen=True)
 class ViewType:
     """One view type: its tensor parts (() = a single tensor named by the view), cost and run."""
@@ -136,18 +171,19 @@ class ViewType:
     parts: tuple[str, ...]
     cost: Callable[..., int]
     run: Callable[..., Iterator[tuple[str, object]]]
+    work: Callable[..., int]
     #: Without a requested name the view is called by its type ("pooled") if True, else
     #: "<type>/<index>" (several tiles in one request are the rule, several pooled maps are not).
     named_by_type: bool
 
 
 VIEW_TYPES: dict[str, ViewType] = {
-    "pooled": ViewType((), _pooled_cost, _pooled_run, True),
-    "head_stats": ViewType(HEAD_STAT_NAMES, _head_stats_cost, _head_stats_run, True),
-    "received": ViewType((), _received_cost, _received_run, True),
-    "tile": ViewType((), _tile_cost, _tile_run, False),
-    "topk": ViewType(("indices", "probs"), _topk_cost, _topk_run, False),
-    "neuron": ViewType(NeuronView._fields, _neuron_cost, _neuron_run, False),
+    "pooled": ViewType((), _pooled_cost, _pooled_run, _pass_work, True),
+    "head_stats": ViewType(HEAD_STAT_NAMES, _head_stats_cost, _head_stats_run, _head_stats_work, True),
+    "received": ViewType((), _received_cost, _received_run, _pass_work, True),
+    "tile": ViewType((), _tile_cost, _tile_run, _rows_work, False),
+    "topk": ViewType(("indices", "probs"), _topk_cost, _topk_run, _rows_work, False),
+    "neuron": ViewType(NeuronView._fields, _neuron_cost, _neuron_run, _neuron_work, False),
 }
 assert set(VIEW_TYPES) == {f.name for f in proto.ViewRequest.DESCRIPTOR.oneofs_by_name["view"].fields}
 
@@ -171,7 +207,7 @@ def _kind_name(number: int, index: int) -> str | None:
 def plan(trace, requests: list, limits: Limits | None = None) -> list[PlannedView]:
     """Validate `requests` against `trace` and `limits` and name every tensor, before any work."""
     limits = limits or _UNLIMITED
-    planned, total, owner = [], 0, {}
+    planned, total, work, owner, seen = [], 0, 0, {}, {}
     for index, view in enumerate(requests):
         which = view.WhichOneof("view")
         if which is None:
@@ -179,7 +215,7 @@ def plan(trace, requests: list, limits: Limits | None = None) -> list[PlannedVie
         vtype = VIEW_TYPES[which]
         if view.name and not _NAME.fullmatch(view.name):
             raise InvalidArgument(
-                f"view {index}: name {view.name!r} must be 1-128 letters, digits or _ . - / characters"
+                f"view {index}: name {shorten(view.name)} must be 1-128 letters, digits or _ . - / characters"
             )
         name = view.name or (which if vtype.named_by_type else f"{which}/{index}")
         tensors = tuple(f"{name}/{part}" for part in vtype.parts) or (name,)
@@ -192,13 +228,23 @@ def plan(trace, requests: list, limits: Limits | None = None) -> list[PlannedVie
             owner[tensor] = index
         kind = _kind_name(view.kind, index)
         spec = getattr(view, which)
+        same = (which, kind, spec.SerializeToString(deterministic=True))
+        if same in seen:
+            raise InvalidArgument(f"views {seen[same]} and {index} ask for the same thing; ask once")
+        seen[same] = index
         total += vtype.cost(trace, spec, kind, limits)
+        work += vtype.work(trace, spec, kind)
         planned.append(PlannedView(index, name, which, kind, spec, tensors))
     if total > limits.max_result_values:
         raise ResourceExhausted(
             f"the requested views hold {total:,} values; this server returns at most "
             f"{limits.max_result_values:,} per call (ask for fewer layers/heads, a smaller pooled size "
             "or smaller ranges)"
+        )
+    if work > limits.max_scores:
+        raise ResourceExhausted(
+            f"the requested views evaluate {work:.3g} attention scores; this server allows at most "
+            f"{limits.max_scores:.3g} per call (ask for fewer layers, heads or views)"
         )
     return planned
 
