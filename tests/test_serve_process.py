@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
 import numpy as np
 import pytest
 
@@ -190,6 +191,29 @@ def test_sigterm_lets_the_call_in_flight_finish(model_dir):
     result = assemble(m.tensor for m in rest[1:])
     assert result["topk/7/indices"].shape == (2502, 64) and len(first.info.kinds[0].query_tokens) == 2502
     assert (result["topk/7/probs"][:, 0] > 0).all()
+    assert any("stopped" in line for line in lines)
+
+
+def test_grace_bounds_shutdown(model_dir):
+    """After --grace, work still running is abandoned and the process exits (it once took 38 s)."""
+    proc, address, _, lines = start_serve(model_dir, "--grace", "1")
+    text = random_text(2500, torch.Generator().manual_seed(1))
+    requested = [views.pooled(size, name=f"p{size}") for size in range(1, 201)]  # minutes of work here
+    chan = channel(address)
+    stream = stubs(chan)["Extract"].call(proto.ExtractRequest(text=text, views=requested), timeout=600)
+    assert next(stream).WhichOneof("piece") == "info"  # traced; the views are being computed
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    received = 0
+    with pytest.raises(grpc.RpcError):  # cut off: the server stopped before the call could finish
+        for message in stream:
+            received += message.WhichOneof("piece") == "tensor"
+    chan.close()
+    assert proc.wait(60) == 0
+    took = time.monotonic() - signalled
+    # grace (1 s) + the workers' settle time (5 s) + one chunk and process exit on a loaded machine.
+    assert took < 15, f"exited {took:.1f} s after SIGTERM with --grace 1"
+    assert received < len(requested)
     assert any("stopped" in line for line in lines)
 
 
