@@ -226,3 +226,25 @@ def test_threads_are_not_left_behind(server, client):
     for _ in range(5):
         _quick_call_time(client)
     assert threading.active_count() <= before + 2
+
+
+def test_an_error_while_streaming_gets_its_status_and_its_log_line(client, caplog):
+    caplog.set_level("INFO", logger="attnscope.service")
+    stream = client._call(
+        "Extract",
+        proto.ExtractRequest(
+            text="w1 w2 w3", views=[views.pooled(2, name="a"), views.tile(0, 0, queries=(50, 60))]
+        ),
+        60,
+    )
+    received = []
+    with pytest.raises(grpc.RpcError) as err:
+        for message in stream:
+            received.append(message.WhichOneof("piece"))
+    assert received[:2] == ["info", "manifest"] and "tensor" in received  # the first view had streamed
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and "queries" in err.value.details()
+    line = wait_until(
+        lambda: next((r.getMessage() for r in caplog.records if r.getMessage().startswith("Extract")), None),
+        "the call's log line",
+    )
+    assert "status=OUT_OF_RANGE" in line
