@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 TEXT   ?= The doctor asked the nurse a question. She said she would help.
 
-.PHONY: run trace test lint format clean proto chromium
+.PHONY: run trace test lint format clean proto chromium node
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "the viewer tests need Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# The Connect client test (tests/test_connect_client.py) runs connect-es from npm under Node.
+node:
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	  else echo "the Connect client test needs Node.js and npm: sudo apt-get install nodejs npm" >&2; exit 1; fi; }
+
+tests/connect/node_modules/.package-lock.json: tests/connect/package-lock.json tests/connect/package.json | node
+	npm ci --prefix tests/connect --no-audit --no-fund
+
 # The service and the viewer on the bundled model; prints both addresses. Stop with Ctrl-C.
 run: $(VENV)/.installed
 	$(BIN)/attnscope serve $(SERVE_ARGS)
@@ -37,7 +46,7 @@ run: $(VENV)/.installed
 trace: $(VENV)/.installed
 	$(BIN)/attnscope trace "$(TEXT)"
 
-test: $(VENV)/.installed-dev chromium
+test: $(VENV)/.installed-dev chromium tests/connect/node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -69,10 +69,20 @@ def _load_models(names: list[str], device: str | None, dtype: str | None) -> dic
 
 async def _serve(args: argparse.Namespace) -> int:
     from attnscope.service.core import AttentionCore
-    from attnscope.service.gateway import Gateway
+    from attnscope.service.gateway import Gateway, require_aiohttp
+    from attnscope.service.http.guard import parse_origin
     from attnscope.service.limits import Limits
     from attnscope.service.server import Server, wait_for_signal
 
+    if args.http_port >= 0:  # checked before any model loads
+        try:
+            require_aiohttp()
+        except ImportError as exc:
+            print(f"attnscope: error: {exc}", file=sys.stderr)
+            return 2
+        for origin in args.allow_origin:
+            if origin not in ("*", "null"):
+                parse_origin(origin)  # ValueError: not scheme://host[:port]
     server = None
     grpc_address = args.grpc
     if grpc_address is None:
@@ -98,9 +108,22 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"attnscope: gRPC on {server.address} (models: {', '.join(core.models)})", flush=True)
     gateway = None
     if args.http_port >= 0:
-        gateway = Gateway(grpc_address, args.host, args.http_port)
+        gateway = Gateway(
+            grpc_address,
+            args.host,
+            args.http_port,
+            token=_token(args),
+            allow_hosts=args.allow_host,
+            allow_origins=args.allow_origin,
+            ssl_context=_http_ssl_context(args),
+            grpc_credentials=_gateway_credentials(args, in_process=server is not None),
+            max_connections=args.http_max_connections,
+        )
         gateway.start()
-        print(f"attnscope: viewer on {gateway.url}  (gRPC at {grpc_address})", flush=True)
+        # With a token, the one address that opens the viewer carries it (the page keeps it in
+        # an HttpOnly cookie and goes on to the address without it).
+        shown = gateway.viewer_url if gateway.guard.token else gateway.url
+        print(f"attnscope: viewer on {shown}  (gRPC at {grpc_address})", flush=True)
     idle = True
     try:
         if server is not None:
@@ -117,6 +140,28 @@ async def _serve(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def _http_ssl_context(args: argparse.Namespace):
+    """HTTPS for the viewer from the same certificate and key as gRPC's (--tls-cert, --tls-key)."""
+    if _tls(args) is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
+
+
+def _gateway_credentials(args: argparse.Namespace, in_process: bool):
+    """TLS for the gateway's own gRPC channel: to the server this process serves with
+    --tls-cert, that certificate is the one to trust."""
+    tls = _tls(args)
+    if not (in_process and tls):
+        return None
+    import grpc
+
+    return grpc.ssl_channel_credentials(root_certificates=tls[0])
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -234,6 +279,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument(
         "--http-port", type=int, default=8000, help="viewer port (0 picks a free one, -1 none; default 8000)"
+    )
+    sv.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer HTTP requests whose Host is NAME (repeatable; default: loopback names and "
+        "the --host address only, which stops DNS rebinding; '*' = any)",
+    )
+    sv.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages of ORIGIN (scheme://host[:port]) call the viewer's port (repeatable; default: "
+        "only the viewer's own pages; cross-origin requests are refused with 403)",
+    )
+    sv.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=100,
+        help="open HTTP connections before new ones get 503 (default 100)",
     )
     sv.add_argument(
         "--grpc",

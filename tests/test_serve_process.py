@@ -1,18 +1,22 @@
-"""`attnscope serve` as a user runs it: a subprocess, its printed addresses, the HTTP gateway,
-`attnscope extract`, and a graceful stop on SIGTERM while a call is in flight."""
+"""`attnscope serve` as a user runs it: a subprocess, its printed addresses, the HTTP side (Connect
+calls, the token flow, its flags), `attnscope extract`, and a graceful stop on SIGTERM while a
+call is in flight."""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
@@ -90,16 +94,42 @@ def served(model_dir):
     proc.wait(30)
 
 
-def post(url: str, method: str, body: dict) -> tuple[int, object]:
+SERVICE = "/attnscope.v1.AttentionService/"
+
+
+def envelopes(raw: bytes) -> list[tuple[int, dict]]:
+    """A Connect stream's (flags, JSON message) pairs."""
+    out, at = [], 0
+    while at < len(raw):
+        flags, length = struct.unpack_from(">BI", raw, at)
+        out.append((flags, json.loads(raw[at + 5 : at + 5 + length])))
+        at += 5 + length
+    return out
+
+
+def post(url: str, method: str, body: dict, headers: dict | None = None) -> tuple[int, object]:
+    """A Connect call with JSON: (HTTP status, the answer's JSON), where a stream's answer is its
+    list of (flags, message), the last one flagged 0x02 (end of stream)."""
+    streaming = (
+        method in proto.SERVICE.methods_by_name and proto.SERVICE.methods_by_name[method].server_streaming
+    )
+    data = json.dumps(body).encode()
+    if streaming:
+        data = struct.pack(">BI", 0, len(data)) + data
     request = urllib.request.Request(
-        f"{url}/api/{method}",
-        data=json.dumps(body).encode(),
+        f"{url}{SERVICE}{method}",
+        data=data,
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={
+            "Content-Type": "application/connect+json" if streaming else "application/json",
+            "Connect-Protocol-Version": "1",
+            **(headers or {}),
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, json.loads(reply.read())
+            raw = reply.read()
+            return reply.status, envelopes(raw) if streaming else json.loads(raw)
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
 
@@ -116,8 +146,11 @@ def test_gateway_serves_the_page_and_the_service(served):
         assert err.value.code == 404, private
     status, models = post(url, "ListModels", {})
     assert status == 200 and models["models"][0]["name"] == model
-    status, messages = post(url, "Extract", {"text": "w1 w2 w3", "views": [{"headStats": {}}]})
-    assert status == 200 and messages[0]["info"]["kinds"][0]["queryTokens"] == [
+    status, stream = post(url, "Extract", {"text": "w1 w2 w3", "views": [{"headStats": {}}]})
+    assert status == 200 and [flags for flags, _ in stream] == [0] * (len(stream) - 1) + [2]
+    assert stream[-1][1] == {}  # the end of the stream: no error
+    messages = [m for _, m in stream[:-1]]
+    assert messages[0]["info"]["kinds"][0]["queryTokens"] == [
         "[CLS]",
         "w1",
         "w2",
@@ -131,20 +164,34 @@ def test_gateway_serves_the_page_and_the_service(served):
     piece = next(m["tensor"] for m in messages[2:] if m["tensor"]["name"] == "head_stats/entropy")
     values = np.frombuffer(base64.b64decode(piece["data"]), dtype="<f4").reshape(2, 4)
     np.testing.assert_array_equal(values, direct["head_stats/entropy"])
+    old = urllib.request.Request(
+        f"{url}/api/ListModels", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(old, timeout=30)
+    assert err.value.code == 404, "the old /api/<Method> JSON gateway is gone"
 
 
 @pytest.mark.parametrize(
     ("method", "body", "status", "code"),
     [
-        ("Extract", {"text": "w1", "model": "nope"}, 404, "NOT_FOUND"),
-        ("Extract", {"text": "w1", "views": [{"tile": {"layer": 7}}]}, 400, "OUT_OF_RANGE"),
-        ("Extract", {"text": ""}, 400, "INVALID_ARGUMENT"),
-        ("Extract", {"text": 5, "bogus": 1}, 400, "INVALID_ARGUMENT"),
-        ("Nope", {}, 404, "NOT_FOUND"),
+        # A stream's errors end the stream (HTTP 200, the code in its last envelope) ...
+        ("Extract", {"text": "w1", "model": "nope"}, 200, "not_found"),
+        ("Extract", {"text": "w1", "views": [{"tile": {"layer": 7}}]}, 200, "out_of_range"),
+        ("Extract", {"text": ""}, 200, "invalid_argument"),
+        # ... unless the request itself could not be read; unary errors have the spec's status.
+        ("Extract", {"text": 5, "bogus": 1}, 400, "invalid_argument"),
+        ("CreateTrace", {"text": "w1", "model": "nope"}, 404, "not_found"),
+        ("CreateTrace", {"text": " "}, 400, "invalid_argument"),
+        ("Nope", {}, 404, "not_found"),
     ],
 )
-def test_gateway_errors_are_json_with_the_grpc_code(served, method, body, status, code):
+def test_gateway_errors_are_connect_errors_with_the_grpc_code(served, method, body, status, code):
     got_status, reply = post(served[1], method, body)
+    if isinstance(reply, list):  # a stream: its end says how it went
+        flags, reply = reply[-1]
+        assert flags == 2
+        reply = reply["error"]
     assert (got_status, reply["code"]) == (status, code) and reply["message"]
 
 
@@ -234,3 +281,63 @@ def test_a_taken_port_is_reported_in_words(model_dir):
     assert (
         f"could not listen on 127.0.0.1:{port} for the viewer" in proc.stderr and "--http-port" in proc.stderr
     )
+
+
+def _get(url: str, path: str, headers: dict | None = None, method: str = "GET"):
+    """(status, headers, body) of one request, redirects not followed."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        reply = conn.getresponse()
+        return reply.status, reply.headers, reply.read()
+    finally:
+        conn.close()
+
+
+def test_serve_with_a_token_prints_the_viewer_address_carrying_it(model_dir, tmp_path):
+    """The token comes from a file (not the command line, where ps shows it); serve prints the one
+    address that opens the viewer; --allow-host and --allow-origin add a name and a page."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-Token\n")
+    proc, address, url, _lines = start_serve(
+        model_dir,
+        "--token-file",
+        str(token_file),
+        "--allow-host",
+        "attnscope.test",
+        "--allow-origin",
+        "http://localhost:9999",
+    )
+    try:
+        parts = urlsplit(url)
+        assert parts.path == "/" and parts.query == "token=s3cret-Token", url
+        base = f"{parts.scheme}://{parts.netloc}"
+        status, _, body = _get(base, "/")
+        assert status == 401 and b"needs its token" in body
+        status, headers, _ = _get(base, "/?token=wrong")
+        assert status == 401 and "Set-Cookie" not in headers
+        status, headers, _ = _get(base, "/?token=s3cret-Token&text=w1")
+        assert status == 303 and headers["Location"] == "/?text=w1"
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "s3cret" not in cookie
+        jar = {"Cookie": cookie.split(";", 1)[0]}
+        status, _, body = _get(base, "/", jar)
+        assert status == 200 and b"<title>attnscope</title>" in body
+        assert post(base, "ListModels", {})[0] == 401
+        status, models = post(base, "ListModels", {}, jar)
+        assert status == 200 and models["models"][0]["name"] == str(model_dir)
+        bearer = {"Authorization": "Bearer s3cret-Token"}
+        assert post(base, "ListModels", {}, bearer)[0] == 200
+        assert _get(base, "/", {**jar, "Host": "attnscope.test"})[0] == 200
+        assert _get(base, "/", {**jar, "Host": "evil.example"})[0] == 403
+        allowed = {"Origin": "http://localhost:9999", "Access-Control-Request-Method": "POST"}
+        status, headers, _ = _get(base, f"{SERVICE}ListModels", allowed, method="OPTIONS")
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == "http://localhost:9999"
+        other = {**allowed, "Origin": "http://localhost:9998"}
+        assert _get(base, f"{SERVICE}ListModels", other, method="OPTIONS")[0] == 403
+        with Client(address, token="s3cret-Token") as client:  # the gRPC side wants it too
+            assert client.list_models()
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -309,10 +309,17 @@ def test_long_input_is_virtualized_with_top_k_lines_and_a_minimap(stack, page):
     assert download.value.path().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+SERVICE_PATH = "/attnscope.v1.AttentionService/"
+
+
 def api_calls(page) -> list[str]:
-    """The /api methods the page calls from now on, in order (a live list)."""
+    """The service methods the page calls (Connect: POST /attnscope.v1.AttentionService/<Method>)
+    from now on, in order (a live list)."""
     calls = []
-    page.on("request", lambda r: calls.append(r.url.split("/api/", 1)[1]) if "/api/" in r.url else None)
+    page.on(
+        "request",
+        lambda r: calls.append(r.url.split(SERVICE_PATH, 1)[1]) if SERVICE_PATH in r.url else None,
+    )
     return calls
 
 
@@ -385,9 +392,9 @@ def test_a_render_that_finishes_after_a_newer_one_draws_nothing(stack, page):
         else:
             held.append(route)
 
-    page.route("**/api/GetViews", hold_the_first)
+    page.route(f"**{SERVICE_PATH}GetViews", hold_the_first)
     drawn = "JSON.parse(document.querySelector('#pane-a canvas.lines').dataset.drawn).layer"
-    with page.expect_request("**/api/GetViews"):
+    with page.expect_request(f"**{SERVICE_PATH}GetViews"):
         page.locator("#pane-a select.layer").select_option("1")
     page.locator("#pane-a select.layer").select_option("2")
     page.wait_for_function(f"{drawn} === 2")
@@ -416,3 +423,39 @@ def test_view_requests_carry_names_and_wire_kinds(stack, page):
     }
     assert made["self"] == {"name": "stats", "headStats": {}}  # KIND_SELF: the field left out
     assert "needs a name" in made["refused"]
+
+
+PROGRESS_SEEN = """
+window.progressSeen = [];
+new MutationObserver((records) => {
+  for (const r of records) {
+    if (r.target.id !== 'progress-text') continue;
+    for (const n of r.addedNodes) window.progressSeen.push(n.textContent);
+  }
+}).observe(document, { childList: true, subtree: true });
+"""
+
+
+def test_views_stream_in_with_progress(stack, page):
+    """GetViews is read as a Connect stream: the progress line counts tensors as pieces arrive,
+    so it shows states between the manifest and the last tensor, not only the end."""
+    page.add_init_script(PROGRESS_SEEN)
+    text = random_text(1400, torch.Generator().manual_seed(3))
+    open_view(
+        page,
+        stack,
+        f"model=tiny&text={text}&view=model",
+        "window.attnscopeTimings && window.attnscopeTimings.modelDrawMs !== undefined",
+    )
+    seen = page.evaluate("window.progressSeen")
+    counts = [
+        (int(m.group(1)), int(m.group(2)))
+        for m in (re.match(r"(\d+) of (\d+) tensors · ", s) for s in seen)
+        if m
+    ]
+    assert counts, f"no streaming progress shown: {seen}"
+    total = counts[-1][1]
+    assert total == 7, counts  # thumbnails, 5 head statistics, the heatmap's pooled map
+    assert any(0 < done < total for done, _ in counts), f"no progress between first and last: {counts}"
+    assert (total, total) in counts
+    assert seen[-1] == "running the model…", "the line is reset once the stream has ended"

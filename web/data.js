@@ -1,9 +1,10 @@
-// The only module that knows the gateway's URLs and how tensors are encoded. Views get decoded
+// The only module that knows the server's URLs and how tensors are encoded. Views get decoded
 // data: `{info, manifest, tensors}` with every tensor a typed array, whichever transport answered.
 //
 // A transport is `{ unary(method, body) -> response JSON, stream(method, body) -> {info, manifest,
-// tensors} }`: the HTTP one below (proto3 JSON from `POST /api/<Method>`, decoded here), or the one
-// of standalone files (embedded.js, answering from data decoded once with `decodeTensor`).
+// tensors} }`: the HTTP one below (the Connect protocol with proto3 JSON, streams decoded here
+// piece by piece as they arrive), or the one of standalone files (embedded.js, answering from
+// data decoded once with `decodeTensor`).
 
 const DTYPES = { FLOAT32: Float32Array, INT64: BigInt64Array, INT32: Int32Array, FLOAT16: Uint16Array };
 // proto Kind <-> the kind names of the Python API and of the viewer's URL state.
@@ -17,47 +18,165 @@ export function kindName(kind) {
   return KIND_NAMES[kind];
 }
 
-// ---- the HTTP transport -----------------------------------------------------------------------
-async function post(method, body) {
-  let response;
+// ---- the HTTP transport: Connect ---------------------------------------------------------------
+// Unary calls are `POST /attnscope.v1.AttentionService/<Method>` with JSON; an error answers with
+// Connect's `{code, message}`. Streams (GetViews, Extract) are `application/connect+json`:
+// enveloped messages (1 byte of flags, 4 bytes of big-endian length, the message), read as they
+// arrive; the last one (flag 0x02) says how the call ended. Same-origin requests carry the
+// server's token cookie, if it set one.
+const SERVICE = "/attnscope.v1.AttentionService/";
+const END_STREAM = 0x02;
+const utf8 = new TextDecoder();
+
+function callError(code, message) {
+  return new Error(`${String(code || "unknown").toUpperCase()}: ${message || ""}`);
+}
+
+async function send(method, contentType, body) {
   try {
-    response = await fetch(`/api/${method}`, {
+    return await fetch(SERVICE + method, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
+      headers: { "Content-Type": contentType, "Connect-Protocol-Version": "1" },
+      body,
+      credentials: "same-origin",
+      cache: "no-store",
     });
   } catch (err) {
     throw new Error(`the attnscope server did not answer (${err.message}); is \`attnscope serve\` running?`);
   }
-  let data;
+}
+
+// The error of a call the server refused (any status but 200).
+async function refusal(response) {
+  let data = null;
   try {
     data = await response.json();
   } catch {
-    throw new Error(`the server answered ${response.status} without JSON`);
+    // not Connect's error JSON (a proxy's page): the status is all there is
   }
-  if (!response.ok) throw new Error(`${data.code}: ${data.message}`);
-  return data;
+  if (data?.code) return callError(data.code, data.message);
+  return new Error(`the server answered ${response.status} ${response.statusText}`);
 }
 
-const http = {
-  unary: post,
-  stream: async (method, body) => assemble(await post(method, body)),
-};
+async function unary(method, body) {
+  const response = await send(method, "application/json", JSON.stringify(body));
+  if (!response.ok) throw await refusal(response);
+  return response.json();
+}
+
+// Bytes as they arrive, handed out in exact lengths (one copy per message, however it was cut).
+class ByteQueue {
+  constructor() {
+    this.chunks = [];
+    this.length = 0;
+  }
+  push(chunk) {
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+  take(n) {
+    const out = new Uint8Array(n);
+    let at = 0;
+    while (at < n) {
+      const head = this.chunks[0];
+      const used = Math.min(head.length, n - at);
+      out.set(head.subarray(0, used), at);
+      at += used;
+      if (used === head.length) this.chunks.shift();
+      else this.chunks[0] = head.subarray(used);
+    }
+    this.length -= n;
+    return out;
+  }
+}
+
+// A Connect stream's envelopes, each `{flags, data}` as soon as its last byte has arrived.
+async function* envelopes(body) {
+  const reader = body.getReader();
+  const queue = new ByteQueue();
+  let header = null;
+  try {
+    for (;;) {
+      while (true) {
+        if (!header && queue.length >= 5) {
+          const h = queue.take(5);
+          header = { flags: h[0], length: new DataView(h.buffer).getUint32(1) };
+        }
+        if (!header || queue.length < header.length) break;
+        yield { flags: header.flags, data: queue.take(header.length) };
+        header = null;
+      }
+      const { done, value } = await reader.read();
+      if (done) break;
+      queue.push(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  if (header || queue.length) throw new Error("the stream broke off in the middle of a message");
+}
+
+// Progress of the streams under way, for the page's progress line: `listener({tensors, of, bytes})`
+// as pieces arrive (summed over concurrent streams), `listener(null)` when none is left.
+const active = new Set();
+let progressListener = null;
+
+export function onProgress(listener) {
+  progressListener = listener;
+}
+
+function reportProgress() {
+  if (!progressListener) return;
+  if (!active.size) return progressListener(null);
+  const sum = { tensors: 0, of: 0, bytes: 0 };
+  for (const a of active) {
+    const p = a.progress();
+    sum.tensors += p.tensors;
+    sum.of += p.of;
+    sum.bytes += p.bytes;
+  }
+  progressListener(sum);
+}
+
+async function stream(method, body) {
+  const json = new TextEncoder().encode(JSON.stringify(body));
+  const framed = new Uint8Array(5 + json.length);
+  new DataView(framed.buffer).setUint32(1, json.length); // flags 0: one uncompressed message
+  framed.set(json, 5);
+  const response = await send(method, "application/connect+json", framed);
+  if (!response.ok) throw await refusal(response);
+  const assembler = new Assembler();
+  active.add(assembler);
+  let ended = false;
+  try {
+    for await (const { flags, data } of envelopes(response.body)) {
+      const message = JSON.parse(utf8.decode(data));
+      if (flags & END_STREAM) {
+        if (message.error) throw callError(message.error.code, message.error.message);
+        ended = true;
+        break;
+      }
+      assembler.add(message);
+      reportProgress();
+    }
+  } finally {
+    active.delete(assembler);
+    reportProgress();
+  }
+  if (!ended) throw new Error(`${method}: the stream ended before the server said how the call went`);
+  return assembler.result();
+}
+
+const http = { unary, stream };
 
 let transport = http;
 
-// Answer every call from `t` ({unary, stream}) instead of the HTTP gateway.
+// Answer every call from `t` ({unary, stream}) instead of the HTTP server.
 export function useTransport(t) {
   transport = t;
 }
 
 // ---- decoding ---------------------------------------------------------------------------------
-function base64Into(text, out, at) {
-  const raw = atob(text || "");
-  for (let i = 0; i < raw.length; i++) out[at + i] = raw.charCodeAt(i);
-  return raw.length;
-}
-
 function typed(name, dtype, bytes) {
   const Type = DTYPES[dtype || "FLOAT32"];
   if (!Type) throw new Error(`tensor ${name}: unsupported dtype ${dtype}`);
@@ -74,34 +193,51 @@ export function decodeTensor(name, t) {
   return { shape: (t.shape || []).map(Number), data: typed(name, t.dtype, bytes) };
 }
 
-// A stream's messages (proto3 JSON: info, manifest, then Tensor pieces with base64 data) -> the
-// decoded result; every tensor the manifest names must have arrived whole.
-function assemble(messages) {
-  const parts = new Map();
-  let info = null;
-  let manifest = { views: [] };
-  for (const m of messages) {
-    if (m.info) info = m.info;
-    else if (m.manifest) manifest = normalizeManifest(m.manifest);
+// A stream's messages (proto3 JSON: info, manifest, then Tensor pieces with base64 data), taken
+// one by one as they arrive (each piece decoded into its tensor's bytes at once); `result()` is
+// the decoded whole, where every tensor the manifest names must have arrived whole.
+class Assembler {
+  constructor() {
+    this.info = null;
+    this.manifest = { views: [] };
+    this.parts = new Map(); // name -> { shape, dtype, bytes, got }
+    this.bytes = 0;
+    this.complete = 0;
+  }
+  add(m) {
+    if (m.info) this.info = m.info;
+    else if (m.manifest) this.manifest = normalizeManifest(m.manifest);
     else if (m.tensor) {
-      if (!parts.has(m.tensor.name)) parts.set(m.tensor.name, []);
-      parts.get(m.tensor.name).push(m.tensor);
+      const t = m.tensor;
+      let part = this.parts.get(t.name);
+      if (!part) {
+        part = { shape: (t.shape || []).map(Number), dtype: t.dtype, bytes: new Uint8Array(Number(t.totalBytes || 0)), got: 0 };
+        this.parts.set(t.name, part);
+      }
+      const raw = atob(t.data || "");
+      const at = Number(t.offset || 0);
+      if (at + raw.length > part.bytes.length) throw new Error(`tensor ${t.name}: piece past its ${part.bytes.length} bytes`);
+      for (let i = 0; i < raw.length; i++) part.bytes[at + i] = raw.charCodeAt(i);
+      part.got += raw.length;
+      this.bytes += raw.length;
+      if (part.got === part.bytes.length) this.complete += 1;
     }
   }
-  const tensors = {};
-  for (const [name, pieces] of parts) {
-    pieces.sort((a, b) => Number(a.offset || 0) - Number(b.offset || 0));
-    const first = pieces[0];
-    const bytes = new Uint8Array(Number(first.totalBytes || 0));
-    let at = 0;
-    for (const p of pieces) at += base64Into(p.data, bytes, at);
-    if (at !== bytes.length) throw new Error(`tensor ${name}: got ${at} bytes of ${bytes.length}`);
-    tensors[name] = { shape: (first.shape || []).map(Number), data: typed(name, first.dtype, bytes) };
+  progress() {
+    const of = this.manifest.views.reduce((n, v) => n + v.tensors.length, 0);
+    return { tensors: this.complete, of, bytes: this.bytes };
   }
-  for (const v of manifest.views) {
-    for (const name of v.tensors) if (!(name in tensors)) throw new Error(`the stream lacks tensor ${name} of view ${v.name}`);
+  result() {
+    const tensors = {};
+    for (const [name, p] of this.parts) {
+      if (p.got !== p.bytes.length) throw new Error(`tensor ${name}: got ${p.got} bytes of ${p.bytes.length}`);
+      tensors[name] = { shape: p.shape, data: typed(name, p.dtype, p.bytes) };
+    }
+    for (const v of this.manifest.views) {
+      for (const name of v.tensors) if (!(name in tensors)) throw new Error(`the stream lacks tensor ${name} of view ${v.name}`);
+    }
+    return { info: this.info, manifest: this.manifest, tensors };
   }
-  return { info, manifest, tensors };
 }
 
 // IEEE half floats (as uint16) to Float32Array: the compact encoding of exported files.

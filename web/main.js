@@ -8,7 +8,7 @@ import * as diffView from "./views/diff.js";
 import * as headView from "./views/head.js";
 import * as modelView from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
-import { createTrace, deleteTrace, serverInfo } from "./data.js";
+import { createTrace, deleteTrace, onProgress, serverInfo } from "./data.js";
 import { framePending, generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
 
 const VIEWS = { head: headView, model: modelView, neuron: neuronView };
@@ -32,6 +32,18 @@ async function track(promise) {
     working -= 1;
   }
 }
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// The progress line says what is arriving while views stream in ("3 of 9 tensors · 1.2 MiB"),
+// and that the model runs otherwise.
+onProgress((p) => {
+  $("progress-text").textContent = p ? `${p.tensors} of ${p.of} tensors · ${formatBytes(p.bytes)}` : "running the model…";
+});
 
 // `promise`, with the progress line shown while it runs.
 async function busy(promise) {
