@@ -47,6 +47,15 @@ def collect(items: Iterator[Item]) -> Collected:
     return Collected(parts["info"], parts["manifest"], parts["tensors"])
 
 
+def _holds_the_pair(trace: Trace, kind: str) -> bool:
+    """Whether both axes of `kind` are the input text's tokens (where sentence B's start applies):
+    not cross attention, and not a decoder that reads a target of its own."""
+    if trace.sentence_b_start is None or kind == "cross":
+        return False
+    source = trace.query_tokens("encoder") if "encoder" in trace.kinds else trace.query_tokens(kind)
+    return trace.query_tokens(kind) == source == trace.key_tokens(kind)
+
+
 def kind_info(trace: Trace, kind: str):
     """The wire's description of one kind of attention a trace holds."""
     layers, heads, lq, lk = trace.shape(kind)
@@ -61,7 +70,7 @@ def kind_info(trace: Trace, kind: str):
         key_tokens=trace.key_tokens(kind),
         query_len=lq,
         key_len=lk,
-        sentence_b_start=-1 if b_start is None or kind == "cross" else b_start,
+        sentence_b_start=b_start if _holds_the_pair(trace, kind) else -1,
     )
 
 
@@ -143,7 +152,12 @@ class AttentionCore:
         name, trace = self._trace(request, deadline)
         planned = self._plan(trace, request.views)  # a request refused here keeps no trace
         trace_id = self.traces.put(trace, name) if request.keep_trace else ""
-        yield from self._views(trace, trace_info(trace, name, trace_id), planned, deadline)
+        try:
+            yield from self._views(trace, trace_info(trace, name, trace_id), planned, deadline)
+        except BaseException:  # a call that fails (or is abandoned) keeps no trace
+            if trace_id:
+                self.traces.delete(trace_id)
+            raise
 
     def create_trace(self, request, deadline: float | None = None):
         name, trace = self._trace(request, deadline)
