@@ -247,6 +247,9 @@ class Gateway:
             access_log=log,
             keepalive_timeout=self._idle_timeout_s,  # also closes connections that never send a request
             shutdown_timeout=2.0,
+            # After a refused body (413, 408), read what the client still sends for this long, so
+            # it can read the answer, then close.
+            lingering_time=2.0,
             # The viewer keeps its input text in the URL: request lines may be long.
             max_line_size=MAX_URL_BYTES,
             max_field_size=MAX_HEADER_BYTES,

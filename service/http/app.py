@@ -39,6 +39,18 @@ SECURITY_HEADERS = {
 _ENCODINGS = ("identity", "gzip")
 
 
+def _key(name: str, kind: type):
+    """A typed request-storage key where aiohttp has them (3.13+), the plain name before."""
+    make = getattr(web, "RequestKey", None)
+    return make(f"attnscope_{name}", kind) if make else f"attnscope_{name}"
+
+
+LOGGED = _key("logged", bool)  # the middleware logs this request (AccessLog need not)
+CODE = _key("code", str)  # the Connect code it ended with
+HTTP_SENT = _key("http_status", int)  # the status already sent (a stream's 200)
+CORS_ORIGIN = _key("cors_origin", str)  # an allowed cross-origin page's origin
+
+
 @dataclass(frozen=True)
 class Settings:
     """Bounds on what one request may cost this side."""
@@ -82,21 +94,22 @@ class Handlers:
     @web.middleware
     async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
         started = time.perf_counter()
-        request["logged"] = True
+        request[LOGGED] = True
         status, code = "-", None
         try:
             try:
                 response = await self.guarded(request, handler)
-            except ConnectError as exc:
-                response = error_response(exc, force_close=exc.http_status in (408, 413))
             except web.HTTPException as exc:  # aiohttp's own (e.g. a bad query string)
-                response = error_response(ConnectError(_code_of_http(exc.status), exc.reason, exc.status))
-            status, code = response.status, request.get("connect_code")
+                raise ConnectError(_code_of_http(exc.status), exc.reason, exc.status) from None
+            status, code = response.status, request.get(CODE)
             return response
+        except ConnectError as exc:
+            status, code = exc.http_status, exc.code
+            return error_response(exc, force_close=exc.http_status in (408, 413))
         except (asyncio.CancelledError, ConnectionError):
             # The client went away (499, as nginx logs it; 200 if a stream had begun): its gRPC
             # call is cancelled (see forward_unary and forward_stream).
-            status, code = request.get("http_status", 499), "canceled"
+            status, code = request.get(HTTP_SENT, 499), "canceled"
             raise
         except Exception as exc:
             log.exception("internal error answering %s", request.path, exc_info=exc)
@@ -129,7 +142,7 @@ class Handlers:
                 "start the server with --allow-origin ORIGIN to allow that page",
             )
         if origin is not None and not self.guard.is_own_origin(origin, host):
-            request["cors_origin"] = origin.strip()
+            request[CORS_ORIGIN] = origin.strip()
         if request.method == "OPTIONS":
             return self.preflight(request)
         login = self.login(request)
@@ -149,7 +162,7 @@ class Handlers:
 
     def preflight(self, request: web.Request) -> web.Response:
         """CORS preflight: allowed origins may POST Connect calls with Connect's headers."""
-        origin = request.get("cors_origin")
+        origin = request.get(CORS_ORIGIN)
         if origin is None:
             return web.Response(status=204, headers={"Allow": "GET, HEAD, POST, OPTIONS"})
         wanted = request.headers.get("Access-Control-Request-Method", "")
@@ -300,7 +313,7 @@ class Handlers:
         finally:
             if not call.done():  # the browser left: the server abandons the call's work
                 call.cancel()
-        request["connect_code"] = "ok"
+        request[CODE] = "ok"
         return web.Response(
             body=connect.encode(method, codec, raw),
             headers={"Content-Type": f"application/{codec}", "Cache-Control": "no-store"},
@@ -311,7 +324,7 @@ class Handlers:
             status=200, headers={"Content-Type": f"application/connect+{codec}", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
-        request["http_status"] = 200
+        request[HTTP_SENT] = 200
         call = self.calls[method.name](message.SerializeToString(), timeout=timeout, metadata=metadata)
         error = None
         try:
@@ -329,7 +342,7 @@ class Handlers:
                 call.cancel()
         await self.write(response, connect.end_stream(error))
         await response.write_eof()
-        request["connect_code"] = error.code if error else "ok"
+        request[CODE] = error.code if error else "ok"
         return response
 
     async def write(self, response: web.StreamResponse, data: bytes) -> None:
@@ -358,7 +371,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     """Headers every answer carries, and CORS ones for an allowed cross-origin page."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-    origin = request.get("cors_origin")
+    origin = request.get(CORS_ORIGIN)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
@@ -371,7 +384,7 @@ class AccessLog(AbstractAccessLogger):
     Content-Length, a header line too long), each answered 400 on one line."""
 
     def log(self, request, response, time: float) -> None:
-        if request.get("logged"):
+        if request.get(LOGGED):
             return
         reason = (getattr(response, "text", "") or "").strip().splitlines()[:1]
         self.logger.info(
