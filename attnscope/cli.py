@@ -117,6 +117,7 @@ async def _serve(args: argparse.Namespace) -> int:
             allow_origins=args.allow_origin,
             ssl_context=_http_ssl_context(args),
             grpc_credentials=_gateway_credentials(args, in_process=server is not None),
+            allow_unauthenticated=args.allow_unauthenticated,
             max_connections=args.http_max_connections,
         )
         gateway.start()

@@ -130,8 +130,9 @@ class Gateway:
     `grpc_address` (over TLS with `grpc_credentials`). Started with `start()`, stopped with `stop()`.
 
     `token`: every request must carry it (the page trades ``?token=...`` for a cookie); the
-    gateway then calls gRPC with ``authorization: Bearer <token>``. `allow_hosts` and
-    `allow_origins` add to the names and pages it answers (see service/http/guard.py).
+    gateway then calls gRPC with ``authorization: Bearer <token>``. Without one it binds only to
+    loopback addresses, unless `allow_unauthenticated`. `allow_hosts` and `allow_origins` add to
+    the names and pages it answers (see service/http/guard.py).
     """
 
     def __init__(
@@ -145,6 +146,7 @@ class Gateway:
         allow_origins=(),
         ssl_context: ssl.SSLContext | None = None,
         grpc_credentials: grpc.ChannelCredentials | None = None,
+        allow_unauthenticated: bool = False,
         max_connections: int = 100,
         idle_timeout_s: float = 15.0,
         max_body_bytes: int = 1 << 20,
@@ -154,8 +156,14 @@ class Gateway:
         require_aiohttp()
         from .http.app import Settings
         from .http.connect import ConnectError
-        from .http.guard import Guard
+        from .http.guard import Guard, host_name, is_loopback
 
+        if not token and not allow_unauthenticated and not is_loopback(host_name(host)):
+            raise ValueError(
+                f"refusing to serve the viewer on {host} without a token: anyone who can reach it "
+                "could run models here. Set a token (--token-file, ATTNSCOPE_TOKEN) or pass "
+                "--allow-unauthenticated"
+            )
         self.grpc_address = grpc_address
         self.host = host
         self.max_connections = max_connections

@@ -18,6 +18,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -65,9 +66,27 @@ class FakeService:
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
+        if request.text == "big":  # far more than socket buffers hold, for a client that never reads
+            sent = 0
+            try:
+                for i in range(64):
+                    piece = proto.Tensor(
+                        name="big", data=bytes(1 << 20), offset=i << 20, total_bytes=64 << 20
+                    )
+                    yield proto.ExtractResponse(tensor=piece)
+                    sent += 1
+            finally:
+                if sent < 64:  # cut off: the client cancelled (grpc closes this generator)
+                    self.cancelled.set()
 
     async def CreateTrace(self, request, context):
         self._record("CreateTrace", request, context)
+        if request.text == "hang":
+            try:
+                await asyncio.sleep(120)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         await context.abort(grpc.StatusCode[request.text], f"{request.text} from the fake service")
 
     async def ListModels(self, request, context):
@@ -329,6 +348,40 @@ def test_a_client_that_leaves_cancels_its_grpc_call(fake, gateway, caplog):
         while not any("Extract" in r.message and "code=canceled" in r.message for r in caplog.records):
             assert time.monotonic() < deadline, [r.message for r in caplog.records]
             time.sleep(0.05)
+
+
+def test_a_unary_call_is_cancelled_when_its_client_leaves(fake, gateway):
+    fake.service.cancelled.clear()
+
+    async def leave():
+        async with aiohttp.ClientSession() as session:
+            call = session.post(
+                f"{gateway.url}{SERVICE}CreateTrace",
+                data=json.dumps({"text": "hang"}),
+                headers=connect_headers("application/json"),
+            )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(call, 1.0)  # gives up: the connection is closed
+
+    started = len(fake.service.calls)
+    run(leave())
+    assert fake.service.calls[started][0] == "CreateTrace"  # the call had reached the server
+    assert fake.service.cancelled.wait(10), "the gRPC call went on after the client left"
+
+
+def test_a_client_that_stops_reading_is_let_go(fake):
+    """Nothing waits forever on a reader that reads nothing: after write_timeout_s the gateway
+    gives up on the answer and cancels the gRPC call (the server frees what it holds for it)."""
+    fake.service.cancelled.clear()
+    with gateway_for(fake, write_timeout_s=1.0) as g:
+        body = stream_body(proto.ExtractRequest(text="big"), "proto")
+        with socket.create_connection(("127.0.0.1", g.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(
+                b"POST " + SERVICE.encode() + b"Extract HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/connect+proto\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            assert fake.service.cancelled.wait(20), "the gateway still waits on a client that reads nothing"
 
 
 def split_or_none(raw: bytes) -> list[tuple[int, bytes]]:
@@ -602,6 +655,36 @@ def test_cross_origin_requests_are_refused_unless_allowed(fake):
         assert headers["Access-Control-Allow-Private-Network"] == "true"
         status, headers, _ = preflight("http://localhost:8001")
         assert status == 403 and "Access-Control-Allow-Origin" not in headers
+
+
+def test_no_token_means_loopback_only(fake):
+    with pytest.raises(ValueError, match="without a token"):
+        Gateway(fake.address, host="0.0.0.0", port=0)
+    Gateway(fake.address, host="0.0.0.0", port=0, token="t").stop()  # with a token: fine
+    Gateway(fake.address, host="0.0.0.0", port=0, allow_unauthenticated=True).stop()
+
+
+def test_aiohttp_is_needed_only_by_the_http_side(tmp_path):
+    """Without aiohttp: the package, the gRPC side and the benchmarks import; a Gateway, and
+    serve with an HTTP port, say what to install (before loading any model)."""
+    code = (
+        "import sys\n"
+        "sys.modules['aiohttp'] = None  # as if it were not installed\n"
+        "import attnscope, attnscope.service.server, attnscope.service.gateway, attnscope.benchmarks.web\n"
+        "from attnscope.service.gateway import Gateway\n"
+        "try:\n"
+        "    Gateway('127.0.0.1:1', port=0)\n"
+        "except ImportError as exc:\n"
+        "    print('gateway:', exc)\n"
+        "from attnscope.cli import main\n"
+        "print('serve:', main(['serve', '--model', 'no/such/model', '--http-port', '0', '--grpc-port', '0']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gateway: the viewer's HTTP side needs aiohttp" in out.stdout
+    assert "serve: 2" in out.stdout and "needs aiohttp" in out.stderr and "no/such/model" not in out.stderr
 
 
 # ---- TLS ---------------------------------------------------------------------------------------------
