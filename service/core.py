@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import proto
 from ..extract import Extractor, InputTooLong, Trace
+from ..kernels.interrupt import checkpoint
 from . import view_table
 from .cache import TraceCache
 from .errors import InvalidArgument, NotFound, ResourceExhausted, shorten
@@ -162,6 +163,7 @@ class AttentionCore:
     def create_trace(self, request, deadline: float | None = None):
         name, trace = self._trace(request, deadline)
         trace.head_stats()  # row statistics now, so later views only pay for themselves
+        checkpoint()  # a call abandoned by now (deadline, client gone) keeps no trace
         return trace_info(trace, name, self.traces.put(trace, name))
 
     def get_views(self, request, deadline: float | None = None) -> Iterator[Item]:

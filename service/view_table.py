@@ -58,7 +58,8 @@ def _pooled_size(spec, lq: int, lk: int, limits: Limits) -> int:
         raise InvalidArgument(
             f"pooled size must be >= 1 (0 = default {limits.default_pooled_size}), got {spec.size}"
         )
-    size = spec.size or min(limits.default_pooled_size, max(lq, lk))
+    # The default never asks for more than the server allows (an operator may lower the maximum).
+    size = spec.size or min(limits.default_pooled_size, limits.max_pooled_size, max(lq, lk))
     if size > limits.max_pooled_size:
         raise ResourceExhausted(f"pooled size {size} is over this server's limit of {limits.max_pooled_size}")
     return size
