@@ -152,6 +152,7 @@ class Handlers:
             request.cookies.get(self.guard.cookie_name), request.headers.get("Authorization")
         ):
             if request.method in ("GET", "HEAD") and not request.path.startswith(connect.PREFIX):
+                request[CODE] = "unauthenticated"
                 return _token_page()
             raise ConnectError(
                 "unauthenticated",
@@ -189,6 +190,7 @@ class Handlers:
         ):
             return None
         if not self.guard.token_matches(request.query.get("token")):
+            request[CODE] = "unauthenticated"
             return _token_page()
         clean = request.rel_url.with_query([(k, v) for k, v in request.query.items() if k != "token"])
         response = web.Response(status=303, headers={"Location": str(clean), "Cache-Control": "no-store"})
