@@ -156,13 +156,17 @@ def _http_ssl_context(args: argparse.Namespace):
 
 def _gateway_credentials(args: argparse.Namespace, in_process: bool):
     """TLS for the gateway's own gRPC channel: to the server this process serves with
-    --tls-cert, that certificate is the one to trust."""
-    tls = _tls(args)
-    if not (in_process and tls):
-        return None
+    --tls-cert, that certificate is the one to trust; to a remote `--grpc` server, the CA of
+    --grpc-ca (or the system's roots with --grpc-tls)."""
     import grpc
 
-    return grpc.ssl_channel_credentials(root_certificates=tls[0])
+    tls = _tls(args)
+    if in_process:
+        return grpc.ssl_channel_credentials(root_certificates=tls[0]) if tls else None
+    if args.grpc_ca:
+        with open(args.grpc_ca, "rb") as f:
+            return grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.ssl_channel_credentials() if args.grpc_tls else None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -309,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve only the viewer, backed by a remote attnscope gRPC server",
     )
+    sv.add_argument("--grpc-tls", action="store_true", help="the --grpc server speaks TLS (system CA roots)")
+    sv.add_argument("--grpc-ca", default=None, help="PEM CA certificate that signed the --grpc server's")
     sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     sv.add_argument(
         "--dtype",

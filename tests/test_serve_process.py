@@ -341,3 +341,37 @@ def test_serve_with_a_token_prints_the_viewer_address_carrying_it(model_dir, tmp
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_viewer_only_serve_reaches_a_tls_grpc_server(tmp_path):
+    """`serve --grpc HOST:PORT --grpc-ca CA` backs the viewer with a remote server that speaks TLS."""
+    from attnscope import Extractor
+    from attnscope.service import AttentionCore
+    from attnscope.service.background import BackgroundServer
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    core = AttentionCore({"tiny": Extractor(build("llama", dtype=torch.float32), word_tokenizer())})
+    remote = BackgroundServer(core, warm_up=False, tls=(cert.read_bytes(), key.read_bytes()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attnscope.cli", "serve", "--grpc", remote.address, "--grpc-ca", str(cert),
+         "--http-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        for line in proc.stdout:
+            if m := re.search(r"viewer on (http://[0-9.:]+)", line):
+                url = m.group(1)
+                break
+        assert url, "serve did not print the viewer's address"
+        status, models = post(url, "ListModels", {})
+        assert status == 200 and models["models"][0]["name"] == "tiny"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        remote.stop()
