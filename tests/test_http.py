@@ -13,7 +13,6 @@ import contextlib
 import gzip
 import json
 import logging
-import shutil
 import socket
 import ssl
 import struct
@@ -688,22 +687,6 @@ def test_aiohttp_is_needed_only_by_the_http_side(tmp_path):
 
 
 # ---- TLS ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
-    command += " -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1"
-    subprocess.run(
-        [*command.split(), "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def test_https_and_a_tls_channel_to_grpc(certificate):
     cert, key = certificate
     server = FakeServer(tls=(cert.read_bytes(), key.read_bytes()))

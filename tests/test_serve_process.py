@@ -343,18 +343,13 @@ def test_serve_with_a_token_prints_the_viewer_address_carrying_it(model_dir, tmp
         proc.wait(30)
 
 
-def test_viewer_only_serve_reaches_a_tls_grpc_server(tmp_path):
+def test_viewer_only_serve_reaches_a_tls_grpc_server(certificate):
     """`serve --grpc HOST:PORT --grpc-ca CA` backs the viewer with a remote server that speaks TLS."""
     from attnscope import Extractor
     from attnscope.service import AttentionCore
     from attnscope.service.background import BackgroundServer
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = certificate
     core = AttentionCore({"tiny": Extractor(build("llama", dtype=torch.float32), word_tokenizer())})
     remote = BackgroundServer(core, warm_up=False, tls=(cert.read_bytes(), key.read_bytes()))
     proc = subprocess.Popen(
