@@ -246,6 +246,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import torch
+
+    from attnscope import Extractor
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    ex = Extractor.from_pretrained(args.model, device=args.device, dtype=dtype)
+    report = ex.verify(
+        args.text,
+        args.max_tokens,
+        pair=args.pair,
+        target=args.target,
+        tolerance=args.tolerance,
+        model_name=args.model or "bundled all-MiniLM-L6-v2",
+    )
+    print(report)
+    return 0 if report.passed else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from attnscope.benchmarks.e2e import main as bench_main
 
@@ -434,6 +453,40 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--tls", action="store_true", help="--server speaks TLS (system CA roots)")
     xp.add_argument("--timeout", type=float, default=None, help="seconds before giving up (with --server)")
     xp.set_defaults(func=_cmd_export)
+
+    vf = sub.add_parser(
+        "verify",
+        help="compare attnscope's attention with transformers' eager output_attentions on one input "
+        "(exit 0 on pass, 1 on fail)",
+    )
+    vf.add_argument("--model", default=None, help="model name or local path (default: the bundled MiniLM)")
+    vf.add_argument(
+        "--text",
+        default="The doctor asked the nurse a question about the patient's recovery.",
+        help="the input text (default: one English sentence)",
+    )
+    vf.add_argument("--pair", default=None, help="optional second sentence (BERT-style pairs)")
+    vf.add_argument(
+        "--target", default=None, help="the decoder's text (encoder-decoder models; default: --text)"
+    )
+    vf.add_argument(
+        "--max-tokens", type=int, default=128, help="compare only the first N tokens (default 128)"
+    )
+    vf.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="largest accepted |difference| (default by dtype: float64 1e-5, float32 1e-4, "
+        "float16 1e-2, bfloat16 5e-2)",
+    )
+    vf.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    vf.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float64", "float32", "float16", "bfloat16"],
+        help="model dtype (default: float32 on CPU, the checkpoint's on GPU)",
+    )
+    vf.set_defaults(func=_cmd_verify)
 
     bn = sub.add_parser(
         "bench",

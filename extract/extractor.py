@@ -149,6 +149,14 @@ class Extractor:
             raise ValueError("targets are only for encoder-decoder models")
         return self._run(items, dec)
 
+    def verify(self, text_or_inputs, max_tokens: int = 128, **kwargs):
+        """Check this model's trace against transformers' eager attention on the same input (at
+        most `max_tokens` tokens): a `VerifyReport`, see extract/verify.py for what is compared
+        and at which tolerance. The model is restored afterwards."""
+        from .verify import verify
+
+        return verify(self, text_or_inputs, max_tokens, **kwargs)
+
     # ---- internals ---------------------------------------------------------------------------
     def _need_tokenizer(self):
         if self.tokenizer is None:
