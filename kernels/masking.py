@@ -77,6 +77,18 @@ class MaskSpec:
             block = real.expand(len(q_idx), -1) if block is None else block & real
         return block
 
+    def allowed_pairs(self, q_idx: torch.Tensor, k_idx: torch.Tensor, batch: int = 0) -> torch.Tensor:
+        """Bool [N]: whether each pair (q_idx[i], k_idx[i]) is visible (1-D index tensors of equal length)."""
+        diff = q_idx - k_idx
+        ok = torch.ones_like(diff, dtype=torch.bool)
+        if self.causal:
+            ok &= diff >= 0
+        if self.window is not None:
+            ok &= diff < self.window if self.causal else diff.abs() < self.window
+        if self.key_padding is not None:
+            ok &= self.key_padding[batch].to(k_idx.device)[k_idx]
+        return ok
+
     def key_range(self, q_start: int, q_stop: int, num_keys: int) -> tuple[int, int]:
         """The smallest key interval holding every key visible to queries [q_start, q_stop)."""
         lo, hi = 0, num_keys

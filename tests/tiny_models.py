@@ -160,13 +160,35 @@ def _configs() -> dict:
     }
 
 
+def _extra_configs() -> dict:
+    """Models attnscope must refuse (or, once supported, trace) that are not in FAMILIES."""
+    return {
+        # Llama 4 text model: layer 0 chunked attention (chunks of 8, RoPE), layer 1 full (NoPE).
+        "llama4_chunked": lambda: tf.Llama4TextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            intermediate_size_mlp=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=1,
+            num_experts_per_tok=1,
+            attention_chunk_size=8,
+            no_rope_layers=[1, 0],
+            max_position_embeddings=256,
+            **COMMON,
+        ),
+    }
+
+
 FAMILIES = list(_configs())
 CAUSAL = {"gpt2", "llama", "mistral", "qwen2", "gemma2", "gpt_neox", "gpt_oss"}
 
 
 def build(family: str, dtype=torch.float64, attn: str = "eager", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = _configs()[family]()
+    config = {**_configs(), **_extra_configs()}[family]()
     extra = {}
     if family == "gpt_oss":
         extra["experts_implementation"] = "eager"  # the grouped-mm experts refuse float64
