@@ -3,7 +3,7 @@
 The fast cases go straight to `torch.nn.functional.scaled_dot_product_attention` exactly as
 transformers' `sdpa_attention_forward` calls it (``is_causal`` without a mask; a key-padding mask
 broadcast as ``[B, 1, 1, Lk]``). What SDPA cannot express without an L×L mask (causal attention
-with padding, sliding windows) or at all (soft-capping, sinks) runs in query chunks whose mask
+with padding, sliding windows, chunks) or at all (soft-capping, sinks) runs in query chunks whose mask
 covers only ``chunk × keys-in-reach``, so no L×L tensor is ever allocated. Rows with no visible
 key (padded queries) give zeros, as FlashAttention's varlen path does.
 """
@@ -66,7 +66,8 @@ def attention_output(
     lk = key.shape[2]
     group = hq // key.shape[1]
     plain_logits = spec.softcap is None and spec.sinks is None
-    if plain_logits and spec.window is None and spec.key_padding is None:
+    structured = spec.window is not None or spec.chunk is not None  # needs a mask SDPA cannot take
+    if plain_logits and not structured and spec.key_padding is None:
         out = F.scaled_dot_product_attention(
             query,
             key,
@@ -78,7 +79,7 @@ def attention_output(
         )
         return out.transpose(1, 2).contiguous()
     key, value = _repeat_kv(key, group), _repeat_kv(value, group)
-    if plain_logits and spec.window is None and not spec.causal:
+    if plain_logits and not structured and not spec.causal:
         mask = spec.key_padding.to(query.device)[:, None, None, :]
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=spec.scaling

@@ -27,12 +27,13 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from ..kernels import backend
 from ..kernels.interrupt import checkpoint
 from ..kernels.masking import MaskSpec
 from .attend import attention_output
@@ -114,7 +115,7 @@ def attnscope_attention(
     )
     recording = _ACTIVE.get()
     if source is not None:
-        source.verify(spec, module, query.shape[2], key.shape[2], recording)
+        spec = source.resolve(spec, module, query, key.shape[2], recording)
     if recording is not None and recording.deadline is not None and time.monotonic() > recording.deadline:
         raise TimeoutError(
             f"deadline exceeded during the forward pass, after {len(recording.calls)} attention layers"
@@ -178,6 +179,50 @@ class MaskSource:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     #: (causal, window) descriptions already found equal to this mask in this forward pass.
     verified: set = field(default_factory=set)
+    #: (causal, window, lq, lk) -> the chunk facts found to make the description exact.
+    resolved: dict = field(default_factory=dict)
+
+    def resolve(
+        self, spec: MaskSpec, module: torch.nn.Module, query: torch.Tensor, lk: int, recording
+    ) -> MaskSpec:
+        """`spec`, completed with the facts transformers' mask adds that the call's keyword
+        arguments do not carry (chunked attention, from the config's ``attention_chunk_size``),
+        once the completed description is verified; `MaskMismatch` when none is exact."""
+        lq = query.shape[2]
+        key = (spec.causal, spec.window, lq, lk)
+        if key in self.resolved:
+            return replace(spec, **self.resolved[key])
+        try:
+            self.verify(spec, module, lq, lk, recording)
+            self.resolved[key] = {}
+            return spec
+        except MaskMismatch as mismatch:
+            chunk = getattr(self.config, "attention_chunk_size", None)
+            if not (isinstance(chunk, int) and chunk >= 1 and spec.causal):
+                raise
+            facts = {"chunk": chunk, "chunk_start": self._left_padding()}
+            try:
+                self.verify(replace(spec, **facts), module, lq, lk, recording)
+            except MaskMismatch:
+                raise mismatch from None
+        if query.dtype != torch.float64 and backend.backend_name(query.device) == "triton":
+            self._fail(
+                module,
+                recording,
+                spec,
+                f"chunked attention (attention_chunk_size={chunk})",
+                "attnscope's Triton kernels do not take chunks yet (the torch backend does): trace "
+                "in float64, or set ATTNSCOPE_BACKEND=torch",
+            )
+        self.resolved[key] = facts
+        return replace(spec, **facts)
+
+    def _left_padding(self) -> torch.Tensor | None:
+        """Leading padding tokens per batch item (where transformers starts the first chunk)."""
+        if self.padding is None:
+            return None
+        lead = (self.padding.long().cumsum(-1) == 0).sum(-1)
+        return lead if bool(lead.any()) else None
 
     def _scales(self, spec: MaskSpec) -> list[int]:
         """Window and chunk sizes whose edges decide: the spec's and the config's."""
@@ -228,7 +273,7 @@ class MaskSource:
         self, spec: MaskSpec, module: torch.nn.Module, lq: int, lk: int, recording: Recording | None
     ) -> None:
         """Raise `MaskMismatch` unless `spec` equals transformers' mask on the pairs that decide."""
-        key = (spec.causal, spec.window, lq, lk)
+        key = (spec.causal, spec.window, spec.chunk, lq, lk)
         if key in self.verified:
             return
         if (lq, lk) != (self.q_length, self.kv_length):
@@ -297,6 +342,8 @@ class MaskSource:
         assumed = "causal" if spec.causal else "bidirectional"
         if spec.window is not None:
             assumed += f", sliding window {spec.window}"
+        if spec.chunk is not None:
+            assumed += f", chunks of {spec.chunk}"
         if self.key_padding is not None:
             assumed += ", key padding"
         raise MaskMismatch(

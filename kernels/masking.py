@@ -9,6 +9,11 @@ and `allowed(q_idx, k_idx)` turns them into a boolean block for exactly the indi
 * ``window``: sliding window of ``window`` keys including the query itself: ``q - k < window``
   (transformers' ``sliding_window_overlay``: ``kv_idx > q_idx - sliding_window``). Only meaningful
   together with ``causal``; in a bidirectional call it bounds ``|q - k| < window``.
+* ``chunk``: chunked attention of ``chunk`` positions: ``k`` is visible to ``q`` only if both lie in
+  the same chunk, ``(q - start) // chunk == (k - start) // chunk`` (transformers'
+  ``chunked_overlay``, Llama 4's ``attention_chunk_size``), on top of ``causal``. ``chunk_start``
+  (``[B]`` int64, or ``None`` for 0) is where each batch item's first chunk begins: transformers
+  starts the chunks at a left-padded item's first real token.
 * ``key_padding``: ``[B, Lk]`` bool, True where a key is a real token (the 2-D padding form that
   transformers hands to FlashAttention). ``None`` once a trace holds a single unpadded sequence.
 * ``softcap``: logits become ``softcap * tanh(s / softcap)`` after scaling, before masking
@@ -38,10 +43,14 @@ class MaskSpec:
     softcap: float | None = None
     sinks: torch.Tensor | None = None  # [Hq], one logit per query head, in the model's dtype
     key_padding: torch.Tensor | None = None  # [B, Lk] bool, True = real token
+    chunk: int | None = None  # chunked attention: chunks of this many positions
+    chunk_start: torch.Tensor | None = None  # [B] int64, where chunk 0 begins; None = 0
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 1:
             raise ValueError(f"sliding window must be >= 1 key, got {self.window}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ValueError(f"attention chunk must be >= 1 position, got {self.chunk}")
         if self.softcap is not None and not self.softcap > 0:
             raise ValueError(f"softcap must be > 0, got {self.softcap}")
 
@@ -49,7 +58,14 @@ class MaskSpec:
         """The spec of one sequence cut out of a padded batch: padding is gone by construction."""
         if self.key_padding is not None and not bool(self.key_padding[b, keys].all()):
             raise ValueError("the key range kept for a batch item must contain only real tokens")
-        return replace(self, key_padding=None)
+        start = None
+        if self.chunk_start is not None:  # the item's own positions start at keys.start
+            shifted = int(self.chunk_start[b]) - (keys.start or 0)
+            start = torch.tensor([shifted], dtype=torch.long) if shifted else None
+        return replace(self, key_padding=None, chunk_start=start)
+
+    def _chunk_origin(self, batch: int) -> int:
+        return 0 if self.chunk_start is None else int(self.chunk_start[batch])
 
     def for_heads(self, heads: list[int]) -> MaskSpec:
         """The spec of the query heads `heads` (in that order) taken out of a call: the per-head
@@ -72,6 +88,12 @@ class MaskSpec:
             if self.window is not None:
                 inside = diff < self.window if self.causal else diff.abs() < self.window
                 block = inside if block is None else block & inside
+        if self.chunk is not None:
+            origin = self._chunk_origin(batch)
+            same = (q_idx[:, None] - origin).div(self.chunk, rounding_mode="floor") == (
+                k_idx[None, :] - origin
+            ).div(self.chunk, rounding_mode="floor")
+            block = same if block is None else block & same
         if self.key_padding is not None:
             real = self.key_padding[batch].to(k_idx.device)[k_idx][None, :]
             block = real.expand(len(q_idx), -1) if block is None else block & real
@@ -85,6 +107,11 @@ class MaskSpec:
             ok &= diff >= 0
         if self.window is not None:
             ok &= diff < self.window if self.causal else diff.abs() < self.window
+        if self.chunk is not None:
+            origin = self._chunk_origin(batch)
+            ok &= (q_idx - origin).div(self.chunk, rounding_mode="floor") == (k_idx - origin).div(
+                self.chunk, rounding_mode="floor"
+            )
         if self.key_padding is not None:
             ok &= self.key_padding[batch].to(k_idx.device)[k_idx]
         return ok
@@ -98,6 +125,12 @@ class MaskSpec:
             lo = max(0, q_start - self.window + 1)
             if not self.causal:
                 hi = min(hi, q_stop + self.window - 1)
+        if self.chunk is not None:  # from the chunk of q_start to the end of the chunk of q_stop - 1
+            origins = [0] if self.chunk_start is None else [int(s) for s in self.chunk_start]
+            c = self.chunk
+            lo = max(lo, min(((q_start - o) // c) * c + o for o in origins), 0)
+            if not self.causal:
+                hi = min(hi, max(((q_stop - 1 - o) // c + 1) * c + o for o in origins))
         return lo, max(lo, hi)
 
     def logits(self, raw_dot: torch.Tensor) -> torch.Tensor:

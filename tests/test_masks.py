@@ -1,8 +1,9 @@
 """Never silently wrong: each layer's MaskSpec is checked against the mask function transformers built.
 
-A model whose real mask attnscope does not describe (Llama 4's chunked attention, packed
-sequences, a custom or/and overlay) raises `MaskMismatch` during the forward pass, so no trace is
+A model whose real mask attnscope does not describe (packed sequences, a custom or/and overlay,
+chunks on the Triton backend) raises `MaskMismatch` during the forward pass, so no trace is
 returned; every family attnscope does describe is checked on every call and never refused.
+Llama 4's chunked attention is described natively (`MaskSpec.chunk`) and traced exactly.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import torch
 import transformers as tf
 from transformers import masking_utils
 from transformers.models.llama import modeling_llama
+from transformers.models.llama4 import modeling_llama4
 
 from attnscope import Extractor
 from attnscope.extract import capture, capturing
+from attnscope.kernels import triton_common
 from attnscope.kernels.masking import MaskSpec
 
 from eager import check_views, eager_attentions
@@ -31,22 +34,66 @@ def _llama4_causal_lm() -> torch.nn.Module:
     return lm.eval()
 
 
-def test_llama4_chunked_attention_raises_instead_of_a_wrong_trace(rng):
-    model = _llama4_causal_lm()
+def _as_decoder(eager: dict) -> dict:
+    return {"decoder": next(iter(eager.values()))}  # eager.py's CAUSAL set omits llama4_text
+
+
+@pytest.mark.parametrize("head", ["base", "causal_lm"])
+def test_llama4_chunked_attention_traces_exactly(head, rng):
+    """37 tokens cross the chunk edges at 8, 16, 24 and 32: every view equals eager (float64)."""
+    model = build("llama4_chunked") if head == "base" else _llama4_causal_lm()
     tok = word_tokenizer()
-    text = random_text(35, rng)  # 37 tokens: chunks of 8 end at 8, 16, 24, 32
-    ex = Extractor(model, tok)
+    text = random_text(35, rng)
+    tr = Extractor(model, tok).trace(text)
+    spec = tr.layer_qk(0, "decoder").spec
+    assert (spec.chunk, tr.layer_qk(1, "decoder").spec.chunk) == (8, None)  # layer 1 is full attention
+    check_views(tr, _as_decoder(eager_attentions(model, tok(text, return_tensors="pt")["input_ids"])))
+
+
+def test_llama4_padded_batch_items_match_their_own_eager_run(rng):
+    """Left padding: transformers starts each item's chunks at its first real token."""
+    model = build("llama4_chunked")
+    tok = word_tokenizer(padding_side="left")
+    texts = [random_text(n, rng) for n in (35, 13, 22)]
+    for text, tr in zip(texts, Extractor(model, tok).trace_batch(texts), strict=True):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        check_views(tr, _as_decoder(eager_attentions(model, ids)))
+
+
+def test_llama4_outputs_with_capture_equal_plain_sdpa(rng):
+    model = build("llama4_chunked")
+    ids = torch.randint(4, 100, (2, 29), generator=rng)
+    mask = torch.ones(2, 29, dtype=torch.long)
+    mask[1, :5] = 0
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    with torch.no_grad(), capturing(model):
+        captured = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    assert torch.allclose(captured[0], plain[0], atol=1e-10)
+    assert torch.allclose(captured[1, 5:], plain[1, 5:], atol=1e-10)
+
+
+@pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
+def test_llama4_chunks_on_the_triton_backend_raise(rng, monkeypatch):
+    """The Triton kernels do not take chunks: a trace that would use them is refused, clearly."""
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")
+    model = build("llama4_chunked", dtype=torch.float32)
     with pytest.raises(capture.MaskMismatch) as err:
-        ex.trace(text)
+        Extractor(model, word_tokenizer()).trace(random_text(35, rng))
     msg = str(err.value)
-    assert isinstance(err.value, ValueError)
-    assert "Llama4ForCausalLM" in msg  # the model
-    assert "model.layers.0.self_attn" in msg and "layer_idx=0" in msg  # the layer (layer 0 is chunked)
-    assert "chunked attention (attention_chunk_size=8)" in msg  # the mask kind that differs
-    assert "query 8, key " in msg and "transformers' mask says masked, attnscope's says visible" in msg
-    # A padded batch (left padding: chunks start at each item's first token) is refused too.
-    with pytest.raises(capture.MaskMismatch, match="chunked attention"):
-        Extractor(model, word_tokenizer(padding_side="left")).trace_batch([text, random_text(12, rng)])
+    assert "Llama4TextModel" in msg and "layers.0.self_attn" in msg and "attention_chunk_size=8" in msg
+    assert "ATTNSCOPE_BACKEND=torch" in msg
+
+
+def test_llama4_chunks_plus_an_unsupported_overlay_still_raise(rng, monkeypatch):
+    """The chunk is only taken on when it makes the description exact; anything more still raises."""
+    model = build("llama4_chunked")
+    patched = functools.partial(masking_utils.create_chunked_causal_mask, or_mask_function=_peek_next)
+    monkeypatch.setattr(modeling_llama4, "create_chunked_causal_mask", patched)
+    with pytest.raises(capture.MaskMismatch) as err:
+        Extractor(model, word_tokenizer()).trace(random_text(35, rng))
+    assert "Llama4TextModel" in str(err.value) and "layers.0.self_attn" in str(err.value)
 
 
 def test_llama4_within_one_chunk_is_not_a_false_alarm(rng):
@@ -56,8 +103,8 @@ def test_llama4_within_one_chunk_is_not_a_false_alarm(rng):
     text = random_text(6, rng)
     tr = Extractor(model, tok).trace(text)
     assert tr.seq_len == 8
-    eager = eager_attentions(model, tok(text, return_tensors="pt")["input_ids"])
-    check_views(tr, {"decoder": next(iter(eager.values()))})  # eager.py's CAUSAL omits llama4_text
+    assert tr.layer_qk(0, "decoder").spec.chunk is None  # one chunk: plain causal is exact
+    check_views(tr, _as_decoder(eager_attentions(model, tok(text, return_tensors="pt")["input_ids"])))
 
 
 def _peek_next(batch_idx, head_idx, q_idx, kv_idx):
@@ -170,3 +217,53 @@ def test_allowed_pairs_equals_the_diagonal_of_allowed():
         block = spec.allowed(torch.arange(12), torch.arange(12))
         expected = torch.ones(144, dtype=torch.bool) if block is None else block.flatten()
         assert torch.equal(spec.allowed_pairs(q, k), expected)
+
+
+def _brute(spec: MaskSpec, n: int, batch: int = 0) -> torch.Tensor:
+    """Dense truth of the structural facts, pair by pair."""
+    origin = 0 if spec.chunk_start is None else int(spec.chunk_start[batch])
+    out = torch.zeros(n, n, dtype=torch.bool)
+    for q in range(n):
+        for k in range(n):
+            ok = k <= q if spec.causal else True
+            if spec.window is not None:
+                ok &= (q - k < spec.window) if spec.causal else abs(q - k) < spec.window
+            if spec.chunk is not None:
+                ok &= (q - origin) // spec.chunk == (k - origin) // spec.chunk
+            out[q, k] = ok
+    return out
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        MaskSpec(1.0, causal=True, chunk=4),
+        MaskSpec(1.0, causal=True, chunk=5, chunk_start=torch.tensor([0, 3])),
+        MaskSpec(1.0, causal=True, window=3, chunk=6, chunk_start=torch.tensor([2])),
+        MaskSpec(1.0, chunk=4),
+        MaskSpec(1.0, chunk=3, chunk_start=torch.tensor([1, 2])),
+    ],
+)
+def test_chunk_allowed_and_key_range_match_the_brute_force(spec):
+    n = 17
+    batches = 1 if spec.chunk_start is None else len(spec.chunk_start)
+    for b in range(batches):
+        truth = _brute(spec, n, b)
+        assert torch.equal(spec.allowed(torch.arange(n), torch.arange(n), batch=b), truth)
+        q = torch.arange(n).repeat_interleave(n)
+        k = torch.arange(n).repeat(n)
+        assert torch.equal(spec.allowed_pairs(q, k, batch=b), truth.flatten())
+        for q0 in range(n):
+            for q1 in range(q0 + 1, n + 1):
+                lo, hi = spec.key_range(q0, q1, n)
+                visible = truth[q0:q1].any(0).nonzero().flatten()
+                assert visible.min() >= lo and visible.max() < hi, (q0, q1, lo, hi)
+
+
+def test_chunk_start_follows_the_batch_item():
+    spec = MaskSpec(1.0, causal=True, chunk=4, chunk_start=torch.tensor([0, 3, 5]))
+    assert spec.for_batch_item(0, slice(0, 9)).chunk_start is None
+    assert spec.for_batch_item(1, slice(3, 9)).chunk_start is None  # left padding cut away
+    assert int(spec.for_batch_item(2, slice(2, 9)).chunk_start[0]) == 3
+    with pytest.raises(ValueError, match="attention chunk"):
+        MaskSpec(1.0, chunk=0)
