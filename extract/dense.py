@@ -16,7 +16,7 @@ import torch
 from ..kernels.facts import DEFAULT_POOLED_SIZE
 from ..kernels.headstats import HEAD_STAT_NAMES, chunk_terms, reduce_head_stats
 from ..kernels.pooled import add_blocks, block_of, finish_blocks
-from .selection import choose, index, span
+from .selection import IndexOutOfRange, choose, index, span
 from .trace import KINDS, TokensByKind
 
 
@@ -39,6 +39,9 @@ def _stack(attention: Sequence[torch.Tensor], what: str) -> torch.Tensor:
 
 class DenseTrace(TokensByKind):
     """Views of given attention probabilities, per kind: "encoder", "decoder", "cross"."""
+
+    #: How the attention was obtained: given dense probabilities (eager `output_attentions`).
+    method = "eager"
 
     def __init__(
         self,
@@ -147,6 +150,29 @@ class DenseTrace(TokensByKind):
 
     def num_key_heads(self, kind: str | None = None) -> int:
         return self.shape(kind)[1]
+
+    def received(self, layers=None, heads=None, kind: str | None = None) -> torch.Tensor:
+        """Attention each key receives (column sums) [layers, heads, Lk]."""
+        p = self._p[self._kind(kind)]
+        p = p[choose(layers, p.shape[0], "layer")][:, choose(heads, p.shape[1], "head")]
+        return p.sum(2).float()
+
+    def topk(self, k: int, layer: int, head: int, queries=None, kind: str | None = None):
+        """(indices int64 [q, k], probs float32 [q, k]); keys with probability 0 count as not
+        visible, so rows with fewer than k such keys are padded with -1 and 0 (as Trace.topk)."""
+        p = self._p[self._kind(kind)]
+        lk = p.shape[3]
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= lk:
+            raise IndexOutOfRange(f"k must be an int in [1, {lk}], got {k!r}")
+        rows = span(queries, p.shape[2], "queries")
+        block = p[index(layer, p.shape[0], "layer"), index(head, p.shape[1], "head"), rows.start : rows.stop]
+        probs, idx = block.topk(k, dim=-1)
+        visible = probs > 0
+        return torch.where(visible, idx, torch.full_like(idx, -1)), torch.where(visible, probs, 0.0).float()
+
+    def nbytes(self) -> int:
+        """Memory the kept probabilities take."""
+        return sum(p.numel() * p.element_size() for p in self._p.values())
 
     def neuron(self, *args, **kwargs):
         raise ValueError(

@@ -9,8 +9,13 @@ import torch
 
 from .capture import IMPLEMENTATION, CapturedCall, capturing, register
 from .default_model import default_model_path
+from .dense import DenseTrace
 from .inputs import Encoded, encode, encode_ids, encode_target, pad
 from .trace import LayerQK, Trace
+
+#: The eager fallback holds every layer's and head's L×L attention at once: at most this many bytes
+#: (float32), e.g. 24 layers × 16 heads at 2,048 tokens is 6.4 GB, over it; 1,024 tokens is 1.6 GB.
+EAGER_MAX_BYTES = 2 * 2**30
 
 _CROSS_NAME_HINTS = ("encoder_attn", "crossattention", "cross_attn")
 
@@ -41,6 +46,20 @@ class InputTooLong(ValueError):
 
     def __init__(self, tokens: int, limit: int) -> None:
         super().__init__(f"the input is {tokens:,} tokens; at most {limit:,} are accepted")
+        self.tokens, self.limit = tokens, limit
+
+
+class EagerTooLong(InputTooLong):
+    """An input too long for the eager fallback, whose dense attentions would not fit."""
+
+    def __init__(self, model: str, tokens: int, limit: int, need: int) -> None:
+        ValueError.__init__(
+            self,
+            f"{model} does not dispatch attention through transformers' AttentionInterface, so "
+            f"attnscope falls back to eager output_attentions, which holds every layer's and head's "
+            f"L×L attention at once: {tokens:,} tokens need {need / 2**30:.1f} GiB, over the "
+            f"{EAGER_MAX_BYTES / 2**30:g} GiB the fallback allows; send at most {limit:,} tokens",
+        )
         self.tokens, self.limit = tokens, limit
 
 
@@ -226,12 +245,46 @@ class Extractor:
             kwargs["use_cache"] = False
         with capturing(self.model, deadline) as recording, torch.inference_mode():
             self.model(**kwargs)
-        if not recording.calls:
-            raise RuntimeError(
-                f"{type(self.model).__name__} made no call through transformers' AttentionInterface; "
-                "attnscope can only trace models that dispatch attention through it"
-            )
+        if not recording.calls:  # attention code of its own (BLOOM's ALiBi, ...): the eager fallback
+            return self._eager(kwargs, src, items, targets)
         return [self._split(recording.calls, b, src, tgt, items, targets) for b in range(len(items))]
+
+    def _eager(self, kwargs: dict, src, items: list[Encoded], targets) -> list:
+        """Dense traces from eager `output_attentions`, for models whose attention does not pass
+        through transformers' AttentionInterface. Bounded: the attentions of every layer and head
+        are L×L each, held at once (EAGER_MAX_BYTES)."""
+        name = type(self.model).__name__
+        if targets is not None or self._enc_dec:
+            raise NotImplementedError(
+                f"{name} does not dispatch attention through transformers' AttentionInterface, and "
+                "the eager fallback supports single-stack models only"
+            )
+        config = self.model.config
+        layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 1)
+        heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+        length = src.ids.shape[1]
+        need = len(items) * layers * heads * length * length * 4
+        if need > EAGER_MAX_BYTES:
+            limit = int((EAGER_MAX_BYTES / (4 * layers * heads * len(items))) ** 0.5)
+            raise EagerTooLong(name, length, limit, need)
+        with torch.inference_mode():
+            out = self.model(**kwargs, output_attentions=True)
+        attentions = getattr(out, "attentions", None)
+        if not attentions:
+            raise NotImplementedError(
+                f"{name} neither dispatches attention through transformers' AttentionInterface nor "
+                "returns output_attentions: attnscope cannot trace it"
+            )
+        traces = []
+        for b, item in enumerate(items):
+            span = src.spans[b]
+            p = torch.stack([a[b, :, span.start : span.stop, span.start : span.stop] for a in attentions])
+            p = p.detach().to("cpu", torch.float64)
+            causal = bool((p.triu(1) == 0).all())
+            kind = "decoder" if causal else "encoder"
+            tokens = {kind: (item.tokens, item.tokens)}
+            traces.append(DenseTrace({kind: p}, tokens, item.sentence_b_start))
+        return traces
 
     def _split(self, calls, b, src, tgt, items, targets) -> Trace:
         """The Trace of batch item `b`: its own rows and keys of every captured call."""

@@ -81,6 +81,9 @@ class TokensByKind:
 class Trace(TokensByKind):
     """Captured attention of one sequence. Views return float32 CPU tensors."""
 
+    #: How the attention was obtained: Q and K captured during the model's own fast attention.
+    method = "capture"
+
     def __init__(
         self,
         layers: dict[str, list[LayerQK]],
@@ -110,6 +113,14 @@ class Trace(TokensByKind):
     def num_key_heads(self, kind: str | None = None) -> int:
         """Key heads per layer (fewer than query heads with grouped-query attention)."""
         return self._layers[self._kind(kind)][0].k.shape[0]
+
+    def nbytes(self) -> int:
+        """Device bytes the trace holds: its Q and K (row statistics add a few percent)."""
+        return sum(
+            lqk.q.numel() * lqk.q.element_size() + lqk.k.numel() * lqk.k.element_size()
+            for layers in self._layers.values()
+            for lqk in layers
+        )
 
     def layer_qk(self, layer: int, kind: str | None = None) -> LayerQK:
         """The captured Q/K and mask of one layer (on the model's device)."""

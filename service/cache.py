@@ -13,13 +13,8 @@ from .errors import NotFound, ResourceExhausted, shorten
 
 
 def trace_bytes(trace: Trace) -> int:
-    """Device bytes a kept trace holds: its Q and K (row statistics add a few percent)."""
-    total = 0
-    for kind in trace.kinds:
-        for layer in range(trace.shape(kind)[0]):
-            lqk = trace.layer_qk(layer, kind)
-            total += lqk.q.numel() * lqk.q.element_size() + lqk.k.numel() * lqk.k.element_size()
-    return total
+    """Memory a kept trace holds (Q and K of a captured trace; the probabilities of an eager one)."""
+    return trace.nbytes()
 
 
 class TraceCache:

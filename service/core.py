@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import proto
 from ..extract import Extractor, InputTooLong, Trace
+from ..extract.extractor import EagerTooLong
 from ..kernels.interrupt import checkpoint
 from . import view_table
 from .cache import TraceCache
@@ -78,7 +79,9 @@ def kind_info(trace: Trace, kind: str):
 def trace_info(trace: Trace, model: str, trace_id: str = ""):
     """TraceInfo: the trace's id, its model, and every kind it holds (the default first)."""
     kinds = [trace.default_kind] + [k for k in trace.kinds if k != trace.default_kind]
-    return proto.TraceInfo(trace_id=trace_id, model=model, kinds=[kind_info(trace, k) for k in kinds])
+    return proto.TraceInfo(
+        trace_id=trace_id, model=model, kinds=[kind_info(trace, k) for k in kinds], method=trace.method
+    )
 
 
 def _deadline_check(deadline: float | None) -> Callable[[], None]:
@@ -132,6 +135,8 @@ class AttentionCore:
             trace = self.models[name].trace(
                 text, pair=pair or None, deadline=deadline, max_tokens=self.limits.max_tokens, **kwargs
             )
+        except EagerTooLong as exc:
+            raise ResourceExhausted(str(exc)) from None
         except InputTooLong as exc:
             raise ResourceExhausted(
                 f"text is {exc.tokens:,} tokens; this server accepts at most {exc.limit:,}"

@@ -272,7 +272,7 @@ function normalizeKind(k) {
   };
 }
 
-// TraceInfo -> { traceId, model, kinds: [KindInfo...] (the default first), kindNames, kind(name) }:
+// TraceInfo -> { traceId, model, method, kinds: [KindInfo...] (the default first), kindNames, kind(name) }:
 // `kind(name)` is the entry of that kind, or the default one for "" or a kind the trace lacks.
 function normalizeInfo(info) {
   if (!info) return null;
@@ -281,6 +281,7 @@ function normalizeInfo(info) {
   return {
     traceId: info.traceId || "",
     model: info.model || "",
+    method: info.method || "capture",
     kinds,
     kindNames: kinds.map((k) => k.kind),
     kind: (name) => byName.get(name) || kinds[0],

@@ -123,7 +123,9 @@ async function renderNow() {
     if (!fresh()) return;
     showError("");
     const k = a.kinds[0];
-    $("status").textContent = `${k.queryLen} tokens · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}`;
+    // An eager trace (dense output_attentions, for models outside AttentionInterface) says so.
+    const method = a.method === "eager" ? " · eager attention (fallback)" : "";
+    $("status").textContent = `${k.queryLen} tokens · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}`;
     const comparing = Boolean(b);
     $("pane-b").hidden = !comparing;
     $("difference").hidden = !comparing;
