@@ -57,12 +57,20 @@ def _is_build_failure(exc: Exception) -> bool:
     return isinstance(exc, kinds) or (type(exc) is RuntimeError and "PassManager::run failed" in str(exc))
 
 
-def _run(q: torch.Tensor, triton_fn, torch_fn):
+def _run(q: torch.Tensor, spec: MaskSpec, triton_fn, torch_fn):
     """Triton where it applies; if a kernel cannot be built on this machine (`_is_build_failure`),
     warn once and use the torch backend from then on, unless ATTNSCOPE_BACKEND=triton asked for
-    Triton explicitly. Failures while running (out of memory, bad input) propagate."""
+    Triton explicitly. Chunked attention (`spec.chunk`) runs on the torch twin: the kernels do not
+    take chunks yet. Failures while running (out of memory, bad input) propagate."""
     global _broken
     checkpoint()  # before every launch: an abandoned call stops here (kernels/interrupt.py)
+    if spec.chunk is not None and _triton(q):
+        if os.environ.get("ATTNSCOPE_BACKEND", "").strip().lower() == "triton":
+            raise ValueError(
+                "ATTNSCOPE_BACKEND=triton, but the Triton kernels do not take chunked attention "
+                f"(chunks of {spec.chunk}); use ATTNSCOPE_BACKEND=torch"
+            )
+        return torch_fn()
     if _broken is None and _triton(q):
         try:
             return triton_fn()
@@ -83,13 +91,13 @@ def _run(q: torch.Tensor, triton_fn, torch_fn):
 
 def row_stats(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
     return _run(
-        q, lambda: rowstats.row_stats_triton(q, k, spec), lambda: rowstats.row_stats_torch(q, k, spec)
+        q, spec, lambda: rowstats.row_stats_triton(q, k, spec), lambda: rowstats.row_stats_torch(q, k, spec)
     )
 
 
 def probs_tile(q, k, spec: MaskSpec, lse, head: int, queries: range, keys: range) -> torch.Tensor:
     args = (q, k, spec, lse, head, queries, keys)
-    return _run(q, lambda: tiles.probs_tile_triton(*args), lambda: tiles.probs_tile_torch(*args))
+    return _run(q, spec, lambda: tiles.probs_tile_triton(*args), lambda: tiles.probs_tile_torch(*args))
 
 
 def select_heads(
@@ -139,14 +147,14 @@ def digest(
     over the query heads `heads` only (None: all); results have one row per entry of `heads`."""
     q, k, spec, lse = select_heads(q, k, spec, lse, heads)
     args = (q, k, spec, lse, pooled_size, received, terms)
-    return _run(q, lambda: digest_pass.digest_triton(*args), lambda: digest_pass.digest_torch(*args))
+    return _run(q, spec, lambda: digest_pass.digest_triton(*args), lambda: digest_pass.digest_torch(*args))
 
 
 def top_k(q, k, spec: MaskSpec, lse, head: int, count: int, queries: range):
     args = (q, k, spec, lse, head, count, queries)
-    return _run(q, lambda: topk.topk_triton(*args), lambda: topk.topk_torch(*args))
+    return _run(q, spec, lambda: topk.topk_triton(*args), lambda: topk.topk_torch(*args))
 
 
 def neuron_view(q, k, spec: MaskSpec, lse, head: int, query: int, keys: range) -> neuron.NeuronView:
     args = (q, k, spec, lse, head, query, keys)
-    return _run(q, lambda: neuron.neuron_triton(*args), lambda: neuron.neuron_torch(*args))
+    return _run(q, spec, lambda: neuron.neuron_triton(*args), lambda: neuron.neuron_torch(*args))

@@ -75,6 +75,28 @@ def test_llama4_outputs_with_capture_equal_plain_sdpa(rng):
 
 
 @pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
+def test_llama4_chunks_where_triton_is_the_default_run_on_the_torch_twin(rng, monkeypatch):
+    """Where the Triton kernels would run (CUDA; here the interpreter stands in), a chunked layer's
+    views are computed by the torch twin, which takes chunks: still exact (float32 vs eager)."""
+    from attnscope.kernels import backend
+
+    monkeypatch.setattr(
+        backend, "_triton", lambda q: True
+    )  # what a CUDA device without a forced backend gets
+    model = build("llama4_chunked", dtype=torch.float32)
+    tok = word_tokenizer()
+    text = random_text(35, rng)
+    tr = Extractor(model, tok).trace(text)
+    assert tr.layer_qk(0, "decoder").spec.chunk == 8
+    eager = eager_attentions(model, tok(text, return_tensors="pt")["input_ids"])
+    p = next(iter(eager.values()))[0]  # layer 0, the chunked one: [heads, L, L]
+    torch.testing.assert_close(tr.attention(0, 1), p[1].float(), atol=2e-5, rtol=0)
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")  # an explicit demand for the kernels is refused
+    with pytest.raises(ValueError, match="do not take chunked attention"):
+        tr.attention(0, 2, queries=slice(3, 4))
+
+
+@pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
 def test_llama4_chunks_on_the_triton_backend_raise(rng, monkeypatch):
     """The Triton kernels do not take chunks: a trace that would use them is refused, clearly."""
     monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")
