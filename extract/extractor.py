@@ -10,7 +10,8 @@ import torch
 from .capture import IMPLEMENTATION, CapturedCall, capturing, register
 from .default_model import default_model_path
 from .dense import DenseTrace
-from .inputs import Encoded, encode, encode_ids, encode_target, pad
+from .inputs import Encoded, Padded, encode, encode_ids, encode_target, load_image, model_inputs, pad
+from .labels import input_labels, positions
 from .trace import LayerQK, Trace
 
 #: The eager fallback holds every layer's and head's L×L attention at once: at most this many bytes
@@ -34,6 +35,19 @@ def _max_positions(model: torch.nn.Module) -> int | None:
             n -= module.padding_idx + 1  # RoBERTa numbers positions from padding_idx + 1
         limit = n if limit is None else min(limit, n)
     return limit
+
+
+def _image_processor(obj):
+    """`obj` when it is an image processor, its `image_processor` when it is a processor with one."""
+    if obj is None:
+        return None
+    inner = getattr(obj, "image_processor", None)
+    if inner is not None:
+        return obj
+    names = [c.__name__ for c in type(obj).__mro__]
+    if any("ImageProcessor" in n for n in names):
+        return obj
+    return None
 
 
 def _derives_positions_from_padding(model: torch.nn.Module) -> bool:
@@ -72,10 +86,13 @@ class Extractor:
     from one worker per model, as the service does.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer=None, processor=None) -> None:
         register()
         self.model = model.eval()
         self.tokenizer = tokenizer
+        #: What `trace(image=...)` runs: `processor`, else the tokenizer slot when it holds an
+        #: image processor (or a multimodal processor with one).
+        self.processor = processor if processor is not None else _image_processor(tokenizer)
         self._forward_params = set(inspect.signature(model.forward).parameters)
         self._names = {id(m): n for n, m in model.named_modules()}
         self._enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -122,14 +139,36 @@ class Extractor:
         target: str | None = None,
         deadline: float | None = None,
         max_tokens: int | None = None,
+        inputs: dict | None = None,
+        image=None,
     ) -> Trace:
-        """Trace one input: a text (with an optional second sentence `pair`) or `input_ids` [1, L].
+        """Trace one input: a text (with an optional second sentence `pair`) or `input_ids` [1, L],
+        or `inputs`, a dict of model inputs passed as they are (`pixel_values`, `input_features`,
+        `attention_mask`, `position_ids`, ...; batch size 1; floating tensors are cast to the
+        model's dtype), or `image`, a PIL image or a path, run through the Extractor's image
+        processor. Tokens of an image are labelled `[CLS]` (and other special tokens) then
+        `patch r,c`; of an input of unknown layout, `pos i`.
 
         Encoder-decoder models also take `target`, the decoder's text (its tokens shifted right
         behind the decoder start token); without it the decoder reads `text`. `deadline`, a
         time.monotonic() value, stops the forward pass between layers with TimeoutError.
         `max_tokens` refuses a longer input (InputTooLong) before the model runs.
         """
+        if inputs is not None or image is not None:
+            given = [
+                n
+                for n, v in (("text", text), ("input_ids", input_ids), ("inputs", inputs), ("image", image))
+                if v is not None
+            ]
+            if len(given) != 1:
+                raise ValueError(
+                    f"pass exactly one of text, input_ids, inputs or image; got {', '.join(given)}"
+                )
+            if pair is not None or target is not None:
+                raise ValueError("pair and target need text; put decoder inputs in `inputs`")
+            if image is not None:
+                inputs = self._process_image(image)
+            return self._run_inputs(inputs, deadline, max_tokens)
         if (text is None) == (input_ids is None):
             raise ValueError("pass exactly one of text or input_ids")
         if input_ids is not None:
@@ -177,6 +216,101 @@ class Extractor:
         return verify(self, text_or_inputs, max_tokens, **kwargs)
 
     # ---- internals ---------------------------------------------------------------------------
+    def _process_image(self, image) -> dict:
+        if self.processor is None:
+            raise ValueError(
+                "this Extractor has no image processor: pass Extractor(model, processor=...) "
+                "(e.g. transformers.AutoImageProcessor), or pass inputs={'pixel_values': ...}"
+            )
+        out = self.processor(images=load_image(image), return_tensors="pt")
+        return {k: v for k, v in dict(out).items() if isinstance(v, torch.Tensor)}
+
+    def _run_inputs(self, inputs: dict, deadline: float | None, max_tokens: int | None) -> Trace:
+        """One forward pass on a dict of model inputs, as they are (batch size 1)."""
+        kwargs = model_inputs(inputs, self._forward_params, type(self.model).__name__)
+        labels = input_labels(self.model, kwargs, self.tokenizer)
+        full = len(labels) if labels is not None else None  # the sequence the model will see
+        keep = range(0, full) if full is not None else None
+        mask = kwargs.get("attention_mask")
+        if (
+            labels is not None
+            and isinstance(mask, torch.Tensor)
+            and mask.dim() == 2
+            and mask.shape[1] == len(labels)
+        ):
+            real = mask[0].nonzero().flatten().tolist()
+            if not real or real != list(range(real[0], real[-1] + 1)):
+                raise ValueError("attention_mask must mark one contiguous run of real tokens")
+            keep = range(real[0], real[-1] + 1)
+            labels = labels[real[0] : real[-1] + 1]
+        if max_tokens is not None and full is not None and full > max_tokens:
+            raise InputTooLong(full, max_tokens)
+        dtype = next(self.model.parameters()).dtype
+        device = self.device
+        kwargs = {
+            k: (v.to(device, dtype) if v.dtype.is_floating_point else v.to(device))
+            if isinstance(v, torch.Tensor)
+            else v
+            for k, v in kwargs.items()
+        }
+        if "use_cache" in self._forward_params:
+            kwargs.setdefault("use_cache", False)
+        with capturing(self.model, deadline) as recording, torch.inference_mode():
+            self.model(**kwargs)
+        if not recording.calls:
+            length = len(labels) if labels is not None else None
+            if length is None:
+                raise NotImplementedError(
+                    f"{type(self.model).__name__} does not dispatch attention through transformers' "
+                    "AttentionInterface; the eager fallback needs text, input_ids or pixel_values"
+                )
+            src = Padded(
+                torch.zeros(1, length, dtype=torch.int64),
+                torch.ones(1, length, dtype=torch.int64),
+                None,
+                [keep],
+            )
+            return self._eager(kwargs, src, [Encoded([0] * length, labels)], None)
+        layers: dict[str, list[LayerQK]] = {}
+        tokens: dict[str, tuple[list[str], list[str]]] = {}
+        lengths: dict[str, int] = {}
+        for call in recording.calls:
+            kind = self._kind(call)
+            lengths.setdefault(kind, call.query.shape[2])
+        first = next(iter(lengths))
+        source_len = lengths.get("encoder", lengths[first])
+        if full != source_len:  # a layout attnscope does not know: label positions
+            labels, keep = positions(source_len), range(source_len)
+            if max_tokens is not None and source_len > max_tokens:
+                raise InputTooLong(source_len, max_tokens)
+        dec_len = lengths.get("decoder")
+        dec_ids = kwargs.get("decoder_input_ids")
+        dec_labels = None
+        if dec_len is not None:
+            if self._enc_dec and isinstance(dec_ids, torch.Tensor) and dec_ids.shape[-1] == dec_len:
+                dec_labels = input_labels(self.model, {"input_ids": dec_ids}, self.tokenizer)
+            if not self._enc_dec:
+                dec_labels = labels
+            dec_labels = (
+                dec_labels if dec_labels is not None and len(dec_labels) == dec_len else positions(dec_len)
+            )
+        for call in recording.calls:
+            kind = self._kind(call)
+            q_keep = keep if kind in ("encoder",) or not self._enc_dec else range(call.query.shape[2])
+            k_keep = keep if kind in ("encoder", "cross") or not self._enc_dec else range(call.key.shape[2])
+            keys = slice(k_keep.start, k_keep.stop)
+            layers.setdefault(kind, []).append(
+                LayerQK(
+                    q=call.query[0, :, q_keep.start : q_keep.stop],
+                    k=call.key[0, :, keys],
+                    spec=call.spec.for_batch_item(0, keys),
+                )
+            )
+            q_labels = labels if kind == "encoder" or not self._enc_dec else dec_labels
+            k_labels = labels if kind in ("encoder", "cross") or not self._enc_dec else dec_labels
+            tokens[kind] = (q_labels, k_labels)
+        return Trace(layers, tokens)
+
     def _need_tokenizer(self):
         if self.tokenizer is None:
             raise ValueError("this Extractor has no tokenizer: pass input_ids, or wrap the model with one")

@@ -87,3 +87,49 @@ def pad(items: list[Encoded], pad_id: int, side: str) -> Padded:
             types[b, span.start : span.stop] = torch.tensor(e.token_types)
         spans.append(span)
     return Padded(ids, mask, types, spans)
+
+
+def load_image(image):
+    """A PIL image from a PIL image or a path (converted to RGB)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    raise ValueError(f"image must be a PIL.Image or a path, got {type(image).__name__}")
+
+
+def model_inputs(inputs, forward_params: set[str], model_name: str) -> dict:
+    """A checked copy of a dict of model inputs: known names, tensors of batch size 1."""
+    if not isinstance(inputs, dict) or not inputs:
+        raise ValueError("inputs must be a non-empty dict of model inputs (name -> tensor)")
+    known = set(forward_params) - {"kwargs"}
+    if "kwargs" in forward_params:  # transformers' **kwargs: the keyword arguments it documents
+        try:
+            from transformers.utils import TransformersKwargs
+
+            known |= set(getattr(TransformersKwargs, "__annotations__", {}))
+        except ImportError:  # pragma: no cover - an older transformers
+            pass
+    out = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str):
+            raise ValueError(f"input names must be strings, got {name!r}")
+        if name in ("output_attentions", "output_hidden_states", "return_dict"):
+            raise ValueError(f"{name} is set by attnscope, not by inputs")
+        if name not in known:
+            raise ValueError(
+                f"{model_name}.forward takes no input {name!r}; it takes {', '.join(sorted(known))}"
+            )
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0 and not value.dtype.is_floating_point:
+                pass
+            elif value.dim() >= 1 and value.shape[0] != 1:
+                raise ValueError(
+                    f"inputs[{name!r}] has batch size {value.shape[0]} (shape {tuple(value.shape)}); "
+                    "trace takes one item: batch size 1"
+                )
+        out[name] = value
+    return out

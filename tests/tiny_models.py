@@ -179,6 +179,16 @@ def _extra_configs() -> dict:
             max_position_embeddings=256,
             **COMMON,
         ),
+        # ViT: [CLS] + a 4×4 grid of 8×8 patches from a 32×32 image; bidirectional attention.
+        "vit": lambda: tf.ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=32,
+            patch_size=8,
+            num_channels=3,
+        ),
     }
 
 
