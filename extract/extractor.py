@@ -258,19 +258,15 @@ class Extractor:
         with capturing(self.model, deadline) as recording, torch.inference_mode():
             self.model(**kwargs)
         if not recording.calls:
-            length = len(labels) if labels is not None else None
-            if length is None:
+            if labels is None:
                 raise NotImplementedError(
                     f"{type(self.model).__name__} does not dispatch attention through transformers' "
                     "AttentionInterface; the eager fallback needs text, input_ids or pixel_values"
                 )
-            src = Padded(
-                torch.zeros(1, length, dtype=torch.int64),
-                torch.ones(1, length, dtype=torch.int64),
-                None,
-                [keep],
-            )
-            return self._eager(kwargs, src, [Encoded([0] * length, labels)], None)
+            mask = torch.zeros(1, full, dtype=torch.int64)
+            mask[0, keep.start : keep.stop] = 1
+            src = Padded(torch.zeros(1, full, dtype=torch.int64), mask, None, [keep])
+            return self._eager(kwargs, src, [Encoded([0] * len(labels), labels)], None)[0]
         layers: dict[str, list[LayerQK]] = {}
         tokens: dict[str, tuple[list[str], list[str]]] = {}
         lengths: dict[str, int] = {}

@@ -38,6 +38,34 @@ def test_vit_pixel_values_match_eager_and_are_labelled_by_patch(rng):
     check_views(tr, vit_eager(model, pv))
 
 
+PATCHES_4x4 = GRID_4x4[1:]
+
+
+@pytest.mark.parametrize(
+    ("family", "specials"),
+    [
+        ("deit", ["[CLS]", "[DIST]"]),
+        ("dinov2_registers", ["[CLS]", "[REG 0]", "[REG 1]"]),
+        ("siglip_vision", []),
+    ],
+)
+def test_other_vision_encoders_label_their_special_tokens(family, specials, rng):
+    model = build(family)
+    pv = pixels(rng)
+    tr = Extractor(model).trace(inputs={"pixel_values": pv})
+    assert tr.tokens == specials + PATCHES_4x4
+    check_views(tr, vit_eager(model, pv))
+
+
+def test_unknown_layout_is_labelled_by_position(rng):
+    model = build("bert")
+    embeds = torch.randn(1, 9, 32, generator=rng, dtype=torch.float64)
+    tr = Extractor(model, word_tokenizer()).trace(inputs={"inputs_embeds": embeds})
+    assert tr.tokens == [f"pos {i}" for i in range(9)]
+    with pytest.raises(InputTooLong, match="9 tokens"):
+        Extractor(model).trace(inputs={"inputs_embeds": embeds}, max_tokens=8)
+
+
 def test_vit_interpolated_positions_get_their_own_grid(rng):
     model = build("vit")
     pv = pixels(rng, 48, 40)  # 6 rows × 5 columns of 8×8 patches
@@ -120,3 +148,33 @@ def test_text_inputs_dict_traces_like_text(rng):
     ref = ex.trace(text)
     assert tr.tokens == ref.tokens
     assert_close(tr.attention(1, 3), ref.attention(1, 3), 1e-12, "inputs vs text")
+
+
+def test_padded_single_item_keeps_only_its_real_tokens(rng):
+    model = build("bert")
+    tok = word_tokenizer()
+    text = random_text(10, rng)
+    enc = tok(text, return_tensors="pt", padding="max_length", max_length=20)
+    assert int(enc["attention_mask"].sum()) == 12
+    ex = Extractor(model, tok)
+    tr = ex.trace(inputs=dict(enc))
+    ref = ex.trace(text)
+    assert tr.tokens == ref.tokens and tr.seq_len == 12
+    assert_close(tr.attention(0, 1), ref.attention(0, 1), 1e-12, "padded inputs vs text")
+    holes = dict(enc, attention_mask=torch.tensor([[1, 0] * 10]))
+    with pytest.raises(ValueError, match="contiguous"):
+        ex.trace(inputs=holes)
+
+
+def test_inputs_reach_the_eager_fallback(rng):
+    """BLOOM's attention never passes through AttentionInterface: inputs={...} falls back too."""
+    from test_eager_fallback import bloom
+
+    tok = word_tokenizer()
+    text = random_text(8, rng)
+    ex = Extractor(bloom(), tok)
+    tr = ex.trace(inputs=dict(tok(text, return_tensors="pt")))
+    ref = ex.trace(text)
+    assert tr.method == ref.method == "eager"
+    assert tr.tokens == ref.tokens
+    assert_close(tr.attention(1, 2), ref.attention(1, 2), 1e-12, "eager fallback via inputs")

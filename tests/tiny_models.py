@@ -189,6 +189,34 @@ def _extra_configs() -> dict:
             patch_size=8,
             num_channels=3,
         ),
+        # DeiT: [CLS] [DIST] then the patches.
+        "deit": lambda: tf.DeiTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=32,
+            patch_size=8,
+        ),
+        # DINOv2 with registers: [CLS] [REG 0] [REG 1] then the patches.
+        "dinov2_registers": lambda: tf.Dinov2WithRegistersConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            mlp_ratio=2,
+            image_size=32,
+            patch_size=8,
+            num_register_tokens=2,
+        ),
+        # SigLIP's vision tower: patches only, no special token.
+        "siglip_vision": lambda: tf.SiglipVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=32,
+            patch_size=8,
+        ),
     }
 
 
