@@ -90,15 +90,31 @@ def pad(items: list[Encoded], pad_id: int, side: str) -> Padded:
 
 
 def load_image(image):
-    """A PIL image from a PIL image or a path (converted to RGB)."""
-    from PIL import Image
+    """A PIL image from a PIL image (as it is), a path or an image file's bytes (converted to RGB)."""
+    import io
+
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as e:  # pragma: no cover - Pillow is not a core dependency
+        raise ImportError("trace(image=...) needs Pillow: pip install pillow") from e
 
     if isinstance(image, Image.Image):
         return image
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        with Image.open(image) as im:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(image))
+    elif isinstance(image, str) or hasattr(image, "__fspath__"):
+        source = image
+    else:
+        raise ValueError(
+            f"image must be a PIL.Image, a path or an image file's bytes, got {type(image).__name__}"
+        )
+    try:
+        with Image.open(source) as im:
             return im.convert("RGB")
-    raise ValueError(f"image must be a PIL.Image or a path, got {type(image).__name__}")
+    except UnidentifiedImageError as e:
+        raise ValueError(
+            f"cannot read an image from {'the bytes given' if isinstance(source, io.BytesIO) else source}: {e}"
+        ) from e
 
 
 def model_inputs(inputs, forward_params: set[str], model_name: str) -> dict:

@@ -79,6 +79,7 @@ def test_vit_interpolated_positions_get_their_own_grid(rng):
 
 
 def _image_processor():
+    pytest.importorskip("PIL", reason="trace(image=...) needs Pillow")
     from transformers import ViTImageProcessor
 
     return ViTImageProcessor(
@@ -92,7 +93,7 @@ def _image_processor():
 
 
 def _image(rng):
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image", reason="trace(image=...) needs Pillow")
 
     data = torch.randint(0, 256, (40, 52, 3), generator=rng, dtype=torch.uint8).numpy()
     return Image.fromarray(data, mode="RGB")
@@ -116,6 +117,10 @@ def test_image_runs_the_image_processor_like_its_pixel_values(rng, slot, tmp_pat
     image.save(path)
     from_path = ex.trace(image=path)
     assert_close(from_path.attention(1, 2), tr.attention(1, 2), 0.0, "from a path")
+    from_bytes = ex.trace(image=path.read_bytes())
+    assert_close(from_bytes.attention(0, 3), tr.attention(0, 3), 0.0, "from bytes")
+    with pytest.raises(ValueError, match="cannot read an image"):
+        ex.trace(image=b"not an image")
 
 
 def test_bad_inputs_raise_clear_errors(rng):
