@@ -105,7 +105,9 @@ class Extractor:
     def from_pretrained(
         cls, name_or_path: str | Path | None = None, device: str | torch.device | None = None, dtype=None
     ) -> Extractor:
-        """Load a model and tokenizer; None loads the bundled all-MiniLM-L6-v2.
+        """Load a model and tokenizer (and its image processor, when the checkpoint has one, for
+        `trace(image=...)`; a vision checkpoint without a tokenizer loads too); None loads the
+        bundled all-MiniLM-L6-v2.
 
         device None -> "cuda" if available else "cpu". dtype None -> float32 on CPU, the
         checkpoint's own dtype on a GPU. Remote code is never trusted.
@@ -119,11 +121,23 @@ class Extractor:
         )
         if dtype is None:
             dtype = torch.float32 if device.type == "cpu" else "auto"
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer = processor = None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as e:  # a vision model has no tokenizer
+            refused = e
+        if tokenizer is None or (Path(path) / "preprocessor_config.json").is_file():
+            from transformers import AutoImageProcessor
+
+            try:
+                processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
+            except (OSError, ValueError, KeyError):
+                if tokenizer is None:
+                    raise refused from None
         model = AutoModel.from_pretrained(
             path, dtype=dtype, attn_implementation=IMPLEMENTATION, trust_remote_code=False
         ).to(device)
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, processor=processor)
 
     @property
     def device(self) -> torch.device:

@@ -183,3 +183,17 @@ def test_inputs_reach_the_eager_fallback(rng):
     assert tr.method == ref.method == "eager"
     assert tr.tokens == ref.tokens
     assert_close(tr.attention(1, 2), ref.attention(1, 2), 1e-12, "eager fallback via inputs")
+
+
+def test_from_pretrained_loads_a_vision_checkpoint_with_its_image_processor(rng, tmp_path):
+    model = build("vit")
+    proc = _image_processor()
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    ex = Extractor.from_pretrained(tmp_path, device="cpu", dtype=torch.float64)
+    assert ex.tokenizer is None and ex.processor is not None
+    image = _image(rng)
+    tr = ex.trace(image=image)
+    assert tr.tokens == GRID_4x4
+    pv = proc(images=image, return_tensors="pt")["pixel_values"]
+    check_views(tr, vit_eager(model, pv.to(torch.float64)))
