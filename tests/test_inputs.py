@@ -46,6 +46,7 @@ PATCHES_4x4 = GRID_4x4[1:]
     [
         ("deit", ["[CLS]", "[DIST]"]),
         ("dinov2_registers", ["[CLS]", "[REG 0]", "[REG 1]"]),
+        ("clip_vision", ["[CLS]"]),
         ("siglip_vision", []),
     ],
 )

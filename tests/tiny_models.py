@@ -208,6 +208,15 @@ def _extra_configs() -> dict:
             patch_size=8,
             num_register_tokens=2,
         ),
+        # CLIP's vision tower: its class_embedding is the [CLS] token, then the patches.
+        "clip_vision": lambda: tf.CLIPVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=32,
+            patch_size=8,
+        ),
         # SigLIP's vision tower: patches only, no special token.
         "siglip_vision": lambda: tf.SiglipVisionConfig(
             hidden_size=32,
