@@ -8,6 +8,7 @@ import torch
 
 from attnscope import Extractor
 from attnscope.extract.extractor import InputTooLong
+from attnscope.kernels import backend, triton_common
 
 from eager import check_views
 from reference import assert_close
@@ -198,3 +199,15 @@ def test_from_pretrained_loads_a_vision_checkpoint_with_its_image_processor(rng,
     assert tr.tokens == GRID_4x4
     pv = proc(images=image, return_tensors="pt")["pixel_values"]
     check_views(tr, vit_eager(model, pv.to(torch.float64)))
+
+
+@pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
+def test_vit_on_the_triton_backend_matches_eager(rng, monkeypatch):
+    """The Triton kernels (interpreted on the CPU) on patches: float32, as the kernels take."""
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")
+    assert backend.backend_name(torch.device("cpu")) == "triton"
+    model = build("vit", dtype=torch.float32)
+    pv = pixels(rng).float()
+    tr = Extractor(model).trace(inputs={"pixel_values": pv})
+    assert tr.tokens == GRID_4x4
+    check_views(tr, vit_eager(model, pv))
