@@ -12,11 +12,6 @@ from ..extract import Trace
 from .errors import NotFound, ResourceExhausted, shorten
 
 
-def trace_bytes(trace: Trace) -> int:
-    """Memory a kept trace holds (Q and K of a captured trace; the probabilities of an eager one)."""
-    return trace.nbytes()
-
-
 class TraceCache:
     def __init__(self, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
@@ -40,7 +35,7 @@ class TraceCache:
             del self._items[key]
 
     def put(self, trace: Trace, model: str) -> str:
-        size = trace_bytes(trace)
+        size = trace.nbytes()  # Q and K of a captured trace, the probabilities of an eager one
         if size > self.max_bytes:
             raise ResourceExhausted(
                 f"this trace needs {size / 2**20:.1f} MiB but the server keeps at most "

@@ -311,10 +311,10 @@ def _healthy(address: str) -> bool:
 
 
 def test_trace_cache_evicts_least_recently_used_first(extractor, clock):
-    from attnscope.service.cache import TraceCache, trace_bytes
+    from attnscope.service.cache import TraceCache
 
     traces = [extractor.trace(f"w{i} w{i + 1} w{i + 2}") for i in range(3)]
-    size = trace_bytes(traces[0])
+    size = traces[0].nbytes()
     assert size == 2 * (4 * 5 * 16 + 2 * 5 * 16) * 4  # 2 layers × (Q [4,5,16] + K [2,5,16]) float32
     cache = TraceCache(max_bytes=2 * size, ttl_s=60, clock=clock)
     first, second = cache.put(traces[0], "tiny"), cache.put(traces[1], "tiny")
