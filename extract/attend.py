@@ -37,10 +37,11 @@ def _chunk_mask(spec: MaskSpec, batch: int, q_idx: torch.Tensor, k_idx: torch.Te
     return torch.stack(rows)[:, None]
 
 
-def _manual_softmax_attention(q, k, v, spec: MaskSpec, visible: torch.Tensor) -> torch.Tensor:
-    """Eager-style attention for soft-capped or sink logits (softmax in float32 or better)."""
+def _manual_softmax_attention(q, k, v, spec: MaskSpec, visible: torch.Tensor, q_idx, k_idx) -> torch.Tensor:
+    """Eager-style attention for soft-capped, biased or sink logits (softmax in float32 or better)."""
     dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    s = spec.logits(torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)))
+    heads = torch.arange(q.shape[1], device=q.device)
+    s = spec.logits(torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)), heads, q_idx, k_idx)
     s = s.masked_fill(~visible, float("-inf"))
     if spec.sinks is not None:
         sink = spec.sinks.to(device=s.device, dtype=dt)[None, :, None, None].expand(
@@ -65,8 +66,9 @@ def attention_output(
     b, hq, lq, _ = query.shape
     lk = key.shape[2]
     group = hq // key.shape[1]
-    plain_logits = spec.softcap is None and spec.sinks is None
-    structured = spec.window is not None or spec.chunk is not None  # needs a mask SDPA cannot take
+    plain_logits = spec.softcap is None and spec.sinks is None and spec.bias is None
+    # facts that need a mask SDPA cannot take without an L×L tensor
+    structured = any(getattr(spec, name) is not None for name in ("window", "chunk", "segments", "groups"))
     if plain_logits and not structured and spec.key_padding is None:
         out = F.scaled_dot_product_attention(
             query,
@@ -93,15 +95,15 @@ def attention_output(
         k0, k1 = spec.key_range(q0, q1, lk)
         if k1 == k0:
             continue
-        q_idx = torch.arange(q0, q1, device=query.device)
-        visible = _chunk_mask(spec, b, q_idx, torch.arange(k0, k1, device=query.device))
+        q_idx, k_idx = torch.arange(q0, q1, device=query.device), torch.arange(k0, k1, device=query.device)
+        visible = _chunk_mask(spec, b, q_idx, k_idx)
         qc, kc, vc = query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1]
         if plain_logits:
             chunk = F.scaled_dot_product_attention(
                 qc, kc, vc, attn_mask=visible, dropout_p=dropout, scale=spec.scaling
             )
         else:
-            chunk = _manual_softmax_attention(qc, kc, vc, spec, visible)
+            chunk = _manual_softmax_attention(qc, kc, vc, spec, visible, q_idx, k_idx)
         # SDPA turns a row with no visible key into NaN; such rows are defined as zeros.
         out[:, :, q0:q1] = torch.where(visible.any(-1, keepdim=True), chunk, torch.zeros_like(chunk))
     return out.transpose(1, 2).contiguous()

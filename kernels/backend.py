@@ -60,15 +60,16 @@ def _is_build_failure(exc: Exception) -> bool:
 def _run(q: torch.Tensor, spec: MaskSpec, triton_fn, torch_fn):
     """Triton where it applies; if a kernel cannot be built on this machine (`_is_build_failure`),
     warn once and use the torch backend from then on, unless ATTNSCOPE_BACKEND=triton asked for
-    Triton explicitly. Chunked attention (`spec.chunk`) runs on the torch twin: the kernels do not
-    take chunks yet. Failures while running (out of memory, bad input) propagate."""
+    Triton explicitly. What the kernels do not take yet (`MaskSpec.torch_only`) runs on the torch
+    twin. Failures while running (out of memory, bad input) propagate."""
     global _broken
     checkpoint()  # before every launch: an abandoned call stops here (kernels/interrupt.py)
-    if spec.chunk is not None and _triton(q):
+    missing = spec.torch_only()
+    if missing and _triton(q):
         if os.environ.get("ATTNSCOPE_BACKEND", "").strip().lower() == "triton":
             raise ValueError(
-                "ATTNSCOPE_BACKEND=triton, but the Triton kernels do not take chunked attention "
-                f"(chunks of {spec.chunk}); use ATTNSCOPE_BACKEND=torch"
+                f"ATTNSCOPE_BACKEND=triton, but the Triton kernels do not take {' or '.join(missing)} "
+                "yet; use ATTNSCOPE_BACKEND=torch"
             )
         return torch_fn()
     if _broken is None and _triton(q):

@@ -14,6 +14,17 @@ and `allowed(q_idx, k_idx)` turns them into a boolean block for exactly the indi
   ``chunked_overlay``, Llama 4's ``attention_chunk_size``), on top of ``causal``. ``chunk_start``
   (``[B]`` int64, or ``None`` for 0) is where each batch item's first chunk begins: transformers
   starts the chunks at a left-padded item's first real token.
+* ``segments``: ``[B, L]`` int64, packed sequences: ``k`` is visible to ``q`` only if both carry the
+  same segment id (transformers' ``packed_sequence_mask_function``, several documents in one
+  row). Self-attention only (queries and keys share positions); ids are non-decreasing along L.
+* ``groups``: ``[B, L]`` int64, bidirectional groups: a pair whose query and key carry the same
+  non-zero group id is visible whatever ``causal``, ``window`` and ``chunk`` say (a prefix-LM's
+  prefix, an image's tokens: transformers' ``or_mask_function`` / ``blockwise_overlay``); 0 = no
+  group. Padding and segments still apply. Self-attention only.
+* ``bias``: ``[Hq, n]`` additive logit bias per query head by relative offset: the pair ``(q, k)``
+  gets ``bias[h, k - q + bias_origin]`` (T5's relative position buckets, looked up once per
+  offset with the model's own bucket function and table, so no L×L bias is ever kept). Offsets
+  are in the call's own positions, so cutting the same start off queries and keys keeps them.
 * ``key_padding``: ``[B, Lk]`` bool, True where a key is a real token (the 2-D padding form that
   transformers hands to FlashAttention). ``None`` once a trace holds a single unpadded sequence.
 * ``softcap``: logits become ``softcap * tanh(s / softcap)`` after scaling, before masking
@@ -22,6 +33,9 @@ and `allowed(q_idx, k_idx)` turns them into a boolean block for exactly the indi
   not a key (gpt-oss ``s_aux``); rows then sum to less than one.
 * ``scaling``: the multiplier of q·k, taken from the model's call, never recomputed.
 
+Order, as transformers composes its masks: ``(causal & window & chunk) | same group``, then
+``& same segment & key padding``; logits are ``softcap(scaling · q·k) + bias``.
+
 A row whose keys are all masked (a padded query row) is *empty*: its log-sum-exp is ``-inf``
 and every view reports zeros for it, never NaN.
 """
@@ -29,6 +43,7 @@ and every view reports zeros for it, never NaN.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 
@@ -45,8 +60,14 @@ class MaskSpec:
     key_padding: torch.Tensor | None = None  # [B, Lk] bool, True = real token
     chunk: int | None = None  # chunked attention: chunks of this many positions
     chunk_start: torch.Tensor | None = None  # [B] int64, where chunk 0 begins; None = 0
+    segments: torch.Tensor | None = None  # [B, L] int64, packed sequence id per position
+    groups: torch.Tensor | None = None  # [B, L] int64, bidirectional group per position, 0 = none
+    bias: torch.Tensor | None = None  # [Hq, n] additive bias by relative offset k - q + bias_origin
+    bias_origin: int = 0
 
     def __post_init__(self) -> None:
+        if self.segments is not None and bool((self.segments.diff(dim=-1) < 0).any()):
+            raise ValueError("packed-sequence ids must be non-decreasing along the sequence")
         if self.window is not None and self.window < 1:
             raise ValueError(f"sliding window must be >= 1 key, got {self.window}")
         if self.chunk is not None and self.chunk < 1:
@@ -62,7 +83,12 @@ class MaskSpec:
         if self.chunk_start is not None:  # the item's own positions start at keys.start
             shifted = int(self.chunk_start[b]) - (keys.start or 0)
             start = torch.tensor([shifted], dtype=torch.long) if shifted else None
-        return replace(self, key_padding=None, chunk_start=start)
+        per_position = {
+            name: getattr(self, name)[b : b + 1, keys]
+            for name in ("segments", "groups")
+            if getattr(self, name) is not None
+        }
+        return replace(self, key_padding=None, chunk_start=start, **per_position)
 
     def _chunk_origin(self, batch: int) -> int:
         return 0 if self.chunk_start is None else int(self.chunk_start[batch])
@@ -70,13 +96,22 @@ class MaskSpec:
     def for_heads(self, heads: list[int]) -> MaskSpec:
         """The spec of the query heads `heads` (in that order) taken out of a call: the per-head
         sink logits follow them; every other fact is shared by all heads."""
-        if self.sinks is None:
+        per_head = {
+            name: getattr(self, name) for name in ("sinks", "bias") if getattr(self, name) is not None
+        }
+        if not per_head:
             return self
-        count = self.sinks.shape[0]
+        count = next(iter(per_head.values())).shape[0]
         bad = [h for h in heads if not 0 <= h < count]
         if bad:
             raise ValueError(f"query heads must be in [0, {count}), got {bad}")
-        return replace(self, sinks=self.sinks[list(heads)])
+        return replace(self, **{name: t[list(heads)] for name, t in per_head.items()})
+
+    def torch_only(self) -> list[str]:
+        """The facts of this spec the Triton kernels do not take yet (the torch twin takes all)."""
+        names = {"chunk": "chunked attention", "segments": "packed sequences"}
+        names |= {"groups": "bidirectional groups", "bias": "a relative position bias"}
+        return [text for name, text in names.items() if getattr(self, name) is not None]
 
     def allowed(self, q_idx: torch.Tensor, k_idx: torch.Tensor, batch: int = 0) -> torch.Tensor | None:
         """Boolean block [len(q_idx), len(k_idx)] of visible (query, key) pairs; None if all are visible."""
@@ -94,6 +129,14 @@ class MaskSpec:
                 k_idx[None, :] - origin
             ).div(self.chunk, rounding_mode="floor")
             block = same if block is None else block & same
+        if self.groups is not None and block is not None:
+            g = self.groups[batch].to(k_idx.device)
+            gq = g[q_idx][:, None]
+            block = block | ((gq == g[k_idx][None, :]) & (gq != 0))
+        if self.segments is not None:
+            seg = self.segments[batch].to(k_idx.device)
+            same_seg = seg[q_idx][:, None] == seg[k_idx][None, :]
+            block = same_seg if block is None else block & same_seg
         if self.key_padding is not None:
             real = self.key_padding[batch].to(k_idx.device)[k_idx][None, :]
             block = real.expand(len(q_idx), -1) if block is None else block & real
@@ -112,6 +155,12 @@ class MaskSpec:
             ok &= (q_idx - origin).div(self.chunk, rounding_mode="floor") == (k_idx - origin).div(
                 self.chunk, rounding_mode="floor"
             )
+        if self.groups is not None:
+            g = self.groups[batch].to(k_idx.device)
+            ok |= (g[q_idx] == g[k_idx]) & (g[q_idx] != 0)
+        if self.segments is not None:
+            seg = self.segments[batch].to(k_idx.device)
+            ok &= seg[q_idx] == seg[k_idx]
         if self.key_padding is not None:
             ok &= self.key_padding[batch].to(k_idx.device)[k_idx]
         return ok
@@ -131,11 +180,61 @@ class MaskSpec:
             lo = max(lo, min(((q_start - o) // c) * c + o for o in origins), 0)
             if not self.causal:
                 hi = min(hi, max(((q_stop - 1 - o) // c + 1) * c + o for o in origins))
+        if self.groups is not None:  # a group's keys may lie before a window or after the query
+            group_lo, group_hi = self._group_reach
+            lo = min(lo, int(group_lo[:, q_start:q_stop].min()))
+            hi = max(hi, min(num_keys, int(group_hi[:, q_start:q_stop].max())))
+        if self.segments is not None:  # nothing outside the segments of the first and last rows
+            seg_lo, seg_hi = self._segment_reach
+            lo = max(lo, int(seg_lo[:, q_start].min()))
+            hi = min(hi, int(seg_hi[:, q_stop - 1].max()))
         return lo, max(lo, hi)
 
-    def logits(self, raw_dot: torch.Tensor) -> torch.Tensor:
-        """Scaled (and soft-capped) logits from raw q·k, before masking."""
+    @cached_property
+    def _group_reach(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _extent(self.groups, zero_is_alone=True)
+
+    @cached_property
+    def _segment_reach(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _extent(self.segments, zero_is_alone=False)
+
+    def bias_block(self, heads: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+        """The additive bias [len(heads), len(q_idx), len(k_idx)] of those heads and pairs."""
+        offset = k_idx[None, :] - q_idx[:, None] + self.bias_origin
+        return self.bias.to(q_idx.device)[heads][:, offset]
+
+    def logits(
+        self,
+        raw_dot: torch.Tensor,
+        heads: torch.Tensor | None = None,
+        q_idx: torch.Tensor | None = None,
+        k_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scaled (and soft-capped) logits from raw q·k [h, cq, ck], before masking; with a
+        `bias`, the heads and positions of the block are needed to add it."""
         s = raw_dot * self.scaling
         if self.softcap is not None:
             s = torch.tanh(s / self.softcap) * self.softcap
+        if self.bias is not None:
+            if heads is None or q_idx is None or k_idx is None:
+                raise ValueError("a spec with a position bias needs the heads and positions of its logits")
+            s = s + self.bias_block(heads, q_idx, k_idx).to(s.dtype)
         return s
+
+
+def _extent(ids: torch.Tensor, zero_is_alone: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, L], [B, L]): the first position and one past the last position carrying each
+    position's id; with `zero_is_alone`, id 0 marks a position in no group (its own extent)."""
+    b, n = ids.shape
+    pos = torch.arange(n, device=ids.device).expand(b, n)
+    lo, hi = pos.clone(), pos + 1
+    for i in range(b):
+        uniq, inverse = torch.unique(ids[i], return_inverse=True)
+        first = torch.full((len(uniq),), n, dtype=torch.long, device=ids.device)
+        last = torch.full((len(uniq),), -1, dtype=torch.long, device=ids.device)
+        first = first.scatter_reduce(0, inverse, pos[i], "amin")
+        last = last.scatter_reduce(0, inverse, pos[i], "amax")
+        keep = (ids[i] != 0) if zero_is_alone else torch.ones(n, dtype=torch.bool, device=ids.device)
+        lo[i] = torch.where(keep, first[inverse], lo[i])
+        hi[i] = torch.where(keep, last[inverse] + 1, hi[i])
+    return lo, hi

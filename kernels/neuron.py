@@ -46,10 +46,10 @@ def neuron_torch(
     qv = q[head, query].to(dt)
     kv = k[head // group, keys.start : keys.stop].to(dt)
     prod = qv[None, :] * kv
-    s = spec.logits(prod.sum(-1))
-    visible = spec.allowed(
-        torch.tensor([query], device=q.device), torch.arange(keys.start, keys.stop, device=q.device)
-    )
+    q_idx = torch.tensor([query], device=q.device)
+    k_idx = torch.arange(keys.start, keys.stop, device=q.device)
+    s = spec.logits(prod.sum(-1)[None, None], torch.tensor([head], device=q.device), q_idx, k_idx)[0, 0]
+    visible = spec.allowed(q_idx, k_idx)
     if visible is not None:
         s = s.masked_fill(~visible[0], float("-inf"))
     p = probs_from_logits(s[None], lse[head, query : query + 1])[0]

@@ -49,9 +49,9 @@ def masked_logits(
     """Masked logits [h, cq, k_stop - k_start]; invisible pairs are -inf."""
     dt = compute_dtype(q)
     kv = k[heads // group, k_start:k_stop].to(dt)  # [h, n, D]
-    s = spec.logits(torch.matmul(q.to(dt), kv.transpose(-1, -2)))
     q_idx = torch.arange(q_start, q_start + q.shape[1], device=q.device)
     k_idx = torch.arange(k_start, k_stop, device=q.device)
+    s = spec.logits(torch.matmul(q.to(dt), kv.transpose(-1, -2)), heads, q_idx, k_idx)
     visible = spec.allowed(q_idx, k_idx)
     if visible is not None:
         s = s.masked_fill(~visible, float("-inf"))
