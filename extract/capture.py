@@ -37,7 +37,9 @@ from transformers.masking_utils import AttentionMaskInterface
 from ..kernels import backend
 from ..kernels.interrupt import checkpoint
 from ..kernels.masking import MaskSpec
+from . import position_bias as bias_source
 from .attend import attention_output
+from .mismatch import MaskMismatch, layer_name
 
 IMPLEMENTATION = "attnscope"
 
@@ -91,10 +93,7 @@ def attnscope_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: SDPA-equivalent output, plus Q/K capture when recording."""
-    if kwargs.get("position_bias") is not None:
-        raise NotImplementedError(
-            "attnscope does not capture additive position biases (T5-style relative attention) yet"
-        )
+    position_bias = kwargs.get("position_bias")
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(
             "attnscope expects the 2-D [batch, keys] padding mask that its mask function builds, "
@@ -115,6 +114,10 @@ def attnscope_attention(
         key_padding=attention_mask.bool() if attention_mask is not None else None,
     )
     recording = _ACTIVE.get()
+    if position_bias is not None:
+        spec = replace(
+            spec, **bias_source.describe(position_bias, module, query.shape[2], key.shape[2], recording)
+        )
     if source is not None:
         spec = source.resolve(spec, module, query, key.shape[2], recording)
     if recording is not None and recording.deadline is not None and time.monotonic() > recording.deadline:
@@ -128,13 +131,6 @@ def attnscope_attention(
             CapturedCall(module, _compact(query), _compact(key), spec, mask_checked=source is not None)
         )
     return out, None
-
-
-class MaskMismatch(ValueError):
-    """The mask attnscope would assume for a layer differs from the mask transformers describes.
-
-    Raised during the forward pass, so no trace (and no view) of the model is ever returned.
-    """
 
 
 #: Attribute of the 2-D mask tensor that carries its `MaskSource` to the attention calls.
@@ -336,13 +332,7 @@ class MaskSource:
     def _fail(self, module, recording, spec: MaskSpec, kind: str, where: str) -> None:
         model = recording.model if recording is not None else None
         model_name = type(model).__name__ if model is not None else type(self.config).__name__
-        layer = f"{type(module).__name__}"
-        if getattr(module, "layer_idx", None) is not None:
-            layer += f" (layer_idx={module.layer_idx})"
-        if model is not None:
-            name = next((n for n, m in model.named_modules() if m is module), None)
-            if name:
-                layer = f"{name}: {layer}"
+        layer = layer_name(module, model)
         assumed = "causal" if spec.causal else "bidirectional"
         if spec.window is not None:
             assumed += f", sliding window {spec.window}"
