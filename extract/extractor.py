@@ -11,14 +11,14 @@ from .capture import IMPLEMENTATION, CapturedCall, capturing, register
 from .default_model import default_model_path
 from .dense import DenseTrace
 from .inputs import Encoded, Padded, encode, encode_ids, encode_target, load_image, model_inputs, pad
-from .labels import input_labels, positions
+from .labels import feature_extractor, input_labels, positions
 from .trace import LayerQK, Trace
 
 #: The eager fallback holds every layer's and head's L×L attention at once: at most this many bytes
 #: (float32), e.g. 24 layers × 16 heads at 2,048 tokens is 6.4 GB, over it; 1,024 tokens is 1.6 GB.
 EAGER_MAX_BYTES = 2 * 2**30
 
-_CROSS_NAME_HINTS = ("encoder_attn", "crossattention", "cross_attn")
+_CROSS_NAME_HINTS = ("encoder_attn", "crossattention", "cross_attn", "encdecattention")
 
 
 def _max_positions(model: torch.nn.Module) -> int | None:
@@ -48,6 +48,17 @@ def _image_processor(obj):
     if any("ImageProcessor" in n for n in names):
         return obj
     return None
+
+
+def _feature_extractor_from(path):
+    """A checkpoint's audio feature extractor (WhisperFeatureExtractor, ...), or None."""
+    from transformers import AutoFeatureExtractor
+
+    try:
+        fe = AutoFeatureExtractor.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
+        return None
+    return fe if feature_extractor(fe) is not None else None
 
 
 def _derives_positions_from_padding(model: torch.nn.Module) -> bool:
@@ -106,7 +117,8 @@ class Extractor:
         cls, name_or_path: str | Path | None = None, device: str | torch.device | None = None, dtype=None
     ) -> Extractor:
         """Load a model and tokenizer (and its image processor, when the checkpoint has one, for
-        `trace(image=...)`; a vision checkpoint without a tokenizer loads too); None loads the
+        `trace(image=...)`; a vision checkpoint without a tokenizer loads too; or its audio feature
+        extractor, whose hop and sampling rate time-label audio positions); None loads the
         bundled all-MiniLM-L6-v2.
 
         device None -> "cuda" if available else "cpu". dtype None -> float32 on CPU, the
@@ -132,7 +144,8 @@ class Extractor:
             try:
                 processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
             except (OSError, ValueError, KeyError):
-                if tokenizer is None:
+                processor = _feature_extractor_from(path)
+                if tokenizer is None and processor is None:
                     raise refused from None
         model = AutoModel.from_pretrained(
             path, dtype=dtype, attn_implementation=IMPLEMENTATION, trust_remote_code=False
@@ -161,7 +174,10 @@ class Extractor:
         `attention_mask`, `position_ids`, ...; batch size 1; floating tensors are cast to the
         model's dtype), or `image`, a PIL image or a path, run through the Extractor's image
         processor. Tokens of an image are labelled `[CLS]` (and other special tokens) then
-        `patch r,c`; of an input of unknown layout, `pos i`.
+        `patch r,c`; of audio (`input_features`, Whisper), the start time of the audio each
+        encoder position covers, `0.00s`, `0.02s`, ... (see labels.audio_labels: the hop and
+        sampling rate of the Extractor's feature extractor, else Whisper's 10 ms at 16 kHz);
+        decoder inputs (`decoder_input_ids`) by the tokenizer; an input of unknown layout, `pos i`.
 
         Encoder-decoder models also take `target`, the decoder's text (its tokens shifted right
         behind the decoder start token); without it the decoder reads `text`. `deadline`, a
@@ -221,10 +237,11 @@ class Extractor:
             raise ValueError("targets are only for encoder-decoder models")
         return self._run(items, dec)
 
-    def verify(self, text_or_inputs, max_tokens: int = 128, **kwargs):
+    def verify(self, text_or_inputs=None, max_tokens: int = 128, **kwargs):
         """Check this model's trace against transformers' eager attention on the same input (at
-        most `max_tokens` tokens): a `VerifyReport`, see extract/verify.py for what is compared
-        and at which tolerance. The model is restored afterwards."""
+        most `max_tokens` tokens): a text, input_ids, or as `trace` takes them `inputs={...}` (any
+        model inputs, checked whole) or `image=...`. A `VerifyReport`, see extract/verify.py for
+        what is compared and at which tolerance. The model is restored afterwards."""
         from .verify import verify
 
         return verify(self, text_or_inputs, max_tokens, **kwargs)
@@ -236,13 +253,19 @@ class Extractor:
                 "this Extractor has no image processor: pass Extractor(model, processor=...) "
                 "(e.g. transformers.AutoImageProcessor), or pass inputs={'pixel_values': ...}"
             )
+        if _image_processor(self.processor) is None and feature_extractor(self.processor) is not None:
+            raise ValueError(
+                f"this Extractor's processor ({type(self.processor).__name__}) is an audio feature "
+                "extractor, not an image processor: pass inputs={'input_features': ...}"
+            )
         out = self.processor(images=load_image(image), return_tensors="pt")
         return {k: v for k, v in dict(out).items() if isinstance(v, torch.Tensor)}
 
-    def _run_inputs(self, inputs: dict, deadline: float | None, max_tokens: int | None) -> Trace:
-        """One forward pass on a dict of model inputs, as they are (batch size 1)."""
+    def _prepare_inputs(self, inputs: dict):
+        """(checked model inputs on the model's device and dtype, labels of the first stack's
+        sequence or None, the range of its real tokens or None, its length or None)."""
         kwargs = model_inputs(inputs, self._forward_params, type(self.model).__name__)
-        labels = input_labels(self.model, kwargs, self.tokenizer)
+        labels = input_labels(self.model, kwargs, self.tokenizer, self.processor)
         full = len(labels) if labels is not None else None  # the sequence the model will see
         keep = range(0, full) if full is not None else None
         mask = kwargs.get("attention_mask")
@@ -257,8 +280,6 @@ class Extractor:
                 raise ValueError("attention_mask must mark one contiguous run of real tokens")
             keep = range(real[0], real[-1] + 1)
             labels = labels[real[0] : real[-1] + 1]
-        if max_tokens is not None and full is not None and full > max_tokens:
-            raise InputTooLong(full, max_tokens)
         dtype = next(self.model.parameters()).dtype
         device = self.device
         kwargs = {
@@ -269,6 +290,13 @@ class Extractor:
         }
         if "use_cache" in self._forward_params:
             kwargs.setdefault("use_cache", False)
+        return kwargs, labels, keep, full
+
+    def _run_inputs(self, inputs: dict, deadline: float | None, max_tokens: int | None) -> Trace:
+        """One forward pass on a dict of model inputs, as they are (batch size 1)."""
+        kwargs, labels, keep, full = self._prepare_inputs(inputs)
+        if max_tokens is not None and full is not None and full > max_tokens:
+            raise InputTooLong(full, max_tokens)
         with capturing(self.model, deadline) as recording, torch.inference_mode():
             self.model(**kwargs)
         if not recording.calls:

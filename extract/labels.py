@@ -1,4 +1,5 @@
-"""Readable token labels for non-text model inputs (image patches), and the fallback `pos i`."""
+"""Readable token labels for non-text model inputs (image patches, audio frame times), and the
+fallback `pos i`."""
 
 from __future__ import annotations
 
@@ -87,15 +88,87 @@ def patch_labels(model: torch.nn.Module, pixel_values: torch.Tensor) -> list[str
     return _special_labels(embeddings) + grid
 
 
-def input_labels(model: torch.nn.Module, inputs: dict, tokenizer=None) -> list[str] | None:
+#: Whisper's feature extractor's defaults: 16 kHz audio, one log-mel frame every 160 samples (10 ms).
+DEFAULT_SAMPLING_RATE = 16_000
+DEFAULT_HOP_LENGTH = 160
+
+
+def feature_extractor(*candidates):
+    """The first candidate that is an audio feature extractor (it has `hop_length` and
+    `sampling_rate`), or a processor's `feature_extractor` that is one; None if none is."""
+    for obj in candidates:
+        for inner in (obj, getattr(obj, "feature_extractor", None)):
+            if inner is not None and all(
+                isinstance(getattr(inner, a, None), int) for a in ("hop_length", "sampling_rate")
+            ):
+                return inner
+    return None
+
+
+def _audio_front(model: torch.nn.Module) -> list[torch.nn.Conv1d]:
+    """The Conv1d layers of the (encoder's) audio front end, in order (Whisper: conv1, conv2)."""
+    get_encoder = getattr(model, "get_encoder", None)
+    encoder = get_encoder() if callable(get_encoder) else model
+    return [m for m in encoder.modules() if isinstance(m, torch.nn.Conv1d)]
+
+
+def audio_labels(model: torch.nn.Module, input_features: torch.Tensor, features=None) -> list[str] | None:
+    """The start time of the audio each encoder position covers, `0.00s`, `0.02s`, ..., for an
+    encoder that reads log-mel frames `input_features` [1, mels, frames] through strided Conv1d
+    layers (Whisper: stride 1 then 2).
+
+    A position covers (product of the conv strides) × hop_length / sampling_rate seconds: Whisper
+    at 16 kHz with a 160-sample hop (10 ms per frame) gives 2 × 10 ms = 20 ms. hop_length and
+    sampling_rate come from `features`, the Extractor's feature extractor (e.g. a
+    WhisperFeatureExtractor, or a processor holding one), else Whisper's defaults
+    (DEFAULT_HOP_LENGTH = 160 samples at DEFAULT_SAMPLING_RATE = 16 kHz). None when the encoder
+    has no Conv1d front end."""
+    if not isinstance(input_features, torch.Tensor) or input_features.dim() != 3:
+        return None
+    convs = _audio_front(model)
+    if not convs:
+        return None
+    length, stride = int(input_features.shape[-1]), 1
+    for conv in convs:  # the output length of each conv in turn
+        (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
+        if conv.padding == "same":  # stride 1 only: the length stays
+            continue
+        pad = conv.padding[0] if isinstance(conv.padding, tuple) else 0
+        length = (length + 2 * pad - d * (k - 1) - 1) // s + 1
+        stride *= s
+    if length < 1:
+        return None
+    fe = feature_extractor(features)
+    hop = fe.hop_length if fe is not None else DEFAULT_HOP_LENGTH
+    rate = fe.sampling_rate if fe is not None else DEFAULT_SAMPLING_RATE
+    step = stride * hop / rate
+    digits = 2 if abs(step * 100 - round(step * 100)) < 1e-9 else 3
+    return [f"{i * step:.{digits}f}s" for i in range(length)]
+
+
+def _converter(tokenizer):
+    """`convert_ids_to_tokens` of a tokenizer, or of a processor's tokenizer."""
+    for obj in (tokenizer, getattr(tokenizer, "tokenizer", None)):
+        convert = getattr(obj, "convert_ids_to_tokens", None)
+        if callable(convert):
+            return convert
+    return None
+
+
+def input_labels(model: torch.nn.Module, inputs: dict, tokenizer=None, processor=None) -> list[str] | None:
     """The labels of the (first stack's) sequence a dict of model inputs makes, or None if its
-    layout is unknown (the caller labels it `pos i` once it knows the length)."""
+    layout is unknown (the caller labels it `pos i` once it knows the length): token ids through
+    the tokenizer (their ids as text without one), image patches, audio frame times (`processor`
+    or the tokenizer slot may hold the feature extractor, see `audio_labels`)."""
     ids = inputs.get("input_ids")
     if isinstance(ids, torch.Tensor) and ids.dim() == 2:
         row = ids[0].tolist()
-        convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+        convert = _converter(tokenizer)
         return list(convert(row)) if convert is not None else [str(i) for i in row]
     pixels = inputs.get("pixel_values")
     if isinstance(pixels, torch.Tensor):
         return patch_labels(model, pixels)
+    features = inputs.get("input_features")
+    if isinstance(features, torch.Tensor):
+        return audio_labels(model, features, feature_extractor(processor, tokenizer))
     return None

@@ -4,7 +4,12 @@ eager `output_attentions` on the same input.
 `verify(extractor, text_or_inputs, max_tokens=128)` traces the input (a prefix of at most
 `max_tokens` tokens: eager attention builds layers × heads × L² probabilities) and runs the same
 input through eager attention, in the model's own dtype and against higher-precision copies, and
-reports the largest absolute difference of the probabilities per kind and layer:
+reports the largest absolute difference of the probabilities per kind and layer. The input is a
+text, input_ids (or a dict of input_ids, attention_mask, token_type_ids), or, as `trace` takes
+them, `inputs=` a dict of any model inputs (`input_features` and `decoder_input_ids` for Whisper,
+`pixel_values`, ...) or `image=` through the Extractor's image processor. Those are checked whole
+(an image or a spectrogram cannot be cut): every kind's query and key lengths must be at most
+`max_tokens`, else InputTooLong says how many to allow. The references are:
 
 - the model's dtype: the model itself, switched to ``"eager"`` for one forward pass and switched
   back to its own implementation afterwards (nothing else about it changes);
@@ -29,6 +34,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .inputs import Encoded, encode, encode_ids
+
+#: The keys of a dict `verify` treats as token ids (cut to max_tokens); any other key makes it a
+#: dict of model inputs, checked whole.
+_ID_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 
 #: Largest absolute probability difference accepted, by the model's dtype.
 TOLERANCES = {
@@ -177,6 +186,50 @@ def _cut(item: Encoded, n: int) -> Encoded:
     )
 
 
+def _whole(ex, text_or_inputs, inputs, image, pair, target, max_tokens):
+    """(trace, the model inputs it ran on, input tokens) of model inputs or an image, whole."""
+    from .extractor import InputTooLong
+
+    if inputs is None and image is None:
+        inputs, text_or_inputs = text_or_inputs, None
+    given = [
+        n
+        for n, v in (("text_or_inputs", text_or_inputs), ("inputs", inputs), ("image", image))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise ValueError(f"pass exactly one of text_or_inputs, inputs or image; got {', '.join(given)}")
+    if pair is not None or target is not None:
+        raise ValueError("pair and target need text; put decoder inputs in `inputs`")
+    if image is not None:
+        inputs = ex._process_image(image)
+    kwargs, _labels, keep, full = ex._prepare_inputs(inputs)
+    if keep is not None and len(keep) != full:
+        raise ValueError("verify checks one unpadded input: its attention_mask must be all ones")
+
+    def too_long(tokens: int) -> InputTooLong:
+        e = InputTooLong(tokens, max_tokens)
+        e.args = (f"{e}: model inputs are verified whole, pass max_tokens={tokens} or more",)
+        return e
+
+    try:
+        tr = ex._run_inputs(inputs, None, max_tokens)
+    except InputTooLong as e:
+        raise too_long(e.tokens) from None
+    longest = max(max(tr.shape(k)[2:]) for k in tr.kinds)
+    if longest > max_tokens:
+        raise too_long(longest)
+    return tr, kwargs, tr.seq_len
+
+
+def _cast(kwargs: dict, dtype: torch.dtype) -> dict:
+    """The model inputs with floating tensors in `dtype` (a reference copy's)."""
+    return {
+        k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in kwargs.items()
+    }
+
+
 def _model_inputs(ex, item: Encoded, tgt: Encoded | None, device) -> dict:
     """The single-item inputs Extractor._run passes (one item: nothing is padded)."""
     ids = torch.tensor([item.ids], device=device)
@@ -240,9 +293,11 @@ def _eager(
 
 def verify(
     ex,
-    text_or_inputs,
+    text_or_inputs=None,
     max_tokens: int = 128,
     *,
+    inputs: dict | None = None,
+    image=None,
     pair: str | None = None,
     target: str | None = None,
     tolerance: float | None = None,
@@ -257,9 +312,18 @@ def verify(
     if not dtype.is_floating_point:
         raise VerifyError(f"the model's parameters are {dtype}; verify needs a floating-point model")
     tol = float(tolerance) if tolerance is not None else TOLERANCES.get(dtype, 1e-2)
-    item, tgt, total = _prepare(ex, text_or_inputs, pair, target, max_tokens)
-    tr = ex._run([item], [tgt] if tgt is not None else None)[0]
-    kwargs = _model_inputs(ex, item, tgt, ex.device)
+    if (
+        inputs is not None
+        or image is not None
+        or (isinstance(text_or_inputs, dict) and not set(text_or_inputs) <= _ID_KEYS)
+    ):
+        tr, kwargs, total = _whole(ex, text_or_inputs, inputs, image, pair, target, max_tokens)
+    elif text_or_inputs is None:
+        raise ValueError("pass a text, input_ids, inputs={...} or image=...")
+    else:
+        item, tgt, total = _prepare(ex, text_or_inputs, pair, target, max_tokens)
+        tr = ex._run([item], [tgt] if tgt is not None else None)[0]
+        kwargs = _model_inputs(ex, item, tgt, ex.device)
 
     notes: list[str] = []
     references: list[tuple[torch.dtype, torch.nn.Module | None]] = [(dtype, model)]
@@ -285,7 +349,9 @@ def verify(
             ref_model = copy.deepcopy(model).to(ref)
             ref_model.eval()
         try:
-            eager = _eager(ref_model, kwargs, "use_cache" in ex._forward_params, ex._enc_dec, tr.kinds)
+            eager = _eager(
+                ref_model, _cast(kwargs, ref), "use_cache" in ex._forward_params, ex._enc_dec, tr.kinds
+            )
         finally:
             if copied:
                 del ref_model
