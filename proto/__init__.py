@@ -65,6 +65,7 @@ ListModelsRequest = _message_class(FILE.message_types_by_name["ListModelsRequest
 ModelInfo = _message_class(FILE.message_types_by_name["ModelInfo"])
 ListModelsResponse = _message_class(FILE.message_types_by_name["ListModelsResponse"])
 KindInfo = _message_class(FILE.message_types_by_name["KindInfo"])
+PatchGrid = _message_class(FILE.message_types_by_name["PatchGrid"])
 ViewManifest = _message_class(FILE.message_types_by_name["ViewManifest"])
 ViewOutput = _message_class(FILE.message_types_by_name["ViewOutput"])
 GetServerInfoRequest = _message_class(FILE.message_types_by_name["GetServerInfoRequest"])

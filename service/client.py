@@ -78,15 +78,17 @@ class Client:
 
     def extract(
         self,
-        text: str,
+        text: str = "",
         model: str = "",
         pair: str = "",
         target: str = "",
         views=None,
         keep_trace: bool = False,
         timeout: float | None = None,
+        image: bytes = b"",
     ) -> Result:
-        """Trace `text` on the server; `views` from `attnscope.service.views` (default: stats + pooled)."""
+        """Trace `text` (or `image`, an image file's bytes, for a model that takes images) on the
+        server; `views` from `attnscope.service.views` (default: stats + pooled)."""
         request = proto.ExtractRequest(
             model=model,
             text=text,
@@ -94,16 +96,24 @@ class Client:
             target=target,
             views=list(views or []),
             keep_trace=keep_trace,
+            image=image,
         )
         return self._collect(self._call("Extract", request, timeout))
 
     def create_trace(
-        self, text: str, model: str = "", pair: str = "", target: str = "", timeout: float | None = None
+        self,
+        text: str = "",
+        model: str = "",
+        pair: str = "",
+        target: str = "",
+        timeout: float | None = None,
+        image: bytes = b"",
     ):
-        """Run the model once and keep the trace on the server; returns its TraceInfo (with trace_id)."""
+        """Run the model once (on `text`, or on `image`: an image file's bytes) and keep the trace
+        on the server; returns its TraceInfo (with trace_id)."""
         return self._call(
             "CreateTrace",
-            proto.CreateTraceRequest(model=model, text=text, text_pair=pair, target=target),
+            proto.CreateTraceRequest(model=model, text=text, text_pair=pair, target=target, image=image),
             timeout,
         )
 

@@ -22,6 +22,7 @@ from ..kernels.interrupt import checkpoint
 from . import view_table
 from .cache import TraceCache
 from .errors import InvalidArgument, NotFound, ResourceExhausted, shorten
+from .images import decode_image, patch_grid
 from .limits import Limits, server_info
 from .views import default_views
 
@@ -62,6 +63,8 @@ def kind_info(trace: Trace, kind: str):
     """The wire's description of one kind of attention a trace holds."""
     layers, heads, lq, lk = trace.shape(kind)
     b_start = trace.sentence_b_start
+    query_tokens = trace.query_tokens(kind)
+    grid = patch_grid(query_tokens) if query_tokens == trace.key_tokens(kind) else None
     return proto.KindInfo(
         kind=proto.KIND_OF_NAME[kind],
         num_layers=layers,
@@ -73,6 +76,7 @@ def kind_info(trace: Trace, kind: str):
         query_len=lq,
         key_len=lk,
         sentence_b_start=b_start if _holds_the_pair(trace, kind) else -1,
+        patch_grid=grid,
     )
 
 
@@ -122,6 +126,13 @@ class AttentionCore:
 
     def _trace(self, request, deadline: float | None) -> tuple[str, Trace]:
         name = self.model_name(request.model)
+        if request.image:
+            return name, self._trace_image(name, request, deadline)
+        if not takes_text(self.models[name]):
+            has = "takes images, not text: send `image`"
+            if self.models[name].processor is None:
+                has = "has no tokenizer: it cannot read text"
+            raise InvalidArgument(f"model {shorten(name)} {has}")
         text, pair, target = request.text, request.text_pair, request.target
         if not text.strip():
             raise InvalidArgument("text is empty or only whitespace: send the input to trace")
@@ -131,17 +142,39 @@ class AttentionCore:
                 f"text is {chars:,} characters; this server accepts at most {self.limits.max_text_chars:,}"
             )
         kwargs = {"target": target} if target else {}
-        try:
-            trace = self.models[name].trace(
+        return name, self._run(
+            "text",
+            lambda: self.models[name].trace(
                 text, pair=pair or None, deadline=deadline, max_tokens=self.limits.max_tokens, **kwargs
+            ),
+        )
+
+    def _trace_image(self, name: str, request, deadline: float | None) -> Trace:
+        ex = self.models[name]
+        if ex.processor is None:
+            raise InvalidArgument(
+                f"model {shorten(name)} takes no images (it has no image processor); send text, "
+                "or pick a model whose ModelInfo.takes_images is true"
             )
+        given = [f for f in ("text", "text_pair", "target") if getattr(request, f)]
+        if given:
+            raise InvalidArgument(f"send either image or text, not both: {', '.join(given)} set with image")
+        image = decode_image(request.image, self.limits)
+        return self._run(
+            "image", lambda: ex.trace(image=image, deadline=deadline, max_tokens=self.limits.max_tokens)
+        )
+
+    @staticmethod
+    def _run(what: str, trace: Callable[[], Trace]) -> Trace:
+        """`trace()`, with the input-size refusals as RESOURCE_EXHAUSTED."""
+        try:
+            return trace()
         except EagerTooLong as exc:
             raise ResourceExhausted(str(exc)) from None
         except InputTooLong as exc:
             raise ResourceExhausted(
-                f"text is {exc.tokens:,} tokens; this server accepts at most {exc.limit:,}"
+                f"{what} is {exc.tokens:,} tokens; this server accepts at most {exc.limit:,}"
             ) from None
-        return name, trace
 
     def _plan(self, trace: Trace, requests) -> list:
         return view_table.plan(trace, list(requests) or default_views(), self.limits)
@@ -203,10 +236,21 @@ class AttentionCore:
             max_tokens=min(ex.max_positions or self.limits.max_tokens, self.limits.max_tokens),
             device=str(param.device),
             dtype=str(param.dtype).removeprefix("torch."),
+            takes_images=ex.processor is not None,
+            takes_text=takes_text(ex),
         )
 
     def warm_up(self) -> None:
         """One tiny trace per model, so the first real call does not pay for lazy initialization."""
         for ex in self.models.values():
-            if ex.tokenizer is not None:
+            if takes_text(ex):
                 ex.trace("attnscope warm-up").head_stats()
+            elif ex.processor is not None:
+                from PIL import Image
+
+                ex.trace(image=Image.new("RGB", (32, 32), (127, 127, 127))).head_stats()
+
+
+def takes_text(ex: Extractor) -> bool:
+    """Whether `ex` has a tokenizer (its tokenizer slot holds more than an image processor)."""
+    return ex.tokenizer is not None and ex.tokenizer is not ex.processor

@@ -149,7 +149,7 @@ class Gateway:
         allow_unauthenticated: bool = False,
         max_connections: int = 100,
         idle_timeout_s: float = 15.0,
-        max_body_bytes: int = 1 << 20,
+        max_body_bytes: int | None = None,
         body_timeout_s: float = 30.0,
         write_timeout_s: float = 60.0,
     ) -> None:
@@ -174,7 +174,8 @@ class Gateway:
         self._ssl = ssl_context
         self._credentials = grpc_credentials
         self._idle_timeout_s = idle_timeout_s
-        self._settings = Settings(max_body_bytes, body_timeout_s, write_timeout_s)
+        body_limit = Settings.max_body_bytes if max_body_bytes is None else max_body_bytes
+        self._settings = Settings(body_limit, body_timeout_s, write_timeout_s)
         bind = host.strip("[]")
         try:
             self._sock = socket.create_server(

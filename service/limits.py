@@ -24,6 +24,11 @@ class Limits:
     trace_cache_bytes: int = 2 * 2**30
     trace_ttl_s: float = 600.0
     max_pending: int = 64
+    #: An image request's file; its base64 in Connect JSON (4/3 of it) stays under the HTTP side's
+    #: body limit and the gRPC message limit (service/stubs.py MAX_MESSAGE_BYTES).
+    max_image_bytes: int = 4 * 2**20
+    #: Pixels of an image, read from its header before it is decoded (no decompression bombs).
+    max_image_pixels: int = 4096 * 4096
 
     def message(self):
         return proto.Limits(
@@ -36,6 +41,8 @@ class Limits:
             trace_cache_bytes=self.trace_cache_bytes,
             trace_ttl_s=self.trace_ttl_s,
             max_pending=self.max_pending,
+            max_image_bytes=self.max_image_bytes,
+            max_image_pixels=self.max_image_pixels,
         )
 
 

@@ -18,6 +18,7 @@ import grpc
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..stubs import MAX_MESSAGE_BYTES
 from . import connect, static
 from .connect import METHODS, ConnectError, clip, shorten
 from .guard import Guard
@@ -55,7 +56,9 @@ CORS_ORIGIN = _key("cors_origin", str)  # an allowed cross-origin page's origin
 class Settings:
     """Bounds on what one request may cost this side."""
 
-    max_body_bytes: int = 1 << 20
+    #: A request's body: as large as a gRPC request may be, so an image of up to the service's
+    #: Limits.max_image_bytes fits as base64 in Connect JSON (4/3 of its size) beside its text.
+    max_body_bytes: int = MAX_MESSAGE_BYTES
     #: Seconds a client has to send a request's whole body once its headers arrived.
     body_timeout_s: float = 30.0
     #: Seconds one write of a response may wait for the client to read.
