@@ -315,8 +315,9 @@ class Extractor:
         for call in recording.calls:
             kind = self._kind(call)
             lengths.setdefault(kind, call.query.shape[2])
-        first = next(iter(lengths))
-        source_len = lengths.get("encoder", lengths[first])
+        if not self._enc_dec:
+            return self._single_stack_trace(recording.calls, lengths, labels, keep, full, max_tokens)
+        source_len = lengths.get("encoder", next(iter(lengths.values())))
         if full != source_len:  # a layout attnscope does not know: label positions
             labels, keep = positions(source_len), range(source_len)
             if max_tokens is not None and source_len > max_tokens:
@@ -325,17 +326,15 @@ class Extractor:
         dec_ids = kwargs.get("decoder_input_ids")
         dec_labels = None
         if dec_len is not None:
-            if self._enc_dec and isinstance(dec_ids, torch.Tensor) and dec_ids.shape[-1] == dec_len:
+            if isinstance(dec_ids, torch.Tensor) and dec_ids.shape[-1] == dec_len:
                 dec_labels = input_labels(self.model, {"input_ids": dec_ids}, self.tokenizer)
-            if not self._enc_dec:
-                dec_labels = labels
             dec_labels = (
                 dec_labels if dec_labels is not None and len(dec_labels) == dec_len else positions(dec_len)
             )
         for call in recording.calls:
             kind = self._kind(call)
-            q_keep = keep if kind in ("encoder",) or not self._enc_dec else range(call.query.shape[2])
-            k_keep = keep if kind in ("encoder", "cross") or not self._enc_dec else range(call.key.shape[2])
+            q_keep = keep if kind == "encoder" else range(call.query.shape[2])
+            k_keep = keep if kind in ("encoder", "cross") else range(call.key.shape[2])
             keys = slice(k_keep.start, k_keep.stop)
             layers.setdefault(kind, []).append(
                 LayerQK(
@@ -344,9 +343,34 @@ class Extractor:
                     spec=call.spec.for_batch_item(0, keys),
                 )
             )
-            q_labels = labels if kind == "encoder" or not self._enc_dec else dec_labels
-            k_labels = labels if kind in ("encoder", "cross") or not self._enc_dec else dec_labels
+            q_labels = labels if kind == "encoder" else dec_labels
+            k_labels = labels if kind in ("encoder", "cross") else dec_labels
             tokens[kind] = (q_labels, k_labels)
+        return Trace(layers, tokens)
+
+    def _single_stack_trace(self, calls, lengths, labels, keep, full, max_tokens) -> Trace:
+        """The trace of a model without an encoder-decoder split: each kind its own stack (a
+        multimodal model's vision tower beside its language model). A stack as long as the input
+        gets its labels and real-token range; another (the vision tower's patches) its positions."""
+        layers: dict[str, list[LayerQK]] = {}
+        tokens: dict[str, tuple[list[str], list[str]]] = {}
+        for kind, n in lengths.items():
+            if labels is None or n != full:
+                if max_tokens is not None and n > max_tokens:
+                    raise InputTooLong(n, max_tokens)
+                tokens[kind] = (positions(n), positions(n))
+            else:
+                tokens[kind] = (labels, labels)
+        for call in calls:
+            kind = self._kind(call)
+            n = lengths[kind]
+            span = keep if labels is not None and n == full else range(n)
+            keys = slice(span.start, span.stop)
+            layers.setdefault(kind, []).append(
+                LayerQK(
+                    q=call.query[0, :, keys], k=call.key[0, :, keys], spec=call.spec.for_batch_item(0, keys)
+                )
+            )
         return Trace(layers, tokens)
 
     def _need_tokenizer(self):

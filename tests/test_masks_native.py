@@ -1,0 +1,115 @@
+"""Packed sequences and bidirectional prefixes, read off transformers' mask and traced exactly.
+
+Packed sequences: transformers masks them block-diagonally when position_ids restart inside a row
+and no attention_mask is given (its packed-sequence mask function; transformers 5.24's eager path
+does so too, which the eager reference here shows). Packing and padding never meet: transformers
+looks for packing only without an attention_mask, so there is no padded batch of packed rows.
+
+Bidirectional prefix: PaliGemma's prefix-LM (image tokens and the prompt attend both ways, the
+suffix causally) through `block_sequence_ids`, an or-overlay of transformers' causal mask.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+from attnscope import Extractor
+from attnscope.extract import capturing
+
+from eager import check_views
+from tiny_models import build
+
+SEGMENTS = (10, 15, 8, 6)  # odd lengths, 39 tokens
+
+
+def _packed_positions(lengths) -> torch.Tensor:
+    return torch.cat([torch.arange(n) for n in lengths])[None]
+
+
+def _eager(model, **inputs) -> list[torch.Tensor]:
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True, use_cache=False)
+    return [a[0] for a in out.attentions]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_packed_sequences_trace_exactly(family, rng):
+    """Every view equals eager (float64): no attention crosses a document boundary."""
+    model = build(family)
+    n = sum(SEGMENTS)
+    ids = torch.randint(4, 100, (1, n), generator=rng)
+    positions = _packed_positions(SEGMENTS)
+    tr = Extractor(model, None).trace(inputs={"input_ids": ids, "position_ids": positions})
+    spec = tr.layer_qk(0, "decoder").spec
+    assert spec.segments.tolist() == [[i for i, s in enumerate(SEGMENTS) for _ in range(s)]]
+    eager = _eager(model, input_ids=ids, position_ids=positions)
+    assert float(eager[0][:, 12, :10].abs().max()) == 0.0  # the reference masks across documents
+    check_views(tr, {"decoder": eager})
+
+
+def test_each_row_of_a_packed_batch_gets_its_own_segments(rng):
+    model = build("llama")
+    ids = torch.randint(4, 100, (2, 24), generator=rng)
+    positions = torch.cat([_packed_positions((7, 17)), _packed_positions((12, 5, 7))])
+    with torch.no_grad(), capturing(model) as rec:
+        model(input_ids=ids, position_ids=positions, use_cache=False)
+    segments = rec.calls[0].spec.segments
+    assert segments[0].tolist() == [0] * 7 + [1] * 17
+    assert segments[1].tolist() == [0] * 12 + [1] * 5 + [2] * 7
+
+
+def _paligemma() -> torch.nn.Module:
+    torch.manual_seed(0)
+    vision = tf.SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=42,
+        patch_size=14,
+    )
+    text = tf.GemmaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=0,
+    )
+    config = tf.PaliGemmaConfig(
+        vision_config=vision, text_config=text, image_token_index=120, projection_dim=32
+    )
+    return tf.PaliGemmaForConditionalGeneration(config).to(torch.float64).eval()
+
+
+def test_paligemma_prefix_is_bidirectional_and_exact(rng):
+    """9 image tokens + 14 prompt tokens attend both ways, 10 suffix tokens causally: the language
+    model's views equal eager, and so do the vision tower's."""
+    model = _paligemma()
+    images, prompt, suffix = 9, 14, 10
+    ids = torch.cat([torch.full((images,), 120), torch.randint(4, 100, (prompt + suffix,), generator=rng)])[
+        None
+    ]
+    token_types = torch.cat(
+        [torch.zeros(images + prompt, dtype=torch.long), torch.ones(suffix, dtype=torch.long)]
+    )
+    pixels = torch.randn(1, 3, 42, 42, generator=rng, dtype=torch.float64)
+    inputs = {
+        "input_ids": ids,
+        "token_type_ids": token_types[None],
+        "pixel_values": pixels,
+        "attention_mask": torch.ones_like(ids),
+    }
+    tr = Extractor(model, None).trace(inputs=inputs)
+    groups = tr.layer_qk(0, "decoder").spec.groups
+    assert groups.tolist() == [[1] * (images + prompt) + [0] * suffix]
+    language = _eager(model, **inputs)
+    assert float(language[0][0, 0, images + prompt - 1]) > 0  # the first token sees the prompt's last
+    with torch.no_grad():
+        vision = model.model.vision_tower(pixels, output_attentions=True).attentions
+    check_views(tr, {"decoder": language, "encoder": [a[0] for a in vision]})
