@@ -38,6 +38,7 @@ def check_views(tr, eager: dict[str, list[torch.Tensor]]) -> None:
     """Every Trace view against the dense eager tensors."""
     assert set(tr.kinds) == set(eager)
     for kind, layers in eager.items():
+        assert layers, f"no eager attentions of kind {kind}: is the reference model on eager?"
         assert tr.shape(kind)[:2] == (len(layers), layers[0].shape[0])
         stats = tr.head_stats(kind=kind)
         for layer, p in enumerate(layers):

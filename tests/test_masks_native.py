@@ -17,6 +17,7 @@ import transformers as tf
 
 from attnscope import Extractor
 from attnscope.extract import capturing
+from attnscope.kernels import triton_common
 
 from eager import check_views
 from tiny_models import build
@@ -113,3 +114,38 @@ def test_paligemma_prefix_is_bidirectional_and_exact(rng):
     with torch.no_grad():
         vision = model.model.vision_tower(pixels, output_attentions=True).attentions
     check_views(tr, {"decoder": language, "encoder": [a[0] for a in vision]})
+
+
+@pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
+def test_segments_and_groups_on_the_triton_kernels(rng, monkeypatch):
+    """The Triton kernels (interpreted here) take segments and groups themselves: float32 views
+    of a packed Llama and of PaliGemma's prefix equal eager."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")
+    model = build("llama", dtype=torch.float32)
+    ids = torch.randint(4, 100, (1, sum(SEGMENTS)), generator=rng)
+    positions = _packed_positions(SEGMENTS)
+    tr = Extractor(model, None).trace(inputs={"input_ids": ids, "position_ids": positions})
+    eager = _eager(model.double(), input_ids=ids, position_ids=positions)
+    model = _paligemma().float()
+    ids = torch.cat([torch.full((9,), 120), torch.randint(4, 100, (21,), generator=rng)])[None]
+    types = torch.cat([torch.zeros(20, dtype=torch.long), torch.ones(10, dtype=torch.long)])[None]
+    px = torch.randn(1, 3, 42, 42, generator=rng)
+    inputs = {
+        "input_ids": ids,
+        "token_type_ids": types,
+        "pixel_values": px,
+        "attention_mask": torch.ones_like(ids),
+    }
+    prefix = Extractor(model, None).trace(inputs=inputs)
+    model = model.double()
+    prefix_eager = _eager(model, **{**inputs, "pixel_values": px.double()})
+    for trace, layers in ((tr, eager), (prefix, prefix_eager)):
+        for layer, p in enumerate(layers):
+            for head in range(p.shape[0]):
+                got = trace.attention(layer, head, kind="decoder").double()
+                assert (got - p[head]).abs().max() < 1e-5, (layer, head)
+    idx, _ = tr.topk(5, 0, 0, queries=slice(12, 13), kind="decoder")  # document 2 starts at 10
+    assert sorted(idx[0].tolist()) == [-1, -1, 10, 11, 12]
+    idx, _ = prefix.topk(21, 0, 0, queries=slice(2, 3), kind="decoder")  # the prefix is 0..19
+    assert sorted(idx[0].tolist()) == [-1, *range(20)]
