@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_eager_fallback import bloom
 from test_inputs import pixels, vit_eager
-from test_masks_native import SEGMENTS, _packed_positions, _paligemma
+from test_masks_native import SEGMENTS, _gemma3, _packed_positions, _paligemma, gemma3_inputs
 from test_masks_native import _eager as plain_eager
 from test_position_bias import build as build_t5
 from test_whisper import audio_inputs, max_errors, whisper, whisper_eager
@@ -83,6 +83,16 @@ def _paligemma_prefix(rng):
     return tr, {"decoder": language, "encoder": [a[0] for a in vision]}
 
 
+def _gemma3_image(rng):
+    model = _gemma3()
+    inputs = gemma3_inputs(rng)
+    tr = Extractor(model, None).trace(inputs=inputs)
+    language = plain_eager(model, **inputs)
+    with torch.no_grad():
+        vision = model.model.vision_tower(inputs["pixel_values"], output_attentions=True).attentions
+    return tr, {"decoder": language, "encoder": [a[0] for a in vision]}
+
+
 def _vision(family: str) -> Callable:
     def run(rng):
         model = build(family)
@@ -114,6 +124,7 @@ def cases() -> dict[str, Callable]:
     table["llama_packed"] = _packed
     table |= {f"{name}": _t5(name) for name in ("t5", "mt5", "umt5")}
     table["paligemma_prefix"] = _paligemma_prefix
+    table["gemma3_image_groups"] = _gemma3_image
     table |= {
         name: _vision(name) for name in ("vit", "deit", "dinov2_registers", "clip_vision", "siglip_vision")
     }

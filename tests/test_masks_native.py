@@ -116,6 +116,74 @@ def test_paligemma_prefix_is_bidirectional_and_exact(rng):
     check_views(tr, {"decoder": language, "encoder": [a[0] for a in vision]})
 
 
+def _gemma3() -> torch.nn.Module:
+    torch.manual_seed(0)
+    vision = tf.SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+    )
+    text = tf.Gemma3TextConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=0,
+    )
+    config = tf.Gemma3Config(
+        vision_config=vision,
+        text_config=text,
+        mm_tokens_per_image=4,
+        image_token_index=260,
+        boi_token_index=258,
+        eoi_token_index=259,
+    )
+    return tf.Gemma3ForConditionalGeneration(config).to(torch.float64).eval()
+
+
+def gemma3_inputs(rng, before: int = 5, after: int = 9) -> dict:
+    """Text, <start_of_image>, 4 image tokens, <end_of_image>, text: the image attends both ways."""
+    ids = torch.cat(
+        [
+            torch.randint(4, 100, (before,), generator=rng),
+            torch.tensor([258]),
+            torch.full((4,), 260),
+            torch.tensor([259]),
+            torch.randint(4, 100, (after,), generator=rng),
+        ]
+    )[None]
+    pixels = torch.randn(1, 3, 56, 56, generator=rng, dtype=torch.float64)
+    return {
+        "input_ids": ids,
+        "token_type_ids": (ids == 260).long(),
+        "pixel_values": pixels,
+        "attention_mask": torch.ones_like(ids),
+    }
+
+
+def test_gemma3_image_tokens_attend_both_ways_inside_a_sliding_window(rng):
+    """Gemma 3: the image's 4 tokens form a bidirectional group on top of a 6-key sliding window
+    (layer 0) and of full causal attention (layer 1); both layers equal eager."""
+    model = _gemma3()
+    inputs = gemma3_inputs(rng)
+    tr = Extractor(model, None).trace(inputs=inputs)
+    spec = tr.layer_qk(0, "decoder").spec
+    assert spec.window == 6 and spec.groups.tolist() == [[0] * 6 + [1] * 4 + [0] * 10]
+    language = _eager(model, **inputs)
+    assert float(language[1][0, 6, 9]) > 0  # the first image token sees the last
+    with torch.no_grad():
+        vision = model.model.vision_tower(inputs["pixel_values"], output_attentions=True).attentions
+    check_views(tr, {"decoder": language, "encoder": [a[0] for a in vision]})
+
+
 @pytest.mark.skipif(not triton_common.HAS_TRITON, reason="triton is not installed")
 def test_segments_and_groups_on_the_triton_kernels(rng, monkeypatch):
     """The Triton kernels (interpreted here) take segments and groups themselves: float32 views
