@@ -269,7 +269,15 @@ function normalizeKind(k) {
     queryLen: k.queryLen || 0,
     keyLen: k.keyLen || 0,
     sentenceBStart: k.sentenceBStart ?? 0,
+    // { rows, cols, firstPatch } where the tokens are an image's patches; null for text.
+    patchGrid: k.patchGrid ? { rows: k.patchGrid.rows || 0, cols: k.patchGrid.cols || 0, firstPatch: k.patchGrid.firstPatch || 0 } : null,
   };
+}
+
+// ModelInfo, with what it takes: servers from before images are text-only.
+function normalizeModel(m) {
+  const takesImages = Boolean(m.takesImages);
+  return { ...m, takesImages, takesText: m.takesText === undefined ? !takesImages : Boolean(m.takesText) };
 }
 
 // TraceInfo -> { traceId, model, method, kinds: [KindInfo...] (the default first), kindNames, kind(name) }:
@@ -307,7 +315,7 @@ function normalizeServerInfo(s) {
       tileSize: viewer.tileSize || 0,
     },
     headStats: (s.headStats || []).map((h) => ({ name: h.name, description: h.description || "", notable: NOTABLE[h.notable] || "high" })),
-    models: s.models || [],
+    models: (s.models || []).map(normalizeModel),
   };
 }
 
@@ -341,8 +349,17 @@ export function serverInfo() {
   return serverInfoPromise;
 }
 
-export async function createTrace({ model, text, pair }) {
-  return normalizeInfo(await transport.unary("CreateTrace", { model, text, textPair: pair }));
+// A trace of `text` (and `pair`), or of `image` (an image file's bytes, base64) instead.
+export async function createTrace({ model, text, pair, image }) {
+  const body = image ? { model, image } : { model, text, textPair: pair };
+  return normalizeInfo(await transport.unary("CreateTrace", body));
+}
+
+// An image file's bytes (a Uint8Array) in base64, as proto3 JSON carries `bytes`.
+export function base64Of(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
 }
 
 export async function getViews(traceId, requested) {

@@ -8,7 +8,7 @@ import * as diffView from "./views/diff.js";
 import * as headView from "./views/head.js";
 import * as modelView from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
-import { createTrace, deleteTrace, onProgress, serverInfo } from "./data.js";
+import { base64Of, createTrace, deleteTrace, onProgress, serverInfo } from "./data.js";
 import { framePending, generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
 
 const VIEWS = { head: headView, model: modelView, neuron: neuronView };
@@ -17,6 +17,11 @@ const renders = generations();
 let busyCount = 0;
 let working = 0; // renders and views' own loads (tile, preview) under way
 let traceRun = null; // { key, promise of { a, b } }: the TraceInfo of the main input and of the comparison
+// The image picked for a model that takes images: { key, name, url, base64 }. Not in the URL (a
+// link or a reload traces the text); while one is picked and the model takes images, Run traces it.
+let picked = null;
+let picking = null; // the promise of the pick being read
+let picks = 0;
 
 function showError(message) {
   $("error").textContent = message || "";
@@ -83,11 +88,43 @@ function viewOf(pane, name) {
   return pane.views[name].mounted;
 }
 
+function modelInfo(name) {
+  return app.server?.models.find((m) => m.name === name);
+}
+
+// The picked image, when the model named takes images (then it is traced instead of the text).
+function imageFor(model) {
+  return picked && modelInfo(model)?.takesImages ? picked : null;
+}
+
+// The input fields the chosen model takes: the image picker, and the texts unless it takes only images.
+function showInputs() {
+  const m = modelInfo($("model").value);
+  const imageOnly = Boolean(m?.takesImages && !m.takesText);
+  $("image").hidden = !m?.takesImages;
+  $("image-clear").hidden = !(m?.takesImages && picked);
+  for (const id of ["text", "pair", "compare"]) $(id).hidden = imageOnly;
+}
+
+async function readPick(file) {
+  const limit = app.server?.limits.maxImageBytes;
+  if (limit && file.size > limit) throw new Error(`the image is ${file.size} bytes; this server accepts at most ${limit}`);
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  if (picked) URL.revokeObjectURL(picked.url);
+  picks += 1;
+  picked = { key: picks, name: file.name, url: URL.createObjectURL(file), base64: base64Of(bytes) };
+}
+
 function tracesFor(model, text, pair, compare) {
-  const key = JSON.stringify([model, text, pair, compare]);
+  const image = imageFor(model);
+  const key = JSON.stringify(image ? [model, "image", image.key] : [model, text, pair, compare]);
   if (traceRun?.key === key) return traceRun.promise;
   const old = traceRun;
   const promise = (async () => {
+    if (image) {
+      const a = await busy(createTrace({ model, image: image.base64 }));
+      return { a: Object.assign(a, { image }), b: null }; // the head view draws it under the patches
+    }
     const a = await busy(createTrace({ model, text, pair }));
     const b = compare ? await busy(createTrace({ model, text: compare, pair })) : null;
     return { a, b };
@@ -115,7 +152,13 @@ async function renderNow() {
   $("pair").value = state.pair;
   $("compare").value = state.compare;
   if (state.model) $("model").value = state.model;
-  if (!state.text) return;
+  showInputs();
+  const model = modelInfo(state.model);
+  if (!imageFor(state.model) && model && !model.takesText) {
+    $("status").textContent = `${model.name} reads images: pick one, then Run`;
+    return;
+  }
+  if (!state.text && !imageFor(state.model)) return;
   try {
     app.server = app.server || (await serverInfo());
     if (!fresh()) return;
@@ -125,7 +168,8 @@ async function renderNow() {
     const k = a.kinds[0];
     // An eager trace (dense output_attentions, for models outside AttentionInterface) says so.
     const method = a.method === "eager" ? " · eager attention (fallback)" : "";
-    $("status").textContent = `${k.queryLen} tokens · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}`;
+    const grid = k.patchGrid ? ` (${k.patchGrid.rows}×${k.patchGrid.cols} patches of ${a.image ? a.image.name : "an image"})` : "";
+    $("status").textContent = `${k.queryLen} tokens${grid} · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}`;
     const comparing = Boolean(b);
     $("pane-b").hidden = !comparing;
     $("difference").hidden = !comparing;
@@ -189,8 +233,25 @@ async function init() {
   } catch (err) {
     app.fail(err);
   }
-  $("run-form").addEventListener("submit", (event) => {
+  $("model").addEventListener("change", showInputs);
+  $("image").addEventListener("change", () => {
+    const file = $("image").files[0];
+    picking = file ? readPick(file) : null;
+    picking?.then(showInputs, (err) => app.fail(err));
+  });
+  $("image-clear").addEventListener("click", () => {
+    if (picked) URL.revokeObjectURL(picked.url);
+    picked = picking = null;
+    $("image").value = "";
+    showInputs();
+  });
+  $("run-form").addEventListener("submit", async (event) => {
     event.preventDefault();
+    try {
+      await track(picking); // a pick still being read is what Run traces
+    } catch {
+      return; // its error is shown already
+    }
     update({ model: $("model").value, text: $("text").value, pair: $("pair").value, compare: $("compare").value, query: -1 });
   });
   for (const tab of document.querySelectorAll("#tabs button")) tab.addEventListener("click", () => update({ view: tab.dataset.view }));

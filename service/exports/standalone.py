@@ -33,6 +33,7 @@ MODULES = (
     "colors.js",
     "data.js",
     "state.js",
+    "views/image.js",
     "views/head.js",
     "views/model.js",
     "views/neuron.js",

@@ -5,6 +5,7 @@
 // service's GetServerInfo.
 import { headColor } from "../colors.js";
 import { getViews, views } from "../data.js";
+import { mountImagePanel } from "./image.js";
 
 const ROW = 18;
 const MIN_WEIGHT = 0.004;
@@ -185,6 +186,7 @@ export function mount(root, app) {
     <div class="head-body">
       <div class="scroller"><div class="spacer"></div><canvas class="lines"></canvas></div>
       <canvas class="minimap" title="click to jump"></canvas>
+      <aside class="image-panel" hidden></aside>
     </div>
     <div class="tooltip" hidden></div>`;
   const $ = (sel) => root.querySelector(sel);
@@ -192,8 +194,9 @@ export function mount(root, app) {
   const scroller = $(".scroller");
   const minimap = $(".minimap");
   const tooltip = $(".tooltip");
+  const imagePanel = mountImagePanel($(".image-panel"), app);
   minimap.style.width = `${MINIMAP_WIDTH}px`; // before the first layout: the scroller takes the rest
-  let current = null; // { key, data, k: KindInfo, layer }: what is drawn
+  let current = null; // { key, data, k: KindInfo, layer, image }: what is drawn (image: the input's, or null)
   let hidden = new Set();
   let appliedHeads = false; // state.heads (a starting selection) is applied once
   let hover = null; // { side: "left" | "right", index }
@@ -239,6 +242,7 @@ export function mount(root, app) {
     draw(ctx, m);
     canvas.dataset.drawn = JSON.stringify({ kind: current.k.kind, layer: current.layer, first: m.first }); // for tests and tools
     drawMinimap(m, dpr);
+    drawImage(m);
     showTooltip();
     const done = performance.now();
     const timings = { ...(window.attnscopeTimings || {}), headDrawMs: done - t0 };
@@ -262,6 +266,14 @@ export function mount(root, app) {
     ctx.fillStyle = "rgba(31,119,180,0.6)";
     const top = (m.scroll / (rows * m.lay.row)) * h;
     ctx.fillRect(0, top, MINIMAP_WIDTH, Math.max(4, (m.height / (rows * m.lay.row)) * h));
+  }
+
+  // The image panel, for a trace of an image's patches: the focused query's attention over them.
+  function drawImage(m) {
+    const { k, image, data, layer } = current;
+    if (!image || !k.patchGrid) return imagePanel.hide();
+    const query = m.hover?.side === "left" ? m.hover.index : m.pinned;
+    imagePanel.show({ image, k, data, heads: m.heads, query: query < k.queryLen ? query : -1, layer });
   }
 
   function hitTest(event) {
@@ -362,7 +374,7 @@ export function mount(root, app) {
     if (!shown) {
       const data = await app.busy(loadLayer(info.traceId, k, layer, viewer));
       if (!fresh()) return;
-      shown = { key, data, k, layer };
+      shown = { key, data, k, layer, image: info.image || null };
     }
     current = shown;
     $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === layer)));
