@@ -111,13 +111,15 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _digest_kernel(
-        Q, K, KV_VALID, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        Q, K, KV_VALID, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, D,  # triton_common.launch
+        scale, softcap, window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin,
         LSE2, POOL, REC, TERMS, Lq, Lk, group, SQ, SK,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, DO_POOL: tl.constexpr,
-        DO_REC: tl.constexpr, DO_TERMS: tl.constexpr, PACK: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr, CELLS_Q: tl.constexpr,
-        HEADS_P: tl.constexpr,
+        HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
+        DO_POOL: tl.constexpr, DO_REC: tl.constexpr, DO_TERMS: tl.constexpr, PACK: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr,
+        CELLS_Q: tl.constexpr, HEADS_P: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M rows of PACK query heads sharing a key head (packed_rows).
@@ -149,14 +151,18 @@ if HAS_TRITON:
         same = tl.zeros([BLOCK_M], tl.float32)
         first = tl.zeros([BLOCK_M], tl.float32)
         dist = tl.zeros([BLOCK_M], tl.float32)
-        lo, hi = key_bounds(m_start, m_stop, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
+        # fmt: off
+        lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, BLOCK_N, BLOCK_M,
+                            CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        # fmt: on
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             key_in = offs_n < Lk
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
             # fmt: off
-            t = tile_logits2(q, k_ptrs, pos, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
-                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            t = tile_logits2(q, k_ptrs, pos, offs_n, h, offs_d, Lk, D, KV_VALID, scale, softcap, window, chunk,
+                             chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL, HAS_WINDOW,
+                             HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS, IEEE)
             # fmt: on
             p = tl.exp2(t - lse2[:, None])
             p = tl.where(row_in[:, None], p, 0.0)

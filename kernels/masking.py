@@ -108,10 +108,9 @@ class MaskSpec:
         return replace(self, **{name: t[list(heads)] for name, t in per_head.items()})
 
     def torch_only(self) -> list[str]:
-        """The facts of this spec the Triton kernels do not take yet (the torch twin takes all)."""
-        names = {"chunk": "chunked attention", "segments": "packed sequences"}
-        names |= {"groups": "bidirectional groups", "bias": "a relative position bias"}
-        return [text for name, text in names.items() if getattr(self, name) is not None]
+        """The facts of this spec the Triton kernels do not take yet (the torch twin takes all):
+        none, the kernels take every fact now (kernels/triton_common.mask_args)."""
+        return []
 
     def allowed(self, q_idx: torch.Tensor, k_idx: torch.Tensor, batch: int = 0) -> torch.Tensor | None:
         """Boolean block [len(q_idx), len(k_idx)] of visible (query, key) pairs; None if all are visible."""

@@ -18,6 +18,7 @@ from .scores import compute_dtype, probs_from_logits
 from .triton_common import (
     HAS_TRITON,
     LN2_C,
+    bias2,
     block_d,
     launch,
     logits2,
@@ -60,10 +61,13 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _neuron_kernel(
-        Q, K, KV_VALID, sq_d, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        Q, K, KV_VALID, sq_d, sk_l, sk_d, D,  # triton_common.launch
+        scale, softcap, window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin,
         LSE2, PROD, SCORES, PROBS, query, k_begin, nk,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_N keys of the single query row; q·k as an explicit product in fp32,
@@ -83,9 +87,12 @@ if HAS_TRITON:
         tl.store(PROD + cols[:, None] * D + offs_d[None, :], prod, mask=col_in[:, None] & d_in[None, :])
         raw = tl.sum(prod, 1)
         t = logits2(raw, scale, softcap, HAS_SOFTCAP)
-        visible = visible_pairs(
-            query, offs_n, col_in, KV_VALID, offs_n, window, CAUSAL, HAS_WINDOW, HAS_PADDING
-        )
+        # fmt: off
+        visible = visible_pairs(query, offs_n, col_in, KV_VALID, offs_n, window, chunk, chunk_shift, FACTS,
+                                n_facts, CAUSAL, HAS_WINDOW, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        # fmt: on
+        if HAS_BIAS:  # the spec's bias holds this head's row alone (`neuron_triton`): bias row 0
+            t = t + bias2(BIAS, 0, query, offs_n, bias_n, bias_origin)
         t = tl.where(visible, t, float("-inf"))
         lse2 = tl.load(LSE2 + query)
         tl.store(SCORES + cols, t * LN2_C, mask=col_in)
@@ -115,7 +122,8 @@ def neuron_triton(
     qh, kh, lse2 = one_head(q, k, lse, head)
     qv = qh[query]
     grid = (triton.cdiv(n, block_n),)
+    one = spec.for_heads([head])  # its bias row, the kernel's row 0
     launch(
-        _neuron_kernel, grid, qv, kh, spec, lse2, prod, scores, probs, query, keys.start, n, BLOCK_N=block_n
+        _neuron_kernel, grid, qv, kh, one, lse2, prod, scores, probs, query, keys.start, n, BLOCK_N=block_n
     )
     return NeuronView(qv.float(), kh[keys.start : keys.stop].float(), prod, scores, probs)

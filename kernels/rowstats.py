@@ -58,11 +58,13 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _row_stats_kernel(
-        Q, K, KV_VALID, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        Q, K, KV_VALID, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, D,  # triton_common.launch
+        scale, softcap, window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin,
         LSE, ENT, Lq, Lk, group,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, PACK: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
+        PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M rows of PACK query heads that share a key head (packed_rows);
@@ -72,7 +74,10 @@ if HAS_TRITON:
         q_ptrs = Q + h[:, None] * sq_h + pos[:, None] * sq_l + offs_d[None, :] * sq_d
         q = tl.load(q_ptrs, mask=row_in[:, None] & (offs_d < D)[None, :], other=0.0)
         k_base = K + ((tl.program_id(1) * PACK) // group).to(tl.int64) * sk_h
-        lo, hi = key_bounds(m_start, m_stop, Lk, window, BLOCK_N, CAUSAL, HAS_WINDOW)
+        # fmt: off
+        lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, BLOCK_N, BLOCK_M,
+                            CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        # fmt: on
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         a_i = tl.zeros([BLOCK_M], tl.float32)
@@ -80,8 +85,9 @@ if HAS_TRITON:
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
             k_ptrs = k_base + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
             # fmt: off
-            t = tile_logits2(q, k_ptrs, pos, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
-                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            t = tile_logits2(q, k_ptrs, pos, offs_n, h, offs_d, Lk, D, KV_VALID, scale, softcap, window, chunk,
+                             chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL, HAS_WINDOW,
+                             HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS, IEEE)
             # fmt: on
             m_new = tl.maximum(m_i, tl.max(t, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

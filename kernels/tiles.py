@@ -39,11 +39,13 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _probs_tile_kernel(
-        Q, K, KV_VALID, sq_l, sq_d, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        Q, K, KV_VALID, sq_l, sq_d, sk_l, sk_d, D,  # triton_common.launch
+        scale, softcap, window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin,
         LSE2, OUT, q_begin, nq, k_begin, nk, Lk,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
+        HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
     # fmt: on
         # One program: a BLOCK_M × BLOCK_N tile of P; Q and K already point at the head's rows.
@@ -61,8 +63,11 @@ if HAS_TRITON:
         k_ptrs = K + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
         key_end = tl.minimum(Lk, k_begin + nk)
         # fmt: off
-        t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, key_end, D, KV_VALID, scale, softcap, window,
-                         CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+        # The spec's bias holds this head's row alone (`probs_tile_triton`): bias row 0.
+        t = tile_logits2(q, k_ptrs, offs_m, offs_n, rows * 0, offs_d, key_end, D, KV_VALID, scale, softcap,
+                         window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL,
+                         HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS,
+                         IEEE)
         # fmt: on
         lse2 = tl.load(LSE2 + offs_m, mask=row_in, other=float("inf"))
         p = tl.exp2(t - lse2[:, None])
@@ -88,5 +93,6 @@ def probs_tile_triton(
     qh, kh, lse2 = one_head(q, k, lse, head)
     grid = (triton.cdiv(len(queries), block_m), triton.cdiv(len(keys), block_n))
     args = (lse2, out, queries.start, len(queries), keys.start, len(keys), k.shape[1])
-    launch(_probs_tile_kernel, grid, qh, kh, spec, *args, BLOCK_M=block_m, BLOCK_N=block_n)
+    one = spec.for_heads([head])  # its bias row, the kernel's row 0
+    launch(_probs_tile_kernel, grid, qh, kh, one, *args, BLOCK_M=block_m, BLOCK_N=block_n)
     return out

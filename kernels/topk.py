@@ -109,11 +109,13 @@ if HAS_TRITON:
     # fmt: off
     @triton.jit
     def _topk_kernel(
-        Q, K, KV_VALID, sq_l, sq_d, sk_l, sk_d, D, scale, softcap, window,  # triton_common.launch
+        Q, K, KV_VALID, sq_l, sq_d, sk_l, sk_d, D,  # triton_common.launch
+        scale, softcap, window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin,
         LSE2, OUT, q_begin, nq, Lk,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-        KP: tl.constexpr,
+        HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, KP: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M query rows of one head (Q, K already point at it); key blocks of KP.
@@ -128,14 +130,21 @@ if HAS_TRITON:
         )
         lse2 = tl.load(LSE2 + offs_m, mask=row_in, other=float("inf"))
         m_start = q_begin + tl.program_id(0) * BLOCK_M
-        lo, hi = key_bounds(m_start, tl.minimum(m_start + BLOCK_M, q_begin + nq), Lk, window, KP, CAUSAL, HAS_WINDOW)
+        m_stop = tl.minimum(m_start + BLOCK_M, q_begin + nq)
+        # fmt: off
+        lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, KP, BLOCK_M,
+                            CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        # fmt: on
         best = tl.zeros([BLOCK_M, KP], tl.int64)  # probability 0: decodes to "no key"
         for start_n in range(lo, hi, KP):
             offs_n = (start_n + tl.arange(0, KP)).to(tl.int64)
             k_ptrs = K + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
             # fmt: off
-            t = tile_logits2(q, k_ptrs, offs_m, offs_n, offs_d, Lk, D, KV_VALID, scale, softcap, window,
-                             CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, IEEE)
+            # The spec's bias holds this head's row alone (`topk_triton`): bias row 0.
+            t = tile_logits2(q, k_ptrs, offs_m, offs_n, rows * 0, offs_d, Lk, D, KV_VALID, scale, softcap,
+                             window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL,
+                             HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS,
+                             HAS_BIAS, IEEE)
             # fmt: on
             p = tl.where(row_in[:, None], tl.exp2(t - lse2[:, None]), 0.0)
             bits = p.to(tl.int32, bitcast=True).to(tl.int64)
@@ -164,7 +173,7 @@ def topk_triton(
         (triton.cdiv(len(queries), block_m),),
         qh,
         kh,
-        spec,
+        spec.for_heads([head]),  # its bias row, the kernel's row 0
         lse2,
         packed,
         queries.start,

@@ -7,10 +7,16 @@ Numerics (written once, used by every kernel):
   inputs use IEEE fp32 products (``input_precision="ieee"``), never TF32, so a kernel matches the
   torch backend instead of drifting by TF32's 10-bit mantissa.
 * Logits are kept in base 2: ``t = s · log2(e)`` with ``s`` the natural logit (scaled, then
-  soft-capped as ``c · tanh(s / c)``). Probabilities are ``exp2(t - lse2)`` with ``lse2`` the row's
-  base-2 log-sum-exp; the stored statistic is the natural ``lse = lse2 · ln 2``.
-* Invisible (query, key) pairs have ``t = -inf``. Empty rows (``lse = -inf``) give zeros: the
-  kernels substitute ``+inf`` for their ``lse`` so ``exp2(-inf - inf) = 0``, never NaN.
+  soft-capped as ``c · tanh(s / c)``, then plus the relative position bias, which `mask_args`
+  hands over already × log2(e) and the kernels gather per pair: no L×L bias). Probabilities
+  are ``exp2(t - lse2)`` with ``lse2`` the row's base-2 log-sum-exp; the stored statistic is
+  the natural ``lse = lse2 · ln 2``.
+* Visibility (`visible_pairs`) and each row block's key range (`key_bounds`) follow
+  `MaskSpec.allowed` and `MaskSpec.key_range`: causal, window, chunk, bidirectional groups,
+  packed-sequence segments and key padding, each behind a constexpr flag, so a kernel without a
+  fact compiles as before. Invisible (query, key) pairs have ``t = -inf``.
+* Empty rows (``lse = -inf``) give zeros: the kernels substitute ``+inf`` for their ``lse`` so
+  ``exp2(-inf - inf) = 0``, never NaN.
 * Offsets into Q, K and outputs are computed in int64, so L = 128k × D = 256 and beyond is safe.
 """
 
@@ -39,15 +45,51 @@ LN2 = math.log(2.0)
 DOT_MIN = 16
 
 
+#: Rows of the position-facts table `mask_args` hands the kernels ([FACT_ROWS, L] int64): each
+#: position's segment id and its segment's [first, stop), then its group id and group's [first, stop).
+SEG, SEG_LO, SEG_HI, GROUP, GROUP_LO, GROUP_HI = range(6)
+FACT_ROWS = 6
+#: The runtime mask arguments after ``D`` in every kernel's signature, in order (`launch`).
+MASK_SCALARS = (
+    *("scale", "softcap", "window", "chunk", "chunk_shift"),
+    *("facts", "n_facts", "bias", "bias_n", "bias_origin"),
+)
+
+
 def mask_args(spec: MaskSpec, device: torch.device) -> dict:
-    """Kernel arguments and constexpr flags describing `spec` (key padding of a single sequence)."""
+    """Kernel arguments and constexpr flags describing `spec`, for one sequence (batch 1).
+
+    * ``chunk``, ``chunk_shift``: position ``p`` lies in chunk ``(p + chunk_shift) // chunk``, with
+      ``chunk_shift = -chunk_start mod chunk`` (non-negative, so integer division is a floor).
+    * ``facts`` [FACT_ROWS, n_facts] int64: segment and group ids with their extents
+      (`MaskSpec._segment_reach`, `_group_reach`), rows as `SEG` ... `GROUP_HI`; self-attention only,
+      so ``n_facts`` is the sequence length.
+    * ``bias`` [Hq, bias_n] float32: the relative-position bias in base-2 units (× log2 e); the
+      pair (q, k) of query head h reads ``bias[h, k - q + bias_origin]`` (`bias2`).
+    """
     padding = spec.key_padding
-    if padding is not None and padding.shape[0] != 1:
-        raise ValueError(f"kernels take one sequence at a time; key padding has batch {padding.shape[0]}")
+    per_item = {"key padding": padding, "segments": spec.segments, "groups": spec.groups}
+    per_item["chunk starts"] = None if spec.chunk_start is None else spec.chunk_start.reshape(-1, 1)
+    for what, t in per_item.items():
+        if t is not None and t.shape[0] != 1:
+            raise ValueError(f"kernels take one sequence at a time; {what} have batch {t.shape[0]}")
+    chunk = int(spec.chunk or 0)
+    origin = 0 if spec.chunk_start is None else int(spec.chunk_start.reshape(-1)[0])
+    facts, n_facts = _position_facts(spec, device)
+    bias = torch.zeros(1, dtype=torch.float32, device=device)
+    if spec.bias is not None:
+        bias = (spec.bias.to(device=device, dtype=torch.float64) * LOG2E).to(torch.float32).contiguous()
     return {
         "scale": spec.scaling if spec.softcap is not None else spec.scaling * LOG2E,
         "softcap": float(spec.softcap or 1.0),
         "window": int(spec.window or 0),
+        "chunk": chunk,
+        "chunk_shift": (-origin) % chunk if chunk else 0,
+        "facts": facts,
+        "n_facts": n_facts,
+        "bias": bias,
+        "bias_n": bias.shape[-1] if spec.bias is not None else 0,
+        "bias_origin": int(spec.bias_origin),
         "kv_valid": (
             padding[0].to(device=device, dtype=torch.int8)
             if padding is not None
@@ -57,7 +99,27 @@ def mask_args(spec: MaskSpec, device: torch.device) -> dict:
         "HAS_WINDOW": spec.window is not None,
         "HAS_SOFTCAP": spec.softcap is not None,
         "HAS_PADDING": padding is not None,
+        "HAS_CHUNK": spec.chunk is not None,
+        "HAS_SEGMENTS": spec.segments is not None,
+        "HAS_GROUPS": spec.groups is not None,
+        "HAS_BIAS": spec.bias is not None,
     }
+
+
+def _position_facts(spec: MaskSpec, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(facts [FACT_ROWS, L] int64, L) of `mask_args`; a 1-element stand-in and 0 without segments
+    or groups."""
+    per_position = [(SEG, spec.segments, "_segment_reach"), (GROUP, spec.groups, "_group_reach")]
+    present = [(row, ids) for row, ids, _ in per_position if ids is not None]
+    if not present:
+        return torch.zeros(1, dtype=torch.int64, device=device), 0
+    n = present[0][1].shape[1]
+    facts = torch.zeros(FACT_ROWS, n, dtype=torch.int64)
+    for row, ids, reach in per_position:
+        if ids is not None:
+            lo, hi = getattr(spec, reach)
+            facts[row : row + 3] = torch.stack([ids[0], lo[0], hi[0]]).cpu()
+    return facts.to(device), n
 
 
 #: Tests set this to fill kernel outputs with NaN before a launch, so an element a kernel forgets
@@ -80,13 +142,21 @@ def launch(kernel, grid, q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, *oper
     """Launch `kernel` on `grid` with the parameters every kernel family shares.
 
     A kernel's signature opens with ``Q, K, KV_VALID``, the strides of Q and of K (as many as
-    their ranks: a head's Q [L, D] has two, a single query row one), ``D, scale, softcap, window``,
-    then takes its own `operands` (buffers, sizes), and has the constexprs ``CAUSAL, HAS_WINDOW,
-    HAS_SOFTCAP, HAS_PADDING`` (`mask_args`), ``IEEE`` (fp32 inputs: IEEE products, see the
-    module docstring) and ``BLOCK_D``; `constexprs` holds its own constexprs and the launch
-    options (``num_warps``, ``num_stages``).
+    their ranks: a head's Q [L, D] has two, a single query row one), ``D``, the mask arguments
+    `MASK_SCALARS` (``scale, softcap, window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n,
+    bias_origin``: `mask_args`), then takes its own `operands` (buffers, sizes), and has the
+    constexprs ``CAUSAL, HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS,
+    HAS_GROUPS, HAS_BIAS`` (`mask_args`), ``IEEE`` (fp32 inputs: IEEE products, see the module
+    docstring) and ``BLOCK_D``; `constexprs` holds its own constexprs and the launch options
+    (``num_warps``, ``num_stages``). The bias rows are the query heads the kernel indexes: a
+    kernel over one head takes ``spec.for_heads([head])``.
     """
     args = mask_args(spec, q.device)
+    if args["n_facts"] and args["n_facts"] != k.shape[-2]:
+        raise ValueError(
+            f"segments and groups are per position of a self-attention call: {args['n_facts']} "
+            f"positions, but {k.shape[-2]} keys"
+        )
     d = q.shape[-1]
     kernel[grid](
         q,
@@ -95,9 +165,7 @@ def launch(kernel, grid, q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, *oper
         *q.stride(),
         *k.stride(),
         d,
-        args.pop("scale"),
-        args.pop("softcap"),
-        args.pop("window"),
+        *(args.pop(name) for name in MASK_SCALARS),
         *operands,
         **args,
         IEEE=q.dtype == torch.float32,
@@ -164,6 +232,8 @@ if HAS_TRITON:
     # constexpr globals).
     LOG2E_C = tl.constexpr(LOG2E)
     LN2_C = tl.constexpr(LN2)
+    SEG_C, SEG_LO_C, SEG_HI_C = tl.constexpr(SEG), tl.constexpr(SEG_LO), tl.constexpr(SEG_HI)
+    GROUP_C, GROUP_LO_C, GROUP_HI_C = tl.constexpr(GROUP), tl.constexpr(GROUP_LO), tl.constexpr(GROUP_HI)
     #: onehot_dot's scale, 2^14 (see there).
     _ONEHOT_SCALE = tl.constexpr(16384.0)
 
@@ -184,12 +254,23 @@ if HAS_TRITON:
         kv_valid_ptr,
         kv_index,
         window,
+        chunk,
+        chunk_shift,
+        facts_ptr,
+        n_facts,
         CAUSAL: tl.constexpr,
         HAS_WINDOW: tl.constexpr,
         HAS_PADDING: tl.constexpr,
+        HAS_CHUNK: tl.constexpr,
+        HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr,
     ):
-        """Broadcast visibility of (query position, key position) pairs; `MaskSpec.allowed` in Triton."""
-        visible = key_in & (q_pos >= 0)
+        """Broadcast visibility of (query position, key position) pairs; `MaskSpec.allowed` in Triton:
+        ``(causal & window & chunk) | same group``, then ``& same segment & key padding``.
+        `key_in` says a key position is in range; segment and group ids are read from `facts_ptr`
+        (`mask_args`) for queries in [0, n_facts) and keys in range."""
+        q_ok = q_pos >= 0
+        visible = key_in & q_ok
         if CAUSAL:
             visible = visible & (k_pos <= q_pos)
         if HAS_WINDOW:
@@ -198,9 +279,28 @@ if HAS_TRITON:
                 visible = visible & (diff < window)
             else:
                 visible = visible & (diff < window) & (diff > -window)
+        if HAS_CHUNK:  # positions are >= 0 and chunk_shift >= 0: // is a floor
+            visible = visible & ((q_pos + chunk_shift) // chunk == (k_pos + chunk_shift) // chunk)
+        q_fact = q_ok & (q_pos < n_facts)
+        if HAS_GROUPS:
+            g_q = tl.load(facts_ptr + GROUP_C * n_facts + q_pos, mask=q_fact, other=0)
+            g_k = tl.load(facts_ptr + GROUP_C * n_facts + k_pos, mask=key_in, other=0)
+            visible = visible | ((g_q == g_k) & (g_q != 0) & key_in & q_fact)
+        if HAS_SEGMENTS:
+            s_q = tl.load(facts_ptr + SEG_C * n_facts + q_pos, mask=q_fact, other=-1)
+            s_k = tl.load(facts_ptr + SEG_C * n_facts + k_pos, mask=key_in, other=-2)
+            visible = visible & (s_q == s_k)
         if HAS_PADDING:
             visible = visible & (tl.load(kv_valid_ptr + kv_index, mask=key_in, other=0) != 0)
         return visible
+
+    @triton.jit
+    def bias2(bias_ptr, head, q_pos, k_pos, bias_n, bias_origin):
+        """The base-2 bias ``bias[head, k - q + bias_origin]`` of (query, key) pairs, 0 where the
+        offset is off the table (pairs a kernel masks anyway: keys or rows out of range)."""
+        offset = k_pos - q_pos + bias_origin
+        inside = (offset >= 0) & (offset < bias_n)
+        return tl.load(bias_ptr + head * bias_n + offset, mask=inside, other=0.0)
 
     @triton.jit
     def tile_logits2(
@@ -208,6 +308,7 @@ if HAS_TRITON:
         k_ptrs,  # pointers of a [BLOCK_N, BLOCK_D] key tile
         offs_m,  # [BLOCK_M] int64 query positions
         offs_n,  # [BLOCK_N] int64 key positions
+        q_head,  # [BLOCK_M] int64 query head of each row (its bias row)
         offs_d,
         Lk,
         D,
@@ -215,10 +316,21 @@ if HAS_TRITON:
         scale,
         softcap,
         window,
+        chunk,
+        chunk_shift,
+        facts_ptr,
+        n_facts,
+        bias_ptr,
+        bias_n,
+        bias_origin,
         CAUSAL: tl.constexpr,
         HAS_WINDOW: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr,
         HAS_PADDING: tl.constexpr,
+        HAS_CHUNK: tl.constexpr,
+        HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
         IEEE: tl.constexpr,
     ):
         """Masked base-2 logits [BLOCK_M, BLOCK_N] of one tile; invisible pairs are -inf."""
@@ -229,17 +341,15 @@ if HAS_TRITON:
         else:
             raw = tl.dot(q, tl.trans(k))
         t = logits2(raw, scale, softcap, HAS_SOFTCAP)
+        # fmt: off
         visible = visible_pairs(
-            offs_m[:, None],
-            offs_n[None, :],
-            key_in[None, :],
-            kv_valid_ptr,
-            offs_n[None, :],
-            window,
-            CAUSAL,
-            HAS_WINDOW,
-            HAS_PADDING,
+            offs_m[:, None], offs_n[None, :], key_in[None, :], kv_valid_ptr, offs_n[None, :], window, chunk,
+            chunk_shift, facts_ptr, n_facts, CAUSAL, HAS_WINDOW, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS,
+            HAS_GROUPS,
         )
+        # fmt: on
+        if HAS_BIAS:
+            t = t + bias2(bias_ptr, q_head[:, None], offs_m[:, None], offs_n[None, :], bias_n, bias_origin)
         return tl.where(visible, t, float("-inf"))
 
     @triton.jit
@@ -290,11 +400,21 @@ if HAS_TRITON:
         m_stop,
         Lk,
         window,
+        chunk,
+        chunk_shift,
+        facts_ptr,
+        n_facts,
         BLOCK_N: tl.constexpr,
+        ROWS: tl.constexpr,
         CAUSAL: tl.constexpr,
         HAS_WINDOW: tl.constexpr,
+        HAS_CHUNK: tl.constexpr,
+        HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr,
     ):
-        """[lo, hi) of key positions that queries [m_start, m_stop) can see, lo aligned to BLOCK_N."""
+        """[lo, hi) of key positions that queries [m_start, m_stop) can see, lo aligned to BLOCK_N;
+        `MaskSpec.key_range` in Triton. ROWS >= m_stop - m_start (the groups' extents of the rows
+        are reduced over a vector of ROWS positions)."""
         lo = 0
         hi = Lk
         if CAUSAL:
@@ -303,8 +423,22 @@ if HAS_TRITON:
             lo = tl.maximum(0, m_start - window + 1)
             if not CAUSAL:
                 hi = tl.minimum(hi, m_stop + window - 1)
+        if HAS_CHUNK:  # from the chunk of m_start to the end of the chunk of m_stop - 1
+            lo = tl.maximum(lo, tl.maximum(((m_start + chunk_shift) // chunk) * chunk - chunk_shift, 0))
+            if not CAUSAL:
+                hi = tl.minimum(hi, ((m_stop - 1 + chunk_shift) // chunk + 1) * chunk - chunk_shift)
+        if HAS_GROUPS:  # a group's keys may lie before a window or chunk, or after the query
+            rows = m_start + tl.arange(0, ROWS)
+            row_in = rows < m_stop
+            first = tl.load(facts_ptr + GROUP_LO_C * n_facts + rows, mask=row_in, other=n_facts)
+            stop = tl.load(facts_ptr + GROUP_HI_C * n_facts + rows, mask=row_in, other=0)
+            lo = tl.minimum(lo, tl.min(first, 0))
+            hi = tl.maximum(hi, tl.minimum(Lk, tl.max(stop, 0)))
+        if HAS_SEGMENTS:  # nothing outside the segments of the first and last rows
+            lo = tl.maximum(lo, tl.load(facts_ptr + SEG_LO_C * n_facts + m_start))
+            hi = tl.minimum(hi, tl.load(facts_ptr + SEG_HI_C * n_facts + m_stop - 1))
         lo = (lo // BLOCK_N) * BLOCK_N
         return lo, hi
 else:  # pragma: no cover
-    tile_logits2 = key_bounds = logits2 = visible_pairs = packed_rows = onehot_dot = None
+    tile_logits2 = key_bounds = logits2 = visible_pairs = bias2 = packed_rows = onehot_dot = None
     LOG2E_C = LN2_C = None

@@ -64,16 +64,18 @@ if triton_common.HAS_TRITON:
 
     @triton.jit
     def _visible_kernel(
-        KV_VALID, OUT, Lq, Lk, window,
+        KV_VALID, OUT, Lq, Lk, window, chunk, chunk_shift, FACTS, n_facts,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        HAS_PADDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+        HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
         key_in = offs_n < Lk
         # fmt: off
         visible = visible_pairs(offs_m[:, None], offs_n[None, :], key_in[None, :], KV_VALID, offs_n[None, :],
-                                window, CAUSAL, HAS_WINDOW, HAS_PADDING)
+                                window, chunk, chunk_shift, FACTS, n_facts, CAUSAL, HAS_WINDOW, HAS_PADDING,
+                                HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
         # fmt: on
         out = OUT + offs_m[:, None] * Lk + offs_n[None, :]
         tl.store(out, visible.to(tl.int8), mask=(offs_m < Lq)[:, None] & key_in[None, :])
@@ -82,11 +84,13 @@ if triton_common.HAS_TRITON:
 def _kernel_visible(spec: MaskSpec, lq: int, lk: int, device: str) -> torch.Tensor:
     args = triton_common.mask_args(spec, torch.device(device))
     out = torch.full((lq, lk), -1, dtype=torch.int8, device=device)
-    kv_valid, window = args.pop("kv_valid"), args.pop("window")
-    del args["scale"], args["softcap"]
+    kv_valid = args.pop("kv_valid")
+    positions = [args.pop(name) for name in ("window", "chunk", "chunk_shift", "facts", "n_facts")]
+    for unused in ("scale", "softcap", "bias", "bias_n", "bias_origin"):
+        del args[unused]
     block_m = 16
     _visible_kernel[(triton.cdiv(lq, block_m),)](
-        kv_valid, out, lq, lk, window, **args, BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(lk)
+        kv_valid, out, lq, lk, *positions, **args, BLOCK_M=block_m, BLOCK_N=triton.next_power_of_2(lk)
     )
     return out.cpu()
 
