@@ -33,7 +33,11 @@ def decode_image(data: bytes, limits: Limits):
     formats = [f for f in FORMATS if f in Image.OPEN]
     try:
         im = Image.open(io.BytesIO(data), formats=formats)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above ours
+        raise ResourceExhausted(
+            f"image: {exc}; this server accepts at most {limits.max_image_pixels:,} pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidArgument(
             f"image: the {len(data):,} bytes are not a {', '.join(formats[:-1])} or {formats[-1]} image "
             f"({type(exc).__name__}); send an image file's bytes"

@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import urllib.error
 import urllib.request
+import zlib
 
 import grpc
 import numpy as np
@@ -126,6 +128,16 @@ def test_a_kept_image_trace_serves_views_and_models_say_what_they_take(client, r
     assert not text.info.kinds[0].HasField("patch_grid")
 
 
+def _claims(width: int, height: int) -> bytes:
+    """A 1×1 PNG whose header says it is `width`×`height` (the header's checksum made to match)."""
+    out = io.BytesIO()
+    Image.new("L", (1, 1)).save(out, "PNG")
+    data = bytearray(out.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR: after the signature, length and type
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
 def _bomb() -> bytes:
     """A PNG of 2048×2048 black pixels: a few KiB on the wire, 4 Mpx (12 MiB) once decoded."""
     out = io.BytesIO()
@@ -141,6 +153,8 @@ def _bomb() -> bytes:
         ({"model": "vit", "image": "truncated"}, "INVALID_ARGUMENT", "truncated or corrupt"),
         ({"model": "vit", "image": bytes(64 * 1024 + 1)}, "RESOURCE_EXHAUSTED", "at most 65,536"),
         ({"model": "vit", "image": "bomb"}, "RESOURCE_EXHAUSTED", "4,194,304 pixels"),
+        ({"model": "vit", "image": "claims 2000x1000"}, "RESOURCE_EXHAUSTED", "2000×1000 = 2,000,000 pixels"),
+        ({"model": "vit", "image": "claims 20000x20000"}, "RESOURCE_EXHAUSTED", "at most 1,048,576 pixels"),
         ({"model": "text", "image": "png"}, "INVALID_ARGUMENT", "model 'text' takes no images"),
         ({"model": "vit", "image": "png", "text": "a cat"}, "INVALID_ARGUMENT", "either image or text"),
         ({"model": "vit", "text": "a cat"}, "INVALID_ARGUMENT", "model 'vit' takes images, not text"),
@@ -149,9 +163,9 @@ def _bomb() -> bytes:
 def test_bad_images_are_refused_and_the_server_keeps_serving(client, rng, request_fields, code, message):
     fields = dict(request_fields)
     good = png(rng)
-    fields["image"] = {"png": good, "truncated": good[: len(good) // 2], "bomb": _bomb()}.get(
-        fields.get("image"), fields.get("image", b"")
-    )
+    made = {"png": good, "truncated": good[: len(good) // 2], "bomb": _bomb()}
+    made |= {"claims 2000x1000": _claims(2000, 1000), "claims 20000x20000": _claims(20000, 20000)}
+    fields["image"] = made.get(fields.get("image"), fields.get("image", b""))
     for method, cls in (("Extract", proto.ExtractRequest), ("CreateTrace", proto.CreateTraceRequest)):
         with pytest.raises(grpc.RpcError) as caught:
             result = client._call(method, cls(**fields), None)
