@@ -10,7 +10,17 @@ import torch
 from .capture import IMPLEMENTATION, CapturedCall, capturing, register
 from .default_model import default_model_path
 from .dense import DenseTrace
-from .inputs import Encoded, Padded, encode, encode_ids, encode_target, load_image, model_inputs, pad
+from .inputs import (
+    Encoded,
+    InputTooLong,
+    Padded,
+    encode,
+    encode_ids,
+    encode_target,
+    load_image,
+    model_inputs,
+    pad,
+)
 from .labels import feature_extractor, input_labels, positions
 from .trace import LayerQK, Trace
 
@@ -64,14 +74,6 @@ def _feature_extractor_from(path):
 def _derives_positions_from_padding(model: torch.nn.Module) -> bool:
     # RoBERTa-style embeddings compute positions from input_ids and padding_idx themselves.
     return any(type(m).__name__.endswith("Embeddings") and hasattr(m, "padding_idx") for m in model.modules())
-
-
-class InputTooLong(ValueError):
-    """An input has more tokens (special tokens included) than the caller's `max_tokens`."""
-
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(f"the input is {tokens:,} tokens; at most {limit:,} are accepted")
-        self.tokens, self.limit = tokens, limit
 
 
 class EagerTooLong(InputTooLong):

@@ -149,3 +149,11 @@ def model_inputs(inputs, forward_params: set[str], model_name: str) -> dict:
                 )
         out[name] = value
     return out
+
+
+class InputTooLong(ValueError):
+    """An input has more tokens (special tokens included) than the caller's `max_tokens`."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"the input is {tokens:,} tokens; at most {limit:,} are accepted")
+        self.tokens, self.limit = tokens, limit

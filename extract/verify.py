@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .inputs import Encoded, encode, encode_ids
+from .inputs import Encoded, InputTooLong, encode, encode_ids
 
 #: The keys of a dict `verify` treats as token ids (cut to max_tokens); any other key makes it a
 #: dict of model inputs, checked whole.
@@ -188,7 +188,6 @@ def _cut(item: Encoded, n: int) -> Encoded:
 
 def _whole(ex, text_or_inputs, inputs, image, pair, target, max_tokens):
     """(trace, the model inputs it ran on, input tokens) of model inputs or an image, whole."""
-    from .extractor import InputTooLong
 
     if inputs is None and image is None:
         inputs, text_or_inputs = text_or_inputs, None
