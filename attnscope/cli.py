@@ -92,6 +92,8 @@ async def _serve(args: argparse.Namespace) -> int:
             trace_cache_bytes=args.trace_cache_mb * 2**20,
             trace_ttl_s=args.trace_ttl,
             max_pending=args.max_pending,
+            max_image_bytes=int(args.max_image_mb * 2**20),
+            max_image_pixels=args.max_image_pixels,
         )
         core = AttentionCore(_load_models(args.model, args.device, args.dtype), limits)
         server = Server(
@@ -384,6 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=limits.max_pending,
         help=f"calls in flight before RESOURCE_EXHAUSTED (default {limits.max_pending})",
+    )
+    sv.add_argument(
+        "--max-image-mb",
+        type=float,
+        default=limits.max_image_bytes / 2**20,
+        help=f"largest image a request may carry (default {limits.max_image_bytes / 2**20:g} MiB)",
+    )
+    sv.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=limits.max_image_pixels,
+        help=f"largest image in pixels, read from its header (default {limits.max_image_pixels:,})",
     )
     sv.add_argument(
         "--workers",

@@ -370,3 +370,17 @@ def test_viewer_only_serve_reaches_a_tls_grpc_server(certificate):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         remote.stop()
+
+
+def test_image_limits_from_the_command_line_reach_the_server(model_dir):
+    proc, _address, url, _lines = start_serve(
+        model_dir, "--max-image-mb", "0.5", "--max-image-pixels", "1000"
+    )
+    try:
+        status, info = post(url, "GetServerInfo", {})
+        assert status == 200
+        limits = info["limits"]  # int64 fields are strings in proto JSON
+        assert int(limits["maxImageBytes"]) == 2**19 and int(limits["maxImagePixels"]) == 1000
+    finally:
+        proc.terminate()
+        proc.wait(30)
