@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 TEXT   ?= The doctor asked the nurse a question. She said she would help.
 
-.PHONY: run trace test lint format clean proto chromium node
+.PHONY: run trace test lint format clean proto chromium node gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test: $(VENV)/.installed-dev chromium tests/connect/node_modules/.package-lock.j
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# The GPU proof on a CUDA machine: every GPU stage, one command (benchmarks/gpu/__init__.py).
+# On a CPU: make gpu GPU_ARGS=--dry-run. On the device machine run `python -m benchmarks.gpu`.
+gpu: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks.gpu $(GPU_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -1,0 +1,30 @@
+"""The GPU proof as one command: every check and benchmark that needs a GPU, in one device call.
+
+    python -m benchmarks.gpu                       # on a CUDA GPU (an H200): the whole run, ~8.5 min
+    make gpu                                       # the same with the venv's python
+    python -m benchmarks.gpu --dry-run             # anywhere, ~1.5 min: every stage at tiny sizes
+    python -m benchmarks.gpu --stages env,kernels  # some stages only
+    python -m benchmarks.gpu --stage-budget e2e=300 --budget 600   # other time budgets (seconds)
+
+Stages, in order, each a child process with its own time budget: env (GPU, driver, torch, triton,
+transformers, commit), install (``pip install --no-deps --no-build-isolation --no-index -e .`` and
+an import from another folder), pytest (``pytest -m cuda``: the compiled Triton kernel tests and
+any model test marked cuda), kernels (benchmarks/kernels.py: every family at L = 4k/16k/32k, d 64
+and 128, causal and not, TFLOP/s and ratio to the floor), e2e (benchmarks/e2e.py's measurement:
+GPT-2-small shapes to 32k, Llama-3-8B shapes to 128k, eager recorded as out of memory where it
+fails) and views (the cost of each view in `stages.VIEWS`; those not built yet say so).
+
+A stage that runs past its budget is killed with its whole process group and reported as
+'timeout'; what it had written so far is kept and the next stage runs. Each stage writes
+``gpu-<stage>.json`` and ``.md`` as it ends (and its log under ``gpu-logs/``), and
+``gpu-summary.{json,md}`` is rewritten after every stage, so a run cut short still has its
+summary. Results go to benchmarks/results/ (``--out`` elsewhere; ``--dry-run`` writes to a new
+temporary folder unless ``--out`` is given, never over committed results). Where the environment
+variable OUT is set (the device tool brings that folder back, at most 8 files), the summary and a
+``gpu-results.tar.gz`` of everything are copied there after every stage. The commit is read
+from git, else from ATTNSCOPE_COMMIT (the device machine has no .git), else 'unknown'.
+
+Dry run: the same stages on the CPU at tiny sizes (the kernels through TRITON_INTERPRET=1, the
+pytest stage collects the ``-m cuda`` tests instead of running them, pip with ``--dry-run``);
+tests/test_benchmarks_gpu.py runs it, so the command keeps working while no GPU is lent.
+"""

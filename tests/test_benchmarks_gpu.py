@@ -1,0 +1,112 @@
+"""`python -m benchmarks.gpu`, the GPU proof in one command: its dry run writes every file the real
+run would (so the command keeps working while no GPU is lent), and a stage that runs past its budget
+is cut while the stages after it still report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from attnscope.benchmarks.gpu import run, stages
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = [name for name, s in stages.STAGES.items() if s.default]
+
+
+def _gpu(*args: str, env: dict | None = None, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_the_real_run_budgets_fit_a_nine_minute_device_call():
+    assert STAGES == ["env", "install", "pytest", "kernels", "e2e", "views"]
+    assert sum(stages.STAGES[name].budget_s for name in STAGES) <= run.DEFAULT_BUDGET <= 9 * 60 - 30
+
+
+@pytest.mark.slow
+def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
+    out, device_out = tmp_path / "results", tmp_path / "device-out"
+    p = _gpu("--dry-run", "--out", str(out), env={"OUT": str(device_out)}, timeout=400)
+    assert p.returncode == 0, p.stdout + p.stderr
+    summary = json.loads((out / "gpu-summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == STAGES
+    assert [s["status"] for s in summary["stages"]] == ["ok"] * len(STAGES), summary["stages"]
+    env = summary["environment"]
+    assert {"commit", "date", "gpu", "driver", "torch", "triton", "transformers"} <= set(env)
+    assert env["torch"] and env["transformers"] and env["commit"] != "unknown"
+    page = (out / "gpu-summary.md").read_text()
+    data = {}
+    for name in STAGES:
+        data[name] = json.loads((out / f"gpu-{name}.json").read_text())
+        assert data[name]["status"] == "ok" and data[name]["dry_run"] is True
+        assert data[name]["environment"]["commit"] == env["commit"] and data[name]["wall_s"] > 0
+        assert (out / f"gpu-{name}.md").read_text().startswith(f"# gpu-{name}: ")
+        assert (out / "gpu-logs" / f"{name}.log").is_file()
+        assert f"| {name} | ok | " in page
+
+    assert [r["step"] for r in data["install"]["rows"]] == ["pip install", "import"]
+    assert data["pytest"]["facts"]["collected"] > 0  # the -m cuda selection exists
+    assert any(r["module"].startswith("tests/kernels/") for r in data["pytest"]["rows"])
+    kernels = data["kernels"]["rows"]
+    assert {r["family"] for r in kernels} == {"rowstats", "tiles", "digest", "topk", "neuron"}
+    assert {(r["L"], r["d"], r["causal"]) for r in kernels} == {
+        (n, d, c) for n in (64, 96) for d in (16, 64) for c in (False, True)
+    }
+    assert {r["backend"] for r in kernels} == {"triton"}  # interpreted, as the GPU runs them compiled
+    assert all(r["tflops"] > 0 and r["ratio_to_floor"] > 0 for r in kernels)
+    raw = data["e2e"]["raw"]
+    assert {r["method"] for r in raw} == {"attnscope", "sdpa", "eager"}
+    assert all(r["status"] == "ok" and r["seconds"] > 0 for r in raw)
+    assert {r["status"] for r in data["views"]["rows"]} == {"not built yet"}
+    assert "## Kernels" in page and "## End to end" in page
+
+    # What the device tool brings back: the summary and one archive of everything (<= 8 files).
+    assert sorted(p.name for p in device_out.iterdir()) == [
+        "gpu-results.tar.gz",
+        "gpu-summary.json",
+        "gpu-summary.md",
+    ]
+    with tarfile.open(device_out / "gpu-results.tar.gz") as tar:
+        names = set(tar.getnames())
+    expected = {f"gpu-results/gpu-{n}.{ext}" for n in [*STAGES, "summary"] for ext in ("json", "md")}
+    assert expected | {f"gpu-results/gpu-logs/{n}.log" for n in STAGES} <= names
+
+
+def test_a_stage_past_its_budget_is_cut_and_the_next_stages_still_report(tmp_path):
+    p = _gpu(
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+        "--stages",
+        "views,hang,env",
+        "--stage-budget",
+        "hang=3",
+        timeout=120,
+    )
+    assert p.returncode == 1, p.stdout + p.stderr  # not every stage ok
+    summary = json.loads((tmp_path / "gpu-summary.json").read_text())
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
+        ("views", "ok"),
+        ("hang", "timeout"),
+        ("env", "ok"),
+    ]
+    hang = json.loads((tmp_path / "gpu-hang.json").read_text())
+    assert hang["status"] == "timeout" and hang["budget_s"] == 3 and 3 <= hang["wall_s"] < 60
+    (row,) = hang["rows"]  # what it wrote before it was cut is kept
+    assert row["step"] == "started"
+    with pytest.raises(ProcessLookupError):  # and its process is gone
+        os.kill(row["pid"], 0)
+    assert "**timeout**" in (tmp_path / "gpu-hang.md").read_text()
+    assert "| hang | timeout | " in (tmp_path / "gpu-summary.md").read_text()
