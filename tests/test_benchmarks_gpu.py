@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,46 @@ def test_a_stage_past_its_budget_is_cut_and_the_next_stages_still_report(tmp_pat
         os.kill(row["pid"], 0)
     assert "**timeout**" in (tmp_path / "gpu-hang.md").read_text()
     assert "| hang | timeout | " in (tmp_path / "gpu-summary.md").read_text()
+
+
+def test_the_real_e2e_plan_stops_eager_once_it_runs_out_of_memory(tmp_path, monkeypatch):
+    """The GPU run's plan and bookkeeping, with benchmarks/e2e.py's measure() stood in for."""
+    from attnscope.benchmarks import e2e
+
+    def measure(spec, timeout):
+        measured.append((spec["model"], spec["length"], spec["method"]))
+        if spec["method"] == "eager" and spec["length"] >= 8192:
+            return {**spec, "status": "out of memory"}
+        if (spec["model"], spec["length"], spec["method"]) == ("llama3-8b", 131072, "attnscope"):
+            raise subprocess.TimeoutExpired("measure", timeout)
+        return {
+            **spec,
+            "status": "ok",
+            "seconds": spec["length"] / 1e4,
+            "peak_host_bytes": 1,
+            "host_bytes": 1,
+        }
+
+    measured: list = []
+    monkeypatch.setattr(e2e, "measure", measure)
+    rec = stages.Record(tmp_path, "e2e", False, time.time() + 600)
+    stages.e2e_stage(rec, False)
+    status = {(r["model"], r["length"], r["method"]): r["status"] for r in rec.data["raw"]}
+    assert max(n for m, n, _ in status if m == "gpt2-small") == 32768
+    assert max(n for m, n, _ in status if m == "llama3-8b") == 131072
+    assert status["gpt2-small", 2048, "eager"] == "ok"
+    assert status["gpt2-small", 8192, "eager"] == status["llama3-8b", 8192, "eager"] == "out of memory"
+    assert status["gpt2-small", 32768, "eager"] == "not run: eager ran out of memory at L=8192"
+    assert ("gpt2-small", 32768, "eager") not in measured and ("llama3-8b", 32768, "eager") not in measured
+    assert status["llama3-8b", 131072, "attnscope"] == "timeout: stage budget spent"
+    assert status["llama3-8b", 131072, "sdpa"] == "ok"
+    assert rec.data["status"] == "incomplete"  # one measurement missing: not 'ok'
+    data = run.finalize("e2e", tmp_path, {"commit": "abc"}, 200, 0, 1.0)
+    assert data["status"] == "incomplete" and data["headline"].startswith("12 of 18 measured; eager out of")
+    assert "from gpt2-small L 8192, llama3-8b L 8192 (longer not run); 1 timed out" in data["headline"]
+    assert "llama3-8b at L 131072" not in data["headline"] and "llama3-8b at L 32768" in data["headline"]
+    page = run.summary_markdown(
+        {"dry_run": False, "environment": {}, "wall_s": 1, "budget_s": 510, "updated": "now", "stages": []},
+        {"e2e": data},
+    )
+    assert "| llama3-8b | 131072 | timeout: stage budget spent |" in page

@@ -20,7 +20,10 @@ def _write(config, event: dict) -> None:
 
 
 def _message(report) -> str:
-    return str(report.longrepr).strip().splitlines()[-1][:300] if report.longrepr else ""
+    """The failure's own line ('AssertionError: ...'), else the last line of its report."""
+    crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+    text = getattr(crash, "message", None) or str(report.longrepr or "").strip()
+    return " ".join(text.splitlines()[-1:] if crash is None else text.split())[:300]
 
 
 @pytest.hookimpl

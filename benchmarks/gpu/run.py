@@ -150,7 +150,7 @@ def finalize(name: str, out: Path, env: dict, budget: float, rc: int | None, wal
         log = (out / "gpu-logs" / f"{name}.log").read_text(errors="replace").strip().splitlines()
         data.setdefault("error", f"exit code {rc}: " + " / ".join(log[-3:])[:1000])
     try:
-        data["headline"] = STAGES[name].headline(data)
+        data["headline"] = "" if status else STAGES[name].headline(data)
     except Exception as e:  # a partial record may lack what the headline reads
         data["headline"] = f"(no headline: {type(e).__name__}: {e})"
     write_json(path, data)
@@ -181,7 +181,7 @@ def _env_line(env: dict) -> str:
 
 def stage_markdown(data: dict) -> str:
     lines = [f"# gpu-{data['stage']}: {data.get('title', '')}", ""]
-    lines += [f"**{data['status']}** in {data.get('wall_s')} s of {data.get('budget_s')} s", ""]
+    lines += [f"**{data['status']}** in {data.get('wall_s', '-')} s of {data.get('budget_s')} s", ""]
     lines += [data.get("headline", ""), "", _env_line(data.get("environment", {})), ""]
     if data.get("error"):
         lines += [f"error: {data['error']}", ""]
@@ -247,6 +247,15 @@ def bundle(out: Path) -> None:
         os.replace(dest / f"{name}.tmp", dest / name)
 
 
+def _cuda_seen() -> bool:
+    probe = [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"]
+    try:
+        p = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return p.stdout.strip() == "True"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu",
@@ -276,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted((set(names) | set(budgets)) - set(STAGES))
     if unknown:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    if not args.dry_run and not _cuda_seen():  # before anything is written over committed results
+        print("benchmarks.gpu: torch sees no CUDA GPU; on a CPU use --dry-run", file=sys.stderr)
+        return 2
     out = args.out or (Path(tempfile.mkdtemp(prefix="attnscope-gpu-dry-run-")) if args.dry_run else RESULTS)
     (out / "gpu-logs").mkdir(parents=True, exist_ok=True)
     for sig in (signal.SIGTERM, signal.SIGINT):  # a cut run takes its stage's processes with it

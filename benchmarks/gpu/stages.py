@@ -175,7 +175,14 @@ def install_headline(data: dict) -> str:
 
 
 # ---- pytest --------------------------------------------------------------------------------------
-PYTEST = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"]
+PYTEST = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"]
+
+
+def cuda_test_files() -> list[str]:
+    """The test modules that mark a test cuda: only these are collected, so a module needing a
+    package the GPU machine lacks (grpcio-health-checking, playwright, ...) cannot fail the stage."""
+    files = sorted(p for p in (REPO / "tests").rglob("test_*.py") if "mark.cuda" in p.read_text())
+    return [str(p.relative_to(REPO)) for p in files]
 
 
 def pytest_stage(rec: Record, dry_run: bool) -> None:
@@ -184,23 +191,26 @@ def pytest_stage(rec: Record, dry_run: bool) -> None:
     logs = rec.out / "gpu-logs"
     if dry_run:
         p = subprocess.run(
-            [*PYTEST, "--collect-only"], cwd=REPO, capture_output=True, text=True, timeout=rec.left() - 2
+            [*PYTEST, "--collect-only", *cuda_test_files()],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=rec.left() - 2,
         )
         print(p.stdout, p.stderr, sep="\n", flush=True)
         ids = [line for line in p.stdout.splitlines() if "::" in line]
         for module, n in Counter(i.split("::")[0] for i in ids).items():
             rec.row({"module": module, "cuda_tests": n})
         ok = p.returncode == 0 and bool(ids)
-        rec.finish("ok" if ok else "failed", collected=len(ids), command=" ".join(["python", *PYTEST[1:]]))
+        rec.finish("ok" if ok else "failed", collected=len(ids), command=" ".join(["python", *p.args[1:]]))
         return
     outcomes = logs / "pytest-outcomes.jsonl"
     outcomes.unlink(missing_ok=True)
-    cmd = [*PYTEST, "--maxfail=10", "-rfE", "--continue-on-collection-errors"]
-    cmd += ["-p", "benchmarks.gpu.pytest_log"]
+    cmd = [*PYTEST, "--maxfail=10", "-rfE", "-p", "benchmarks.gpu.pytest_log", *cuda_test_files()]
     if importlib.util.find_spec("pytest_timeout"):
         cmd.append("--timeout=120")  # one hung test fails alone; the stage's budget bounds the rest
     if importlib.util.find_spec("xdist"):
-        cmd += ["-n", str(min(8, os.cpu_count() or 1))]  # compiling the variants dominates: in parallel
+        cmd += ["-n", str(os.cpu_count() or 1)]  # compiling ~1500 kernel variants dominates: in parallel
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ATTNSCOPE_BACKEND")}
     env["ATTNSCOPE_PYTEST_LOG"] = str(outcomes)
     rec.fact(command=" ".join(["python", *cmd[1:]]))
@@ -212,7 +222,9 @@ def pytest_stage(rec: Record, dry_run: bool) -> None:
     _tally(rec, outcomes)
     last = (logs / "pytest-output.log").read_text().strip().splitlines()[-1:] or [""]
     # 0: all passed; 1: some failed; 2: interrupted (--maxfail); 5: nothing collected
-    rec.finish("ok" if proc.returncode == 0 else "failed", rc=proc.returncode, result_line=last[0])
+    passed = rec.data["facts"]["counts"].get("passed", 0)
+    ok = proc.returncode == 0 and passed > 0  # all skipped would mean the GPU went unseen
+    rec.finish("ok" if ok else "failed", rc=proc.returncode, result_line=last[0])
 
 
 def _tally(rec: Record, outcomes: Path) -> None:
@@ -225,7 +237,7 @@ def _tally(rec: Record, outcomes: Path) -> None:
         counts=dict(counts),
         collected=collected,
         collection_errors=[e["nodeid"] for e in errors],
-        slowest=sorted(tests, key=lambda e: -e["duration"])[:3],
+        slowest={e["nodeid"]: e["duration"] for e in sorted(tests, key=lambda e: -e["duration"])[:3]},
     )
     rec.data["rows"] = [
         {"test": e["nodeid"], "outcome": e["outcome"], "message": e["message"]}
@@ -341,12 +353,17 @@ def e2e_stage(rec: Record, dry_run: bool) -> None:
 
 def e2e_headline(data: dict) -> str:
     raw = data.get("raw", [])
-    status = Counter(
-        "ok" if r["status"] == "ok" else "out of memory" if "out of memory" in r["status"] else "other"
+    ok = sum(r["status"] == "ok" for r in raw)
+    ran_out = [
+        f"{r['model']} L {r['length']}"
         for r in raw
-    )
-    text = f"{status['ok']} of {len(raw)} measured, {status['out of memory']} out of memory (eager)"
-    text += f", {status['other']} not run or failed" if status["other"] else ""
+        if not r["status"].startswith("not run") and _out_of_memory(r)
+    ]
+    after = sum(r["status"].startswith("not run: eager ran out") for r in raw)
+    text = f"{ok} of {len(raw)} measured"
+    text += f"; eager out of memory from {', '.join(ran_out)} (longer not run)" if ran_out else ""
+    other = len(raw) - ok - len(ran_out) - after
+    text += f"; {other} timed out, failed or not run" if other else ""
     largest = {}
     for r in raw:
         if r["status"] == "ok":
@@ -409,14 +426,14 @@ class Stage:
     dry_env: dict | None = None  # environment the dry run sets for this stage
 
 
-#: In run order. Real-run budgets sum to 490 s, under the default total of 510 s (a 9-minute device
+#: In run order. Real-run budgets sum to 505 s, under the default total of 510 s (a 9-minute device
 #: call leaves 30 s for the parent itself); see the module docstring of benchmarks/gpu.
 STAGES = {
     s.name: s
     for s in [
         Stage("env", "environment", 15, env_stage, env_headline),
-        Stage("install", "install without network", 45, install_stage, install_headline),
-        Stage("pytest", "pytest -m cuda", 120, pytest_stage, pytest_headline),
+        Stage("install", "install without network", 30, install_stage, install_headline),
+        Stage("pytest", "pytest -m cuda", 150, pytest_stage, pytest_headline),
         Stage(
             "kernels",
             "kernel benchmark",
