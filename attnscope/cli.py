@@ -17,7 +17,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     tr = ex.trace(args.text, pair=args.pair)
     stats = tr.head_stats()
     done = time.perf_counter()
-    name = args.model or "bundled all-MiniLM-L6-v2"
+    name = ex.name if args.model else f"bundled {ex.name}"
     print(f"model: {name} on {ex.device}  ({tr.num_layers} layers × {tr.num_heads} heads)")
     print(f"tokens ({tr.seq_len}): {' '.join(tr.tokens)}")
     print(f"loaded in {loaded - started:.2f} s, traced + head statistics in {done - loaded:.3f} s")
@@ -55,16 +55,33 @@ def _tls(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
         return cert.read(), key.read()
 
 
-def _load_models(names: list[str], device: str | None, dtype: str | None) -> dict:
+def _model_spec(spec: str) -> tuple[str | None, str]:
+    """`--model` as (the operator's name or None, what to load): NAME=PATH_OR_ID names a model;
+    a bare id or path is named by its Hub id or its folder's name (see Extractor.name)."""
+    import os
+
+    given, sep, source = spec.partition("=")
+    if sep and given and source and "/" not in given and "\\" not in given and not os.path.exists(spec):
+        return given, source
+    return None, spec
+
+
+def _load_models(specs: list[str], device: str | None, dtype: str | None) -> dict:
+    """The served models by name: an operator's NAME= wins; else the Extractor's own name (the
+    Hub id, a local folder's name, or all-MiniLM-L6-v2), never an absolute path."""
     import torch
 
     from attnscope import Extractor
-    from attnscope.extract import DEFAULT_MODEL_NAME
 
     torch_dtype = getattr(torch, dtype) if dtype else None
-    if not names:
-        return {DEFAULT_MODEL_NAME: Extractor.from_pretrained(None, device=device, dtype=torch_dtype)}
-    return {name: Extractor.from_pretrained(name, device=device, dtype=torch_dtype) for name in names}
+    models: dict = {}
+    for given, source in (_model_spec(s) for s in specs or [""]):
+        ex = Extractor.from_pretrained(source or None, device=device, dtype=torch_dtype)
+        name = given or ex.name
+        if name in models:
+            raise ValueError(f"two --model options are both named {name!r}; name them with --model NAME=PATH")
+        models[name] = ex
+    return models
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -228,12 +245,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
     else:
         from attnscope import Extractor
-        from attnscope.extract import DEFAULT_MODEL_NAME
         from attnscope.service.core import trace_info
 
         ex = Extractor.from_pretrained(args.model, device=args.device)
         trace = ex.trace(args.text, pair=args.pair)
-        info = trace_info(trace, args.model or DEFAULT_MODEL_NAME)
+        info = trace_info(trace, ex.name)
         path = export_file(
             args.out,
             info,
@@ -261,7 +277,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         pair=args.pair,
         target=args.target,
         tolerance=args.tolerance,
-        model_name=args.model or "bundled all-MiniLM-L6-v2",
+        model_name=ex.name if args.model else f"bundled {ex.name}",
     )
     print(report)
     return 0 if report.passed else 1
@@ -294,8 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         default=[],
-        help="model name or local path to serve (repeatable; the first is the default; "
-        "none = the bundled all-MiniLM-L6-v2). Requests can name only these.",
+        metavar="[NAME=]MODEL",
+        help="Hub id or local path to serve (repeatable; the first is the default; none = the "
+        "bundled all-MiniLM-L6-v2). Served as NAME when given, else as the Hub id or the folder's "
+        "name; requests can name only these. A Hub id not in the local cache fails at once when "
+        "offline (HF_HUB_OFFLINE=1) or when the Hub cannot be reached.",
     )
     sv.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"

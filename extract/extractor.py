@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .capture import IMPLEMENTATION, CapturedCall, capturing, register
-from .default_model import default_model_path
+from .default_model import display_name, locate
 from .dense import DenseTrace
 from .inputs import (
     Encoded,
@@ -99,9 +99,16 @@ class Extractor:
     from one worker per model, as the service does.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None, processor=None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer=None, processor=None, *, name: str | None = None
+    ) -> None:
         register()
         self.model = model.eval()
+        #: How the model is named to people (ModelInfo, TraceInfo, titles): `name` when given, else
+        #: from the config's ``_name_or_path`` (a Hub id, or a folder's name; never a site-packages
+        #: path), else the model's class.
+        source = getattr(model.config, "_name_or_path", "") or ""
+        self.name = name or (display_name(source) if source else type(model).__name__)
         self.tokenizer = tokenizer
         #: What `trace(image=...)` runs: `processor`, else the tokenizer slot when it holds an
         #: image processor (or a multimodal processor with one).
@@ -123,13 +130,18 @@ class Extractor:
         extractor, whose hop and sampling rate time-label audio positions); None loads the
         bundled all-MiniLM-L6-v2.
 
+        A Hub id is looked up in the local Hugging Face cache first when HF_HUB_OFFLINE=1 or when
+        the Hub does not answer within a couple of seconds; a model in neither place raises
+        ModelNotAvailable (a FileNotFoundError) at once, saying how to get it. The Extractor's
+        `name` is the Hub id, a local folder's name, or all-MiniLM-L6-v2.
+
         device None -> "cuda" if available else "cpu". dtype None -> float32 on CPU, the
         checkpoint's own dtype on a GPU. Remote code is never trusted.
         """
         from transformers import AutoModel, AutoTokenizer
 
         register()
-        path = default_model_path() if name_or_path is None else name_or_path
+        path = locate(name_or_path)
         device = torch.device(
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
@@ -152,7 +164,7 @@ class Extractor:
         model = AutoModel.from_pretrained(
             path, dtype=dtype, attn_implementation=IMPLEMENTATION, trust_remote_code=False
         ).to(device)
-        return cls(model, tokenizer, processor=processor)
+        return cls(model, tokenizer, processor=processor, name=display_name(name_or_path))
 
     @property
     def device(self) -> torch.device:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import proto
 from ..extract import Extractor, InputTooLong, Trace
+from ..extract.default_model import display_name, is_path
 from ..extract.extractor import EagerTooLong
 from ..kernels.interrupt import checkpoint
 from . import view_table
@@ -105,7 +106,18 @@ class AttentionCore:
     ) -> None:
         if not models:
             raise ValueError("the service needs at least one model")
-        self.models = dict(models)
+        # The keys are the names ModelInfo and TraceInfo show; one given as a filesystem path is
+        # shown by its Hub id / folder name instead (never a site-packages path) and still
+        # answers requests that name the path.
+        self.models: dict[str, Extractor] = {}
+        self._aliases: dict[str, str] = {}
+        for given, ex in models.items():
+            name = display_name(given) if is_path(str(given)) else given
+            if name in self.models:
+                raise ValueError(f"two models are both named {name!r}; give them names of their own")
+            self.models[name] = ex
+            if name != given:
+                self._aliases[str(given)] = name
         self.default_model = next(iter(self.models))
         self.limits = limits or Limits()
         self.traces = TraceCache(self.limits.trace_cache_bytes, self.limits.trace_ttl_s, clock)
@@ -113,7 +125,7 @@ class AttentionCore:
     # ---- requests ----------------------------------------------------------------------------
     def model_name(self, name: str) -> str:
         """The served model a request's `model` field names ("" = the default)."""
-        name = name or self.default_model
+        name = self._aliases.get(name, name) or self.default_model
         if name not in self.models:
             raise NotFound(f"model {shorten(name)} is not served here; available: {', '.join(self.models)}")
         return name
