@@ -66,7 +66,9 @@ def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
         (n, d, c) for n in (64, 96) for d in (16, 64) for c in (False, True)
     }
     assert {r["backend"] for r in kernels} == {"triton"}  # interpreted, as the GPU runs them compiled
-    assert all(r["tflops"] > 0 and r["ratio_to_floor"] > 0 for r in kernels)
+    for r in kernels:  # the issue's floor is kernels.py's without its memory term
+        assert r["tflops"] > 0 and 0 < r["ratio_to_floor"] <= r["ratio_to_issue_floor"]
+        assert abs(r["ratio_to_issue_floor"] * r["issue_floor_ms"] - r["ms"]) < 1e-9 * r["ms"]
     raw = data["e2e"]["raw"]
     assert {r["method"] for r in raw} == {"attnscope", "sdpa", "eager"}
     assert all(r["status"] == "ok" and r["seconds"] > 0 for r in raw)

@@ -20,7 +20,9 @@ import time
 import traceback
 from pathlib import Path
 
-from .stages import REPO, STAGES, Record, write_json
+from .record import REPO, Record, write_json
+from .report import stage_markdown, summary_markdown
+from .stages import STAGES
 
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_BUDGET = 510  # seconds: a 9-minute device call (540 s) with 30 s to spare
@@ -158,76 +160,6 @@ def finalize(name: str, out: Path, env: dict, budget: float, rc: int | None, wal
     return data
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, default=str)
-    return str(value).replace("|", "\\|").replace("\n", " ")[:300]
-
-
-def table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
-    if not rows:
-        return ["(no rows)"]
-    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return lines
-
-
-def _env_line(env: dict) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in env.items() if v is not None)
-
-
-def stage_markdown(data: dict) -> str:
-    lines = [f"# gpu-{data['stage']}: {data.get('title', '')}", ""]
-    lines += [f"**{data['status']}** in {data.get('wall_s', '-')} s of {data.get('budget_s')} s", ""]
-    lines += [data.get("headline", ""), "", _env_line(data.get("environment", {})), ""]
-    if data.get("error"):
-        lines += [f"error: {data['error']}", ""]
-    lines += [f"- {k}: {_cell(v)}" for k, v in data.get("facts", {}).items()] + [""]
-    return "\n".join([*lines, *table(data.get("rows", [])), ""])
-
-
-def summary_markdown(summary: dict, stages: dict[str, dict]) -> str:
-    mode = "dry run (CPU, tiny sizes)" if summary["dry_run"] else "real run"
-    lines = ["# GPU proof: summary", "", f"{mode}; {_env_line(summary['environment'])}", ""]
-    lines += [f"{summary['wall_s']} s of a {summary['budget_s']} s budget; updated {summary['updated']}", ""]
-    lines += [*table(summary["stages"], ["stage", "status", "wall_s", "budget_s", "headline"]), ""]
-    kernels = stages.get("kernels", {}).get("rows", [])
-    if kernels:
-        lines += ["## Kernels: × floor and TFLOP/s, by family", ""]
-        by: dict = {}
-        for r in kernels:
-            by.setdefault(r["family"], []).append(r)
-        rows = []
-        for family, rs in by.items():
-            top = max(rs, key=lambda r: r["L"] * r["d"])
-            rows.append(
-                {
-                    "family": family,
-                    "passes": len(rs),
-                    "best × floor": min(r["ratio_to_floor"] for r in rs),
-                    "worst × floor": max(r["ratio_to_floor"] for r in rs),
-                    "peak TFLOP/s": max(r["tflops"] for r in rs),
-                    f"× floor at L {top['L']} d {top['d']}": ", ".join(
-                        f"{r['pass']}{' causal' if r['causal'] else ''} {r['ratio_to_floor']:.3g}"
-                        for r in rs
-                        if r["L"] == top["L"] and r["d"] == top["d"]
-                    ),
-                }
-            )
-        lines += [*table(rows), ""]
-    e2e = stages.get("e2e", {}).get("rows", [])
-    if e2e:
-        keep = ["model", "L", "attnscope_s", "sdpa_s", "eager_s", "attnscope/sdpa_time", "to_host_MiB"]
-        lines += ["## End to end (seconds; eager's status where it did not run)", "", *table(e2e, keep), ""]
-    failures = stages.get("pytest", {}).get("rows", [])
-    if failures and not summary["dry_run"]:
-        lines += ["## pytest failures (first 5)", "", *table(failures[:5]), ""]
-    return "\n".join(lines)
-
-
 def bundle(out: Path) -> None:
     """Copy the summary and a tarball of every gpu-* file into $OUT, the folder the device tool
     brings back (at most 8 files: hence one archive, not one file per stage)."""
@@ -279,9 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     names = args.stages.split(",") if args.stages else [s.name for s in STAGES.values() if s.default]
     budgets = {name: STAGES[name].budget_s for name in STAGES}
-    for item in args.stage_budget:
-        name, _, seconds = item.partition("=")
-        budgets[name] = float(seconds)
+    given = dict(item.partition("=")[::2] for item in args.stage_budget)
+    budgets.update({name: float(seconds) for name, seconds in given.items()})
     unknown = sorted((set(names) | set(budgets)) - set(STAGES))
     if unknown:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
@@ -302,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, name in enumerate(names):
         left = args.budget - (time.perf_counter() - start)
         budget = min(budgets[name], left)
+        if STAGES[name].takes_slack and name not in given:  # what earlier stages left unused
+            budget = max(budget, left - sum(budgets[n] for n in names[i + 1 :]))
         skip = None
         if budget < 1:
             skip = "skipped: the run's budget is spent"
@@ -322,5 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         (out / "gpu-summary.md").write_text(summary_markdown(summary, done))
         bundle(out)
         print(f"{name}: {data['status']} in {data['wall_s']} s: {data.get('headline', '')}", flush=True)
-    print(f"wrote {out / 'gpu-summary.md'}", flush=True)
+    # The device tool returns the end of the output: the summary's page is the last thing printed.
+    print(f"wrote {out / 'gpu-summary.md'}\n\n{(out / 'gpu-summary.md').read_text()}", flush=True)
     return 0 if all(s["status"] == "ok" for s in summary["stages"]) else 1

@@ -1,0 +1,190 @@
+"""The stages that measure on the GPU: kernels (benchmarks/kernels.py's passes against their
+floor), e2e (benchmarks/e2e.py's measurement of whole models) and views (the cost of each view in
+`VIEWS`), and the tests' stage that never ends. Each body runs in a child process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .record import Record
+
+# ---- kernels -------------------------------------------------------------------------------------
+#: The kernel stage's (lengths, head dims, heads, dtype, device, warm-ups, repeats): the issue's
+#: sizes on the GPU; in the dry run tiny ones through the interpreter (TRITON_INTERPRET=1, set by
+#: the parent).
+KERNEL_SIZES = {
+    False: ([4096, 16384, 32768], [64, 128], 16, "bfloat16", "cuda", 2, 7),
+    True: ([64, 96], [16, 64], 2, "float32", "cpu", 0, 1),
+}
+
+
+def kernels_stage(rec: Record, dry_run: bool) -> None:
+    """benchmarks/kernels.py's run(), one (L, d) at a time, smallest first, each row kept at once."""
+    import torch
+
+    from .. import kernels
+
+    lengths, dims, heads, dtype, device, warmup, repeats = KERNEL_SIZES[dry_run]
+    rec.fact(
+        lengths=lengths,
+        dims=dims,
+        heads=heads,
+        dtype=dtype,
+        floor="ratio_to_floor: benchmarks/kernels.py's max(2·pairs·d / 790e12, pairs / 3.9e12, bytes / 4.8e12) s;"
+        " ratio_to_issue_floor: the issue's max(2·pairs·d / 790e12, pairs / 3.9e12) s (pairs of every head)",
+    )
+    families = list(kernels.FAMILIES)
+    for length in lengths:
+        for d in dims:
+            rows = kernels.run(families, [length], [d], heads, getattr(torch, dtype), device, warmup, repeats)
+            for row in rows:
+                floor = issue_floor_seconds(row["family"], row["pass"], length, d, heads, row["causal"])
+                row.update(issue_floor_ms=floor * 1e3, ratio_to_issue_floor=row["ms"] / (floor * 1e3))
+                rec.row(row)
+    rec.finish()
+
+
+def issue_floor_seconds(family: str, name: str, length: int, d: int, heads: int, causal: bool) -> float:
+    """The issue's floor of one pass: max(2·pairs·d / 790e12, pairs / 3.9e12) s over the pairs of all
+    its heads, i.e. benchmarks/kernels.py's floor without its memory term (which binds only on the
+    neuron view's single row). The pass's region is read off kernels.FAMILIES on meta tensors."""
+    import torch
+
+    from attnscope.kernels import MaskSpec
+
+    from .. import kernels
+
+    q = torch.empty(heads, length, d, device="meta")
+    spec = MaskSpec(scaling=d**-0.5, causal=causal)
+    (p,) = [p for p in kernels.FAMILIES[family](q, q, spec, None, causal) if p.name == name]
+    pairs = p.heads * p.rows * p.cols
+    return max(2 * pairs * d / kernels.PEAK_FLOPS, pairs / kernels.PEAK_EXP)
+
+
+def kernels_headline(data: dict) -> str:
+    rows = data.get("rows", [])
+    if not rows:
+        return "no pass timed"
+    ratios = [r["ratio_to_issue_floor"] for r in rows]
+    best = max(rows, key=lambda r: r["tflops"])
+    return (
+        f"{len(rows)} passes over {len({r['family'] for r in rows})} families; × the issue's floor "
+        f"{min(ratios):.3g} to {max(ratios):.3g}; peak {best['tflops']:.3g} TFLOP/s "
+        f"({best['pass']}, L {best['L']}, d {best['d']})"
+    )
+
+
+# ---- e2e -----------------------------------------------------------------------------------------
+def e2e_plan(dry_run: bool) -> list[dict]:
+    """Cheapest first, so that a cut stage loses the largest. GPT-2-small shapes to 32k and
+    Llama-3-8B shapes to 128k, one timed run past 8k (each is seconds, and the stage has minutes)."""
+    if dry_run:
+        return [{"model": "gpt2-tiny", "length": n, "repeats": 1, "dtype": "float32"} for n in (64, 96)]
+    sizes = [("gpt2-small", n) for n in (2048, 8192, 32768)]
+    sizes += [("llama3-8b", n) for n in (8192, 32768, 131072)]
+    return [
+        {"model": m, "length": n, "repeats": 3 if n <= 8192 else 1, "dtype": "bfloat16"} for m, n in sizes
+    ]
+
+
+def _out_of_memory(row: dict) -> bool:
+    return row["status"] == "out of memory" or "out of memory" in row["status"].lower()
+
+
+def e2e_stage(rec: Record, dry_run: bool) -> None:
+    """benchmarks/e2e.py's measure() per (model, length, method), each in its own process. Eager
+    runs until it first runs out of memory on a model; its longer lengths are then not run."""
+    from .. import e2e
+
+    raw: list[dict] = []
+    ran_out: dict[str, int] = {}
+    for run in e2e_plan(dry_run):
+        for method in ("attnscope", "sdpa", "eager"):
+            spec = {**run, "method": method}
+            if method == "eager" and run["model"] in ran_out:
+                row = {**spec, "status": f"not run: eager ran out of memory at L={ran_out[run['model']]}"}
+            elif rec.left() < 10:
+                row = {**spec, "status": "not run: stage budget spent"}
+            else:
+                try:
+                    row = e2e.measure(spec, timeout=int(rec.left() - 5))
+                except subprocess.TimeoutExpired:
+                    row = {**spec, "status": "timeout: stage budget spent"}
+                if method == "eager" and _out_of_memory(row):
+                    ran_out[run["model"]] = run["length"]
+            print(json.dumps(row), flush=True)
+            raw.append(row)
+            rec.data["raw"] = raw
+            rec.data["rows"] = e2e.ratios(raw)
+            rec.save()
+    done = all(r["status"] == "ok" or "out of memory" in r["status"] for r in raw)
+    rec.finish("ok" if done else "incomplete")
+
+
+def e2e_headline(data: dict) -> str:
+    raw = data.get("raw", [])
+    ok = sum(r["status"] == "ok" for r in raw)
+    ran_out = [
+        f"{r['model']} L {r['length']}"
+        for r in raw
+        if not r["status"].startswith("not run") and _out_of_memory(r)
+    ]
+    after = sum(r["status"].startswith("not run: eager ran out") for r in raw)
+    text = f"{ok} of {len(raw)} measured"
+    text += f"; eager out of memory from {', '.join(ran_out)} (longer not run)" if ran_out else ""
+    other = len(raw) - ok - len(ran_out) - after
+    text += f"; {other} timed out, failed or not run" if other else ""
+    largest = {}
+    for r in raw:
+        if r["status"] == "ok":
+            largest[r["model"], r["method"]] = r
+    for model in dict.fromkeys(r["model"] for r in raw):
+        ours = largest.get((model, "attnscope"))
+        if ours:
+            text += f"; {model} at L {ours['length']}: attnscope {ours['seconds']:.3g} s"
+    return text
+
+
+# ---- views (issues 5-6) --------------------------------------------------------------------------
+@dataclass
+class View:
+    """A view whose cost the run reports: `measure(dry_run)` returns its row's figures (seconds,
+    bytes, ...); None while the view is not built."""
+
+    issue: int
+    name: str
+    measure: Callable[[bool], dict] | None = None
+
+
+#: Issues 5 and 6's views do not exist yet: each gets its `measure` here once built.
+VIEWS = [View(5, "issue 5's view"), View(6, "issue 6's view")]
+
+
+def views_stage(rec: Record, dry_run: bool) -> None:
+    for view in VIEWS:
+        row = {"issue": view.issue, "view": view.name}
+        if view.measure is None:
+            rec.row({**row, "status": "not built yet"})
+        else:
+            rec.row({**row, "status": "ok", **view.measure(dry_run)})
+    rec.finish()
+
+
+def views_headline(data: dict) -> str:
+    rows = data.get("rows", [])
+    missing = [f"issue {r['issue']}" for r in rows if r["status"] == "not built yet"]
+    built = len(rows) - len(missing)
+    return f"{built} measured; not built yet: {', '.join(missing) or 'none'}"
+
+
+# ---- hang (tests only) ---------------------------------------------------------------------------
+def hang_stage(rec: Record, dry_run: bool) -> None:
+    """Writes one row, then never ends: tests/test_benchmarks_gpu.py checks that it is cut."""
+    rec.row({"step": "started", "pid": os.getpid()})
+    while True:
+        time.sleep(0.2)
