@@ -45,7 +45,7 @@ LN2 = math.log(2.0)
 DOT_MIN = 16
 
 
-#: Rows of the position-facts table `mask_args` hands the kernels ([FACT_ROWS, L] int64): each
+#: Rows of the position-facts table `mask_args` hands the kernels ([FACT_ROWS, L] int32): each
 #: position's segment id and its segment's [first, stop), then its group id and group's [first, stop).
 SEG, SEG_LO, SEG_HI, GROUP, GROUP_LO, GROUP_HI = range(6)
 FACT_ROWS = 6
@@ -61,7 +61,7 @@ def mask_args(spec: MaskSpec, device: torch.device) -> dict:
 
     * ``chunk``, ``chunk_shift``: position ``p`` lies in chunk ``(p + chunk_shift) // chunk``, with
       ``chunk_shift = -chunk_start mod chunk`` (non-negative, so integer division is a floor).
-    * ``facts`` [FACT_ROWS, n_facts] int64: segment and group ids with their extents
+    * ``facts`` [FACT_ROWS, n_facts] int32: segment and group ids with their extents
       (`MaskSpec._segment_reach`, `_group_reach`), rows as `SEG` ... `GROUP_HI`; self-attention only,
       so ``n_facts`` is the sequence length.
     * ``bias`` [Hq, bias_n] float32: the relative-position bias in base-2 units (× log2 e); the
@@ -107,19 +107,23 @@ def mask_args(spec: MaskSpec, device: torch.device) -> dict:
 
 
 def _position_facts(spec: MaskSpec, device: torch.device) -> tuple[torch.Tensor, int]:
-    """(facts [FACT_ROWS, L] int64, L) of `mask_args`; a 1-element stand-in and 0 without segments
-    or groups."""
+    """(facts [FACT_ROWS, L] int32, L) of `mask_args`; a 1-element stand-in and 0 without segments
+    or groups. Ids become their ranks (groups: 1, 2, ... with 0 kept for "no group"), so that
+    int32 holds them (positions < 2^31)."""
     per_position = [(SEG, spec.segments, "_segment_reach"), (GROUP, spec.groups, "_group_reach")]
     present = [(row, ids) for row, ids, _ in per_position if ids is not None]
     if not present:
-        return torch.zeros(1, dtype=torch.int64, device=device), 0
+        return torch.zeros(1, dtype=torch.int32, device=device), 0
     n = present[0][1].shape[1]
     facts = torch.zeros(FACT_ROWS, n, dtype=torch.int64)
     for row, ids, reach in per_position:
         if ids is not None:
+            ranks = torch.unique(ids[0].cpu(), return_inverse=True)[1]
+            if row == GROUP:
+                ranks = torch.where(ids[0].cpu() == 0, 0, ranks + 1)
             lo, hi = getattr(spec, reach)
-            facts[row : row + 3] = torch.stack([ids[0], lo[0], hi[0]]).cpu()
-    return facts.to(device), n
+            facts[row : row + 3] = torch.stack([ranks, lo[0].cpu(), hi[0].cpu()])
+    return facts.to(device=device, dtype=torch.int32), n
 
 
 #: Tests set this to fill kernel outputs with NaN before a launch, so an element a kernel forgets
@@ -279,17 +283,19 @@ if HAS_TRITON:
                 visible = visible & (diff < window)
             else:
                 visible = visible & (diff < window) & (diff > -window)
-        if HAS_CHUNK:  # positions are >= 0 and chunk_shift >= 0: // is a floor
-            visible = visible & ((q_pos + chunk_shift) // chunk == (k_pos + chunk_shift) // chunk)
+        if HAS_CHUNK:  # the keys of the query's chunk, [first, first + chunk): one int32 remainder per row
+            first = q_pos - ((q_pos + chunk_shift).to(tl.int32) % chunk)
+            visible = visible & (k_pos >= first) & (k_pos < first + chunk)
         q_fact = q_ok & (q_pos < n_facts)
-        if HAS_GROUPS:
-            g_q = tl.load(facts_ptr + GROUP_C * n_facts + q_pos, mask=q_fact, other=0)
-            g_k = tl.load(facts_ptr + GROUP_C * n_facts + k_pos, mask=key_in, other=0)
+        if HAS_GROUPS:  # int32 offsets (FACT_ROWS · L < 2^31): no int64 address per key to keep
+            groups = facts_ptr + GROUP_C * n_facts
+            g_q = tl.load(groups + q_pos.to(tl.int32), mask=q_fact, other=0)
+            g_k = tl.load(groups + k_pos.to(tl.int32), mask=key_in, other=0)
             visible = visible | ((g_q == g_k) & (g_q != 0) & key_in & q_fact)
-        if HAS_SEGMENTS:
-            s_q = tl.load(facts_ptr + SEG_C * n_facts + q_pos, mask=q_fact, other=-1)
-            s_k = tl.load(facts_ptr + SEG_C * n_facts + k_pos, mask=key_in, other=-2)
-            visible = visible & (s_q == s_k)
+        if HAS_SEGMENTS:  # segments are contiguous: the keys of the query's segment, two loads per row
+            s_lo = tl.load(facts_ptr + SEG_LO_C * n_facts + q_pos, mask=q_fact, other=0)
+            s_hi = tl.load(facts_ptr + SEG_HI_C * n_facts + q_pos, mask=q_fact, other=0)
+            visible = visible & (k_pos >= s_lo) & (k_pos < s_hi)
         if HAS_PADDING:
             visible = visible & (tl.load(kv_valid_ptr + kv_index, mask=key_in, other=0) != 0)
         return visible
@@ -298,9 +304,9 @@ if HAS_TRITON:
     def bias2(bias_ptr, head, q_pos, k_pos, bias_n, bias_origin):
         """The base-2 bias ``bias[head, k - q + bias_origin]`` of (query, key) pairs, 0 where the
         offset is off the table (pairs a kernel masks anyway: keys or rows out of range)."""
-        offset = k_pos - q_pos + bias_origin
+        offset = (k_pos - q_pos).to(tl.int32) + bias_origin  # int32: positions and the table < 2^31
         inside = (offset >= 0) & (offset < bias_n)
-        return tl.load(bias_ptr + head * bias_n + offset, mask=inside, other=0.0)
+        return tl.load(bias_ptr + (head * bias_n).to(tl.int32) + offset, mask=inside, other=0.0)
 
     @triton.jit
     def tile_logits2(
