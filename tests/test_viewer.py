@@ -89,9 +89,9 @@ def pixel(page, selector: str, x: float, y: float) -> list[int]:
 
 
 def head_geometry(page) -> dict:
-    width = page.evaluate("document.querySelector('#pane-a canvas.lines').clientWidth")
-    text = min(200, max(60, width * 0.25))
-    return {"left": text + 4, "right": width - text - 4, "text": text}
+    """Where the head view draws: line ends (left, right), the query text's width, the key text's x."""
+    lay = json.loads(page.locator("#pane-a canvas.lines").get_attribute("data-layout"))
+    return {"left": lay["leftX"] + 4, "right": lay["rightX"] - 4, "text": lay["textWidth"], "key": lay["keyX"]}
 
 
 def line_midpoint(geo, q: int, k: int) -> tuple[float, float]:
@@ -175,9 +175,17 @@ def test_model_view_finds_the_previous_token_head(stack, page):
             on,
             off,
         )  # dark blue on the sub-diagonal, near white elsewhere
-    page.locator("#pane-a canvas.grid").click(
-        position={"x": lay["left"] + lay["cell"] / 2, "y": lay["top"] + lay["cell"] / 2}
-    )
+    # A click opens the head's detail beside the grid (bertviz's in-place detail), outlined in red.
+    at_cell = {"x": lay["left"] + lay["cell"] / 2, "y": lay["top"] + lay["cell"] / 2}
+    page.locator("#pane-a canvas.grid").click(position=at_cell)
+    page.wait_for_function("location.search.includes('head=2')")
+    settle(page)
+    assert "view=model" in page.url
+    assert page.locator("#pane-a .heat-title").inner_text() == "layer 0, head 2"
+    r, g, b, _ = pixel(page, "#pane-a canvas.grid", lay["left"] - 1, lay["top"] + lay["cell"] / 2)
+    assert r > 180 and g < 90 and b < 90, "the selected head is outlined"
+    # A double-click (or the detail's button) opens it in the head view.
+    page.locator("#pane-a canvas.grid").dblclick(position=at_cell)
     page.wait_for_function("!location.search.includes('view=model')")  # the head view is the default
     assert page.locator("#tabs button[aria-selected=true]").inner_text() == "Head view"
     assert "layer=0" not in page.url and "head=2" in page.url  # layer 0 is the default
@@ -372,7 +380,8 @@ def test_every_canvas_follows_the_device_pixel_ratio(stack, browser):
             settle(page)
             for c in visible_canvases(page):
                 seen[c["name"]] = c
-        assert {"grid", "heatmap", "difference-map", "lines", "minimap", "neuron"} <= set(seen), sorted(seen)
+        # (no minimap: 16 tokens fit in the head view without scrolling)
+        assert {"grid", "heatmap", "difference-map", "lines", "neuron"} <= set(seen), sorted(seen)
         for name, c in seen.items():
             css_w, css_h = c["css"]
             assert css_w > 0 and css_h > 0, (name, c)

@@ -139,8 +139,8 @@ def test_the_views_label_patches_as_tokens(stack, page):
     tokens = page.locator("#pane-a .query-tokens .token").all_inner_texts()
     assert tokens[:3] == ["[CLS]", "patch 0,0", "patch 0,1"] and len(tokens) == 17
     page.click("#tabs button[data-view='model']")
-    page.wait_for_function(
-        "document.querySelector('#pane-a .region') && document.querySelector('#pane-a .region').textContent.includes('pooled')",
+    page.wait_for_function(  # 17 tokens: the detail heatmap holds every position exactly
+        "document.querySelector('#pane-a .region') && document.querySelector('#pane-a .region').textContent.includes('(exact')",
         timeout=60_000,
     )
     settle(page)

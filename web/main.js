@@ -9,6 +9,8 @@ import * as headView from "./views/head.js";
 import * as modelView from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
 import { base64Of, createTrace, deleteTrace, onProgress, serverInfo } from "./data.js";
+import { PNG_SCALE, pngCanvas, svgText, titleOf } from "./export.js";
+import { installKeys } from "./keys.js";
 import { framePending, generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
 
 const VIEWS = { head: headView, model: modelView, neuron: neuronView };
@@ -22,11 +24,22 @@ let traceRun = null; // { key, promise of { a, b } }: the TraceInfo of the main 
 let picked = null;
 let picking = null; // the promise of the pick being read
 let picks = 0;
+let showCount = () => {};
 
 function showError(message) {
   $("error").textContent = message || "";
   $("error").hidden = !message;
 }
+
+// An error leaves no stale picture: the views, the difference map and the status line go until a
+// render succeeds again.
+function clearPictures() {
+  $("panes").hidden = true;
+  $("difference").hidden = true;
+  $("status").textContent = "";
+  shown = null;
+}
+let shown = null; // the KindInfo on screen (keyboard navigation and search read it)
 
 // `promise`, counted as work under way (see window.attnscopeIdle).
 async function track(promise) {
@@ -67,7 +80,21 @@ window.attnscopeIdle = () => !framePending() && working === 0;
 
 // What every view gets: the state, its setters, the progress and work wrappers, the error line,
 // and the service's facts (ServerInfo, normalized by data.js; set before any view mounts).
-const app = { state, update, invalidate, busy, track, fail: (err) => showError(String(err.message || err)), server: null };
+const app = {
+  state, update, invalidate, busy, track, server: null,
+  fail: (err) => {
+    showError(String(err.message || err));
+    clearPictures();
+  },
+  shown: () => shown,
+  // A layer's name: its number in the model (a file exported with a subset of layers, e.g.
+  // bertviz's include_layers, keeps the model's numbers in `layerNumbers`), else its index.
+  layerName: (l, kind = "") => {
+    const numbers = window.attnscopeEmbedded?.layerNumbers;
+    const list = numbers && (numbers[kind] || Object.values(numbers)[0]);
+    return String(list?.[l] ?? l);
+  },
+};
 
 function makePane(id) {
   return { root: $(id).querySelector(".view"), views: {} };
@@ -158,18 +185,25 @@ async function renderNow() {
     $("status").textContent = `${model.name} reads images: pick one, then Run`;
     return;
   }
-  if (!state.text && !imageFor(state.model)) return;
+  if (!state.text && !imageFor(state.model)) {
+    showError("type a text to trace, then Run");
+    clearPictures();
+    return;
+  }
   try {
     app.server = app.server || (await serverInfo());
     if (!fresh()) return;
     const { a, b } = await tracesFor(state.model, state.text, state.pair, state.compare);
     if (!fresh()) return;
     showError("");
+    $("panes").hidden = false;
     const k = a.kinds[0];
+    shown = a.kind(state.kind);
     // An eager trace (dense output_attentions, for models outside AttentionInterface) says so.
     const method = a.method === "eager" ? " · eager attention (fallback)" : "";
     const grid = k.patchGrid ? ` (${k.patchGrid.rows}×${k.patchGrid.cols} patches of ${a.image ? a.image.name : "an image"})` : "";
-    $("status").textContent = `${k.queryLen} tokens${grid} · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}`;
+    const versus = b ? ` · compared with “${clip(state.compare)}” (${b.kinds[0].queryLen} tokens)` : "";
+    $("status").textContent = `${k.queryLen} tokens${grid} · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}${versus}`;
     const comparing = Boolean(b);
     $("pane-b").hidden = !comparing;
     $("difference").hidden = !comparing;
@@ -183,10 +217,17 @@ async function renderNow() {
       await viewOf(panes.b, state.view).render(b, fresh);
       if (fresh()) await difference.render(a, b, fresh);
     }
-    if (fresh()) window.attnscopeTimings = { ...window.attnscopeTimings, renders: (window.attnscopeTimings?.renders || 0) + 1 };
+    if (fresh()) {
+      showCount();
+      window.attnscopeTimings = { ...window.attnscopeTimings, renders: (window.attnscopeTimings?.renders || 0) + 1 };
+    }
   } catch (err) {
     if (fresh()) app.fail(err);
   }
+}
+
+function clip(text) {
+  return text.length > 40 ? `${text.slice(0, 40)}…` : text;
 }
 
 function download(name, blob) {
@@ -202,15 +243,18 @@ function shownView() {
 }
 
 function setupExports() {
+  // PNG (2×) and SVG of every view, framed with the title and legend (export.js); JSON of its data.
   $("export-png").addEventListener("click", () => {
-    const canvas = shownView()?.exportPng?.();
-    if (canvas) canvas.toBlob((blob) => download(`attnscope-${state.view}.png`, blob));
+    const view = shownView();
+    const canvas = view && pngCanvas(view, titleOf(state, view));
+    if (!canvas) return showError("nothing to export yet: run a text first");
+    canvas.toBlob((blob) => download(`attnscope-${state.view}@${PNG_SCALE}x.png`, blob));
   });
   $("export-svg").addEventListener("click", () => {
-    const svg = state.view === "head" ? shownView()?.exportSvg?.() : null;
-    const limit = app.server?.viewer.fullAttentionTokens;
-    if (!svg) return showError(`SVG export is for the head view of inputs up to ${limit} tokens`);
-    download("attnscope-head.svg", new Blob([svg], { type: "image/svg+xml" }));
+    const view = shownView();
+    const svg = view && svgText(view, titleOf(state, view));
+    if (!svg) return showError("nothing to export yet: run a text first");
+    download(`attnscope-${state.view}.svg`, new Blob([svg], { type: "image/svg+xml" }));
   });
   $("export-json").addEventListener("click", () => {
     const data = shownView()?.exportJson?.();
@@ -221,8 +265,10 @@ function setupExports() {
 async function init() {
   loadFromUrl(window.location.search, window.attnscopeEmbedded?.initialState || {});
   if (window.attnscopeEmbedded) {
-    // A standalone file holds one input: its texts are shown, not edited.
-    for (const id of ["text", "pair", "compare", "run"]) $(id).disabled = true;
+    // A standalone file (a notebook embed) holds one input: the controls that cannot work there
+    // (texts, model, Run, compare) are not shown; the text is the page's title line.
+    document.documentElement.classList.add("embedded");
+    $("embedded-text").textContent = [state.text, state.pair].filter(Boolean).join(" | ");
   }
   document.documentElement.dataset.theme = state.theme;
   try {
@@ -257,6 +303,7 @@ async function init() {
   for (const tab of document.querySelectorAll("#tabs button")) tab.addEventListener("click", () => update({ view: tab.dataset.view }));
   $("theme").addEventListener("click", () => update({ theme: state.theme === "dark" ? "light" : "dark" }));
   setupExports();
+  showCount = installKeys(app, $("search"), $("search-count"));
   subscribe(render);
   window.addEventListener("resize", () => update({}));
   update({});

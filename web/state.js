@@ -15,6 +15,7 @@ const DEFAULTS = {
   filter: "all", // sentence filter for pairs: all | AA | AB | BA | BB
   sort: "", // model view: head statistic to sort and colour by
   compare: "", // a second text to compare with
+  search: "", // a word whose occurrences every view highlights
   theme: "light",
 };
 const NUMBERS = new Set(["layer", "head", "query"]);

@@ -1,111 +1,65 @@
 // Head view: two columns of tokens, lines from each query (left) to the keys it attends to
-// (right); opacity = weight, one colour per head. Canvas only; long inputs draw only the rows in
+// (right); opacity = weight, one colour per head. The columns sit close (bertviz's compact
+// layout: lines of a few hundred pixels read better than page-wide ones), and the head
+// statistics of the heads shown stand beside them. Canvas only; long inputs draw only the rows in
 // view (virtualized) and take their lines from each head's top-k keys per query. How long is
 // "long" and how many keys (ViewerDefaults.full_attention_tokens, head_view_top_k) come from the
 // service's GetServerInfo.
+import { picture, sizeCanvas } from "../canvas.js";
 import { headColor } from "../colors.js";
-import { getViews, views } from "../data.js";
+import { formatValue, matches, themeColor, tokenLabel } from "../format.js";
+import { inFilter, keyHeadOf, layerJson, loadLayer, weightOf } from "./head-data.js";
 import { mountImagePanel } from "./image.js";
+import { renderStatsTable } from "./stats-table.js";
+import { headSvg } from "./head-svg.js";
 
-const ROW = 18;
-const MIN_WEIGHT = 0.004;
+export { loadLayer, weightOf };
+export const ROW = 18;
 const MINIMAP_WIDTH = 16;
-
-// ---- data -----------------------------------------------------------------------------------
-// edges[h][q] = { keys: Int32Array, weights: Float32Array }: the lines of head h from query q.
-// `k`: the KindInfo (data.js) of the attention shown; `viewer`: ServerInfo's viewer defaults.
-export async function loadLayer(traceId, k, layer, viewer) {
-  const lq = k.queryLen;
-  const lk = k.keyLen;
-  const heads = k.numHeads;
-  const edges = [];
-  if (lq <= viewer.fullAttentionTokens && lk <= viewer.fullAttentionTokens) {
-    const requested = [];
-    for (let h = 0; h < heads; h++) requested.push(views.tile(`head/${h}`, layer, h, null, null, k.kind));
-    const { tensors } = await getViews(traceId, requested);
-    for (let h = 0; h < heads; h++) {
-      const p = tensors[`head/${h}`].data;
-      const perQuery = [];
-      for (let q = 0; q < lq; q++) {
-        const keys = [];
-        const weights = [];
-        for (let j = 0; j < lk; j++) {
-          const w = p[q * lk + j];
-          if (w >= MIN_WEIGHT) {
-            keys.push(j);
-            weights.push(w);
-          }
-        }
-        perQuery.push({ keys: Int32Array.from(keys), weights: Float32Array.from(weights) });
-      }
-      edges.push(perQuery);
-    }
-    return { edges, exact: true, lq, lk, topK: 0 };
-  }
-  const topK = Math.min(viewer.headViewTopK, lk);
-  const requested = [];
-  for (let h = 0; h < heads; h++) requested.push(views.topk(`top/${h}`, layer, h, topK, null, k.kind));
-  const { tensors } = await getViews(traceId, requested);
-  for (let h = 0; h < heads; h++) {
-    const idx = tensors[`top/${h}/indices`].data;
-    const probs = tensors[`top/${h}/probs`].data;
-    const perQuery = [];
-    for (let q = 0; q < lq; q++) {
-      const keys = [];
-      const weights = [];
-      for (let j = 0; j < topK; j++) {
-        const key = Number(idx[q * topK + j]);
-        if (key >= 0 && probs[q * topK + j] >= MIN_WEIGHT) {
-          keys.push(key);
-          weights.push(probs[q * topK + j]);
-        }
-      }
-      perQuery.push({ keys: Int32Array.from(keys), weights: Float32Array.from(weights) });
-    }
-    edges.push(perQuery);
-  }
-  return { edges, exact: false, lq, lk, topK };
-}
-
-export function weightOf(layerData, head, query, key) {
-  const e = layerData.edges[head][query];
-  for (let i = 0; i < e.keys.length; i++) if (e.keys[i] === key) return e.weights[i];
-  return 0;
-}
+const FONT = "13px system-ui, sans-serif";
+const BOLD = "bold 13px system-ui, sans-serif";
 
 // ---- drawing (pure: everything it needs comes in `model`) ------------------------------------
-export function layout(width, queryTokens) {
-  const textWidth = Math.min(200, Math.max(60, width * 0.25));
-  return { width, row: ROW, leftX: textWidth, rightX: width - textWidth, textWidth };
-}
-
-function inFilter(filter, bStart, q, k) {
-  if (filter === "all" || bStart < 0) return true;
-  const qa = q < bStart;
-  const ka = k < bStart;
-  return { AA: qa && ka, AB: qa && !ka, BA: !qa && ka, BB: !qa && !ka }[filter] ?? true;
+// The columns: query text [0, leftX), lines [leftX, rightX), weight boxes, key text; `width` is
+// the whole picture's.
+export function layout(available, numHeads) {
+  const textWidth = Math.round(Math.min(170, Math.max(70, available * 0.16)));
+  const span = Math.round(Math.min(320, Math.max(120, available - 2 * textWidth - 80)));
+  const boxes = Math.min(120, numHeads * 8) + 6;
+  const leftX = textWidth;
+  const rightX = leftX + span;
+  return { row: ROW, textWidth, leftX, rightX, boxesX: rightX + 4, keyX: rightX + boxes, width: rightX + boxes + textWidth, box: Math.max(3, Math.min(8, 120 / Math.max(1, numHeads))) };
 }
 
 export function draw(ctx, m) {
   const { lay, first, last, scroll, height } = m;
-  ctx.clearRect(0, 0, lay.width, height);
-  ctx.font = "13px system-ui, sans-serif";
+  if (m.background) {
+    ctx.fillStyle = m.background;
+    ctx.fillRect(0, 0, lay.width, height);
+  } else ctx.clearRect(0, 0, lay.width, height);
   ctx.textBaseline = "middle";
   const y = (i) => i * lay.row + lay.row / 2 - scroll;
   const focusQuery = m.hover?.side === "left" ? m.hover.index : m.pinned >= 0 ? m.pinned : -1;
   const focusKey = m.hover?.side === "right" ? m.hover.index : -1;
+  // Search matches: a band behind the token on both sides.
+  ctx.fillStyle = m.matchColor;
+  for (const i of m.found) {
+    if (i >= first && i < last) ctx.fillRect(0, y(i) - lay.row / 2 + 1, lay.leftX - 2, lay.row - 2);
+    if (i >= m.firstKey && i < m.lastKey) ctx.fillRect(lay.keyX - 2, y(i) - lay.row / 2 + 1, lay.textWidth, lay.row - 2);
+  }
   // Lines, head by head.
+  ctx.lineWidth = 2;
   for (const h of m.heads) {
     ctx.strokeStyle = headColor(h);
-    const qs = focusQuery >= 0 ? [focusQuery] : range(first, last);
-    for (const q of qs) {
+    const from = focusQuery >= 0 ? focusQuery : first;
+    const to = focusQuery >= 0 ? focusQuery + 1 : last;
+    for (let q = from; q < to; q++) {
       const e = m.data.edges[h][q];
       for (let i = 0; i < e.keys.length; i++) {
         const k = e.keys[i];
         if (focusKey >= 0 && k !== focusKey) continue;
         if (!inFilter(m.filter, m.bStart, q, k)) continue;
         ctx.globalAlpha = Math.min(1, e.weights[i]);
-        ctx.lineWidth = 2;
         ctx.beginPath();
         ctx.moveTo(lay.leftX + 4, y(q));
         ctx.lineTo(lay.rightX - 4, y(k));
@@ -116,59 +70,34 @@ export function draw(ctx, m) {
   ctx.globalAlpha = 1;
   // Per-head weight boxes beside the keys of a focused query (bertviz's hover boxes).
   if (focusQuery >= 0) {
-    const box = Math.max(3, Math.min(10, (lay.textWidth - 10) / Math.max(1, m.heads.length)));
     for (let k = m.firstKey; k < m.lastKey; k++) {
       m.heads.forEach((h, n) => {
         const w = weightOf(m.data, h, focusQuery, k);
-        if (w <= 0) return;
+        if (!w || !inFilter(m.filter, m.bStart, focusQuery, k)) return;
         ctx.globalAlpha = Math.min(1, w);
         ctx.fillStyle = headColor(h);
-        ctx.fillRect(lay.rightX + 4 + n * box, y(k) - lay.row / 2 + 3, box - 1, lay.row - 6);
+        ctx.fillRect(lay.boxesX + n * lay.box, y(k) - lay.row / 2 + 3, lay.box - 1, lay.row - 6);
       });
     }
     ctx.globalAlpha = 1;
   }
-  // Tokens.
+  // Tokens; the pinned query underlined in the accent colour.
   ctx.fillStyle = m.textColor;
   ctx.textAlign = "right";
   for (let q = first; q < last; q++) {
-    ctx.font = q === focusQuery ? "bold 13px system-ui, sans-serif" : "13px system-ui, sans-serif";
+    ctx.font = q === focusQuery ? BOLD : FONT;
     ctx.fillText(m.queryTokens[q], lay.leftX - 6, y(q), lay.textWidth - 8);
   }
+  if (m.pinned >= first && m.pinned < last) {
+    ctx.fillStyle = m.accent;
+    ctx.fillRect(4, y(m.pinned) + lay.row / 2 - 3, lay.leftX - 10, 2);
+    ctx.fillStyle = m.textColor;
+  }
   ctx.textAlign = "left";
-  const boxesWidth = focusQuery >= 0 ? Math.min(lay.textWidth - 10, m.heads.length * 10) + 8 : 6;
   for (let k = m.firstKey; k < m.lastKey; k++) {
-    ctx.font = k === focusKey ? "bold 13px system-ui, sans-serif" : "13px system-ui, sans-serif";
-    ctx.fillText(m.keyTokens[k], lay.rightX + boxesWidth, y(k), lay.textWidth - boxesWidth);
+    ctx.font = k === focusKey ? BOLD : FONT;
+    ctx.fillText(m.keyTokens[k], lay.keyX, y(k), lay.textWidth - 4);
   }
-}
-
-function range(a, b) {
-  const out = [];
-  for (let i = a; i < b; i++) out.push(i);
-  return out;
-}
-
-// SVG of the same picture (short inputs), for export.
-export function toSvg(m) {
-  const rows = Math.max(m.queryTokens.length, m.keyTokens.length);
-  const height = rows * m.lay.row + 4;
-  const y = (i) => i * m.lay.row + m.lay.row / 2;
-  const esc = (s) => s.replace(/[<>&"]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;" })[c]);
-  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${m.lay.width}" height="${height}" font-family="sans-serif" font-size="13">`];
-  for (const h of m.heads) {
-    for (let q = 0; q < m.queryTokens.length; q++) {
-      const e = m.data.edges[h][q];
-      for (let i = 0; i < e.keys.length; i++) {
-        if (!inFilter(m.filter, m.bStart, q, e.keys[i])) continue;
-        parts.push(`<line x1="${m.lay.leftX + 4}" y1="${y(q)}" x2="${m.lay.rightX - 4}" y2="${y(e.keys[i])}" stroke="${headColor(h)}" stroke-width="2" stroke-opacity="${Math.min(1, e.weights[i]).toFixed(4)}"/>`);
-      }
-    }
-  }
-  m.queryTokens.forEach((t, i) => parts.push(`<text x="${m.lay.leftX - 6}" y="${y(i) + 4}" text-anchor="end">${esc(t)}</text>`));
-  m.keyTokens.forEach((t, i) => parts.push(`<text x="${m.lay.rightX + 6}" y="${y(i) + 4}">${esc(t)}</text>`));
-  parts.push("</svg>");
-  return parts.join("\n");
 }
 
 // ---- mounting: DOM, events, loading --------------------------------------------------------------
@@ -186,7 +115,10 @@ export function mount(root, app) {
     <div class="head-body">
       <div class="scroller"><div class="spacer"></div><canvas class="lines"></canvas></div>
       <canvas class="minimap" title="click to jump"></canvas>
-      <aside class="image-panel" hidden></aside>
+      <aside class="side">
+        <div class="image-panel" hidden></div>
+        <div class="head-stats" aria-label="head statistics"></div>
+      </aside>
     </div>
     <div class="tooltip" hidden></div>`;
   const $ = (sel) => root.querySelector(sel);
@@ -195,35 +127,47 @@ export function mount(root, app) {
   const minimap = $(".minimap");
   const tooltip = $(".tooltip");
   const imagePanel = mountImagePanel($(".image-panel"), app);
-  minimap.style.width = `${MINIMAP_WIDTH}px`; // before the first layout: the scroller takes the rest
   let current = null; // { key, data, k: KindInfo, layer, image }: what is drawn (image: the input's, or null)
-  let hidden = new Set();
-  let appliedHeads = false; // state.heads (a starting selection) is applied once
   let hover = null; // { side: "left" | "right", index }
   let pointer = null; // the last mouse position over the canvas (for the tooltip)
   let hoverAt = 0; // when the hover changed (performance.now()), for the hover timing
+  let shownQuery = -1; // the pinned query last scrolled to
+  let squaresFor = ""; // the kind/heads the head squares were built for
 
+  // The heads shown: state.head alone, else state.heads ("" = all, "none" = none, else a list).
   function headsShown(k) {
     const s = app.state;
     const all = [...Array(k.numHeads).keys()];
     if (s.head >= 0 && s.head < k.numHeads) return [s.head];
-    return all.filter((h) => !hidden.has(h));
+    if (!s.heads) return all;
+    const chosen = new Set(s.heads.split(",").map(Number));
+    return all.filter((h) => chosen.has(h));
+  }
+
+  function headsParam(list, k) {
+    if (list.length === k.numHeads) return "";
+    return list.length ? list.join(",") : "none";
+  }
+
+  function rowsOf(k) {
+    return Math.max(k.queryLen, k.keyLen);
   }
 
   function model() {
     const s = app.state;
-    const width = scroller.clientWidth || 600;
+    const k = current.k;
+    const lay = layout(root.clientWidth || 900, k.numHeads);
     const height = scroller.clientHeight || 400;
-    const lay = layout(width, current.k.queryTokens);
     const scroll = scroller.scrollTop;
     const first = Math.max(0, Math.floor(scroll / lay.row) - 1);
-    const last = Math.min(current.k.queryLen, Math.ceil((scroll + height) / lay.row) + 1);
-    const lastKey = Math.min(current.k.keyLen, Math.ceil((scroll + height) / lay.row) + 1);
+    const last = Math.min(k.queryLen, Math.ceil((scroll + height) / lay.row) + 1);
+    const lastKey = Math.min(k.keyLen, Math.ceil((scroll + height) / lay.row) + 1);
     return {
       lay, first, last, firstKey: first, lastKey, scroll, height, hover, pinned: s.query,
-      heads: headsShown(current.k), data: current.data, filter: s.filter, bStart: current.k.sentenceBStart,
-      queryTokens: current.k.queryTokens, keyTokens: current.k.keyTokens,
-      textColor: getComputedStyle(document.body).getPropertyValue("--fg").trim() || "#222",
+      heads: headsShown(k), data: current.data, filter: s.filter, bStart: k.sentenceBStart,
+      queryTokens: k.queryTokens, keyTokens: k.keyTokens,
+      found: [...new Set([...matches(k.queryTokens, s.search), ...matches(k.keyTokens, s.search)])],
+      textColor: themeColor("--fg", "#222"), accent: themeColor("--accent", "#1f77b4"), matchColor: themeColor("--match", "#ffe08a"),
     };
   }
 
@@ -232,15 +176,14 @@ export function mount(root, app) {
     if (!current || root.hidden || root.offsetParent === null) return;
     const t0 = performance.now();
     const dpr = window.devicePixelRatio || 1;
+    const rows = rowsOf(current.k);
+    scroller.style.height = `${Math.min(Math.round(window.innerHeight * 0.7), 720, rows * ROW + 4)}px`;
     const m = model();
-    canvas.style.width = `${m.lay.width}px`;
-    canvas.style.height = `${m.height}px`;
-    canvas.width = Math.round(m.lay.width * dpr);
-    canvas.height = Math.round(m.height * dpr);
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    draw(ctx, m);
-    canvas.dataset.drawn = JSON.stringify({ kind: current.k.kind, layer: current.layer, first: m.first }); // for tests and tools
+    scroller.style.width = `${m.lay.width + (scroller.offsetWidth - scroller.clientWidth)}px`;
+    draw(sizeCanvas(canvas, m.lay.width, m.height, dpr), m);
+    // What is drawn, and where (for tests and tools).
+    canvas.dataset.drawn = JSON.stringify({ kind: current.k.kind, layer: current.layer, first: m.first });
+    canvas.dataset.layout = JSON.stringify(m.lay);
     drawMinimap(m, dpr);
     drawImage(m);
     showTooltip();
@@ -251,18 +194,18 @@ export function mount(root, app) {
     window.attnscopeTimings = timings;
   }
 
+  // The minimap, only when the rows do not fit: the whole length, the rows in view, the matches.
   function drawMinimap(m, dpr) {
-    const rows = Math.max(current.k.queryLen, current.k.keyLen);
+    const rows = rowsOf(current.k);
     const h = scroller.clientHeight || 400;
-    minimap.style.width = `${MINIMAP_WIDTH}px`;
-    minimap.style.height = `${h}px`;
-    minimap.width = Math.round(MINIMAP_WIDTH * dpr);
-    minimap.height = Math.round(h * dpr);
-    const ctx = minimap.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    minimap.hidden = rows * ROW <= h + 1;
+    if (minimap.hidden) return;
+    const ctx = sizeCanvas(minimap, MINIMAP_WIDTH, h, dpr);
     ctx.clearRect(0, 0, MINIMAP_WIDTH, h);
     ctx.fillStyle = "rgba(127,127,127,0.25)";
     ctx.fillRect(0, 0, MINIMAP_WIDTH, h);
+    ctx.fillStyle = m.matchColor;
+    for (const i of m.found) ctx.fillRect(0, (i / rows) * h, MINIMAP_WIDTH, 2);
     ctx.fillStyle = "rgba(31,119,180,0.6)";
     const top = (m.scroll / (rows * m.lay.row)) * h;
     ctx.fillRect(0, top, MINIMAP_WIDTH, Math.max(4, (m.height / (rows * m.lay.row)) * h));
@@ -279,9 +222,8 @@ export function mount(root, app) {
   function hitTest(event) {
     const rect = canvas.getBoundingClientRect();
     const x = event.clientX - rect.left;
-    const yPos = event.clientY - rect.top + scroller.scrollTop;
-    const index = Math.floor(yPos / ROW);
-    const lay = layout(scroller.clientWidth || 600, current.k.queryTokens);
+    const index = Math.floor((event.clientY - rect.top + scroller.scrollTop) / ROW);
+    const lay = layout(root.clientWidth || 900, current.k.numHeads);
     if (x < lay.leftX && index < current.k.queryLen) return { side: "left", index };
     if (x > lay.rightX && index < current.k.keyLen) return { side: "right", index };
     return null;
@@ -289,7 +231,7 @@ export function mount(root, app) {
 
   function showTooltip() {
     const s = app.state;
-    const query = hover?.side === "left" ? hover.index : s.query;
+    const query = s.query;
     if (!hover || !pointer || query < 0 || hover.side !== "right") {
       tooltip.hidden = true;
       return;
@@ -297,9 +239,10 @@ export function mount(root, app) {
     const { k, data } = current;
     const lines = headsShown(k).map((h) => {
       const w = weightOf(data, h, query, hover.index);
-      return `<div><span class="swatch" style="background:${headColor(h)}"></span>head ${h}: ${w ? w.toFixed(4) : data.exact ? "0" : "< top-k"}</div>`;
+      const text = w === null ? `below the top ${data.topK}` : formatValue(w);
+      return `<div><span class="swatch" style="background:${headColor(h)}"></span>head ${h}: ${text}</div>`;
     });
-    tooltip.innerHTML = `<div>${escapeHtml(k.queryTokens[query])} → ${escapeHtml(k.keyTokens[hover.index])}</div>${lines.join("")}`;
+    tooltip.innerHTML = `<div>${esc(tokenLabel(k.queryTokens, query))} (${query}) → ${esc(tokenLabel(k.keyTokens, hover.index))} (${hover.index}), layer ${esc(app.layerName(current.layer, k.kind))}</div>${lines.join("")}`;
     tooltip.style.left = `${pointer.x + 12}px`;
     tooltip.style.top = `${pointer.y + 12}px`;
     tooltip.hidden = false;
@@ -329,38 +272,58 @@ export function mount(root, app) {
   minimap.addEventListener("click", (event) => {
     if (!current) return;
     const rect = minimap.getBoundingClientRect();
-    const rows = Math.max(current.k.queryLen, current.k.keyLen);
-    scroller.scrollTop = ((event.clientY - rect.top) / rect.height) * rows * ROW - scroller.clientHeight / 2;
+    scroller.scrollTop = ((event.clientY - rect.top) / rect.height) * rowsOf(current.k) * ROW - scroller.clientHeight / 2;
   });
   $(".layer").addEventListener("change", (e) => app.update({ layer: Number(e.target.value) }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
   $(".filter").addEventListener("change", (e) => app.update({ filter: e.target.value }));
 
+  // The head squares: built once per kind (a rebuild between the two clicks of a double-click
+  // would lose it), their on/off state set on every render. Query heads that share a key head
+  // (grouped-query attention) sit in one outlined group.
   function drawHeadSquares(k) {
     const box = $(".heads");
-    box.replaceChildren();
-    for (let h = 0; h < k.numHeads; h++) {
-      const sq = document.createElement("span");
-      const shown = headsShown(k).includes(h);
-      sq.className = `head-square${shown ? "" : " off"}`;
-      sq.style.background = headColor(h);
-      sq.dataset.head = String(h);
-      sq.title = `head ${h}`;
-      sq.addEventListener("click", () => {
-        if (app.state.head >= 0) {
-          hidden = new Set([...Array(k.numHeads).keys()].filter((x) => x !== app.state.head));
-          app.update({ head: -1 });
+    const id = `${k.kind}/${k.numHeads}/${k.numKeyHeads}`;
+    if (squaresFor !== id) {
+      squaresFor = id;
+      box.replaceChildren();
+      let group = null;
+      for (let h = 0; h < k.numHeads; h++) {
+        const g = keyHeadOf(k, h);
+        if (g !== null && (!group || Number(group.dataset.keyHead) !== g)) {
+          group = document.createElement("span");
+          group.className = "head-group";
+          group.dataset.keyHead = String(g);
+          group.title = `query heads sharing key head ${g} (grouped-query attention)`;
+          box.append(group);
         }
-        if (hidden.has(h)) hidden.delete(h);
-        else hidden.add(h);
-        app.update({});
-      });
-      sq.addEventListener("dblclick", () => {
-        hidden = new Set();
-        app.update({ head: app.state.head === h ? -1 : h });
-      });
-      box.append(sq);
+        const sq = document.createElement("span");
+        sq.className = "head-square";
+        sq.style.background = headColor(h);
+        sq.dataset.head = String(h);
+        sq.title = g === null ? `head ${h}` : `head ${h} (key head ${g})`;
+        sq.addEventListener("click", () => {
+          const shown = new Set(headsShown(current.k));
+          if (shown.has(h)) shown.delete(h);
+          else shown.add(h);
+          app.update({ head: -1, heads: headsParam([...shown].sort((a, b) => a - b), current.k) });
+        });
+        sq.addEventListener("dblclick", () => {
+          app.update({ head: app.state.head === h ? -1 : h, heads: "" });
+        });
+        (group || box).append(sq);
+      }
     }
+    const shown = new Set(headsShown(k));
+    for (const sq of box.querySelectorAll(".head-square")) sq.classList.toggle("off", !shown.has(Number(sq.dataset.head)));
+  }
+
+  function drawStats(k, layer) {
+    const stats = app.server.headStats;
+    renderStatsTable($(".head-stats"), {
+      stats, values: current.data.stats, numHeads: k.numHeads, rows: headsShown(k).map((head) => ({ layer, head })),
+      sort: "", selected: null, layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+    }, { onPick: ({ head }) => app.update({ head, heads: "" }) });
   }
 
   // Load what the state asks for (unless loaded), then, if no newer render started, draw it.
@@ -372,37 +335,58 @@ export function mount(root, app) {
     const key = `${info.traceId}/${k.kind}/${layer}`;
     let shown = current?.key === key ? current : null;
     if (!shown) {
-      const data = await app.busy(loadLayer(info.traceId, k, layer, viewer));
+      const data = await app.busy(loadLayer(info.traceId, k, layer, viewer, app.server.headStats.map((st) => st.name)));
       if (!fresh()) return;
       shown = { key, data, k, layer, image: info.image || null };
     }
     current = shown;
-    $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === layer)));
+    $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(app.layerName(l, k.kind), l, false, l === layer)));
     $(".kind-label").hidden = info.kinds.length < 2;
     $(".kind").replaceChildren(...info.kindNames.map((n) => new Option(n, n, false, n === k.kind)));
     $(".filter-label").hidden = k.sentenceBStart < 0;
     $(".filter").value = s.filter;
-    if (s.heads && !appliedHeads) {
-      const visible = new Set(s.heads.split(",").map(Number));
-      hidden = new Set([...Array(k.numHeads).keys()].filter((h) => !visible.has(h)));
-    }
-    appliedHeads = true;
     drawHeadSquares(k);
-    $(".spacer").style.height = `${Math.max(k.queryLen, k.keyLen) * ROW}px`;
+    drawStats(k, layer);
+    $(".spacer").style.height = `${rowsOf(k) * ROW}px`;
     $(".note").textContent = current.data.exact ? "" : `${k.queryLen} tokens: lines show each query's top ${current.data.topK} keys per head`;
+    if (s.query >= 0 && s.query !== shownQuery) {
+      // A query moved by the keyboard or a search: bring it into view.
+      const y = s.query * ROW;
+      if (y < scroller.scrollTop || y + ROW > scroller.scrollTop + scroller.clientHeight) scroller.scrollTop = y - scroller.clientHeight / 2;
+    }
+    shownQuery = s.query;
     frame();
+  }
+
+  // The picture for export, at `scale` device pixels per CSS pixel: every row up to 512 rows
+  // (short inputs: the whole picture), else the rows in view.
+  function exportCanvas(scale, background) {
+    if (!current) return null;
+    const m = model();
+    const rows = rowsOf(current.k);
+    const whole = rows <= 512;
+    const height = whole ? rows * ROW + 4 : m.height;
+    const full = whole ? { first: 0, last: current.k.queryLen, firstKey: 0, lastKey: current.k.keyLen, scroll: 0 } : {};
+    return picture(m.lay.width, height, scale, (ctx) => draw(ctx, { ...m, ...full, height, hover: null, background }));
   }
 
   return {
     render,
-    exportPng: () => canvas,
-    exportSvg: () => (current && current.data.exact ? toSvg({ ...model(), data: current.data }) : null),
-    exportJson: () => current && { layer: current.layer, kind: current.k.kind, exact: current.data.exact,
-      queryTokens: current.k.queryTokens, keyTokens: current.k.keyTokens,
-      edges: current.data.edges.map((perQuery) => perQuery.map((e) => ({ keys: [...e.keys], weights: [...e.weights] }))) },
+    exportPicture: (scale, background) => exportCanvas(scale, background),
+    exportTitle: () => current && `layer ${app.layerName(current.layer, current.k.kind)} · ${describeHeads(headsShown(current.k), current.k)} · ${current.k.kind}`,
+    exportLegend: () => current && { kind: "heads", heads: headsShown(current.k) },
+    exportSvg: (header) => (current && current.data.exact ? headSvg({ ...model(), data: current.data }, header) : null),
+    exportJson: () => current && { layer: current.layer, kind: current.k.kind,
+      queryTokens: current.k.queryTokens, keyTokens: current.k.keyTokens, heads: headsShown(current.k), ...layerJson(current.data) },
   };
 }
 
-function escapeHtml(s) {
-  return s.replace(/[<>&]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;" })[c]);
+function describeHeads(heads, k) {
+  if (heads.length === 1) return `head ${heads[0]}`;
+  if (heads.length === k.numHeads) return `all ${heads.length} heads`;
+  return `heads ${heads.join(", ")}`;
+}
+
+function esc(s) {
+  return String(s).replace(/[<>&]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;" })[c]);
 }

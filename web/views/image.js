@@ -3,6 +3,8 @@
 // processor resized it), and over it a canvas with the patch grid and the focused query's
 // attention over the patches (the mean of the shown heads, from the lines the head view loaded for
 // the layer), the query patch outlined, with a legend. Clicking a patch pins it as the query.
+import { sizeCanvas } from "../canvas.js";
+
 const WIDTH = 260;
 const HEAT = [230, 40, 20]; // the heat's colour; its opacity is the weight / the largest weight
 const MAX_ALPHA = 0.7;
@@ -63,12 +65,7 @@ export function drawOverlay(ctx, m) {
 function drawLegend(canvas, dpr) {
   const w = 120;
   const h = 10;
-  canvas.style.width = `${w}px`;
-  canvas.style.height = `${h}px`;
-  canvas.width = Math.round(w * dpr);
-  canvas.height = Math.round(h * dpr);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  const ctx = sizeCanvas(canvas, w, h, dpr);
   for (let x = 0; x < w; x++) {
     ctx.fillStyle = `rgba(${HEAT.join(", ")}, ${(MAX_ALPHA * Math.sqrt(x / (w - 1))).toFixed(3)})`;
     ctx.fillRect(x, 0, 1, h);

@@ -1,125 +1,141 @@
-// Model view: every layer × head as a thumbnail of its pooled map, sortable and coloured by a head
-// statistic; click a cell to open that head in the head view. Below, a zoomable heatmap of one
-// head: scroll to zoom, drag to pan; regions of at most tile_size × tile_size positions are
-// fetched as exact tiles from the kept trace (no model re-run), larger ones are drawn from the
-// pooled map. The statistics (and which end is notable), the thumbnail and tile sizes come from
-// the service's GetServerInfo.
-import { heat } from "../colors.js";
+// Model view: every layer × head as a thumbnail of its pooled attention map (bertviz's model
+// view), with "Layers" and "Heads" axes, the model's own layer numbers, query heads that share a
+// key head (grouped-query attention) marked as groups, the sentence filter of pairs, and the
+// selected head outlined. Click a head to open its detail beside the grid (heatmap.js: tokens,
+// zoom, exact values); double-click opens it in the head view. Beside them, every head's
+// statistics in a sortable table (names, descriptions and which end is notable from the
+// service's GetServerInfo); sorting orders and colours the grid too.
+import { picture, sizeCanvas } from "../canvas.js";
 import { getViews, views } from "../data.js";
-import { generations } from "../state.js";
+import { escapeHtml, formatValue, themeColor, tokenLabel } from "../format.js";
+import { keyHeadOf } from "./head-data.js";
+import { mountHeatmap, paintMatrix, weightLegend } from "./heatmap.js";
+import { renderStatsTable } from "./stats-table.js";
 
-const TILE_DELAY_MS = 150; // a zoom or pan that rests this long gets its exact tile
+export { paintMatrix };
+const LEFT = 46; // "Layers" and the layer numbers
+const TOP = 36; // "Heads", the head numbers and the key-head groups
+const GAP = 4;
 
-// ---- pure drawing ------------------------------------------------------------------------------
-export function paintMatrix(image, values, rows, cols, dark) {
-  // values: rows × cols probabilities -> RGBA pixels of `image` (ImageData rows × cols).
-  const px = image.data;
-  for (let i = 0; i < rows * cols; i++) {
-    const [r, g, b] = heat(values[i], dark);
-    px[4 * i] = r;
-    px[4 * i + 1] = g;
-    px[4 * i + 2] = b;
-    px[4 * i + 3] = 255;
-  }
-  return image;
+// The thumbnail blocks [r0, r1) × [c0, c1) a sentence filter keeps (all of them without a pair).
+export function cropOf(filter, bStart, rows, cols, lq, lk) {
+  if (!filter || filter === "all" || bStart < 0) return [0, rows, 0, cols];
+  const rb = Math.round((bStart * rows) / lq);
+  const cb = Math.round((bStart * cols) / lk);
+  const [qa, ka] = [filter[0] === "A", filter[1] === "A"];
+  return [qa ? 0 : rb, qa ? rb : rows, ka ? 0 : cb, ka ? cb : cols];
 }
 
 export function drawGrid(ctx, m) {
-  const { layers, heads, cell, gap, rows, cols, pooled, order, stat, dark } = m;
-  ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
+  const { layers, heads, cell, rows, cols, pooled, order, stat, dark, crop } = m;
+  if (m.background) {
+    ctx.fillStyle = m.background;
+    ctx.fillRect(0, 0, m.width, m.height);
+  } else ctx.clearRect(0, 0, m.width, m.height);
   const tile = document.createElement("canvas");
   tile.width = cols;
   tile.height = rows;
   const tctx = tile.getContext("2d");
   const image = tctx.createImageData(cols, rows);
+  const [r0, r1, c0, c1] = crop;
   ctx.imageSmoothingEnabled = false;
-  ctx.font = "11px system-ui, sans-serif";
   ctx.textBaseline = "top";
+  const cellX = (col) => LEFT + col * (cell + GAP);
+  const cellY = (l) => TOP + l * m.rowH;
   for (let l = 0; l < layers; l++) {
     for (let col = 0; col < heads; col++) {
       const h = order[l][col];
       const offset = (l * heads + h) * rows * cols;
       paintMatrix(image, pooled.subarray(offset, offset + rows * cols), rows, cols, dark);
       tctx.putImageData(image, 0, 0);
-      const x = m.left + col * (cell + gap);
-      const y = m.top + l * (cell + gap + (stat ? 12 : 0));
-      ctx.drawImage(tile, x, y, cell, cell);
+      const x = cellX(col);
+      const y = cellY(l);
+      ctx.drawImage(tile, c0, r0, Math.max(1, c1 - c0), Math.max(1, r1 - r0), x, y, cell, cell);
       if (stat) {
         const v = m.stats[stat][l * heads + h];
         ctx.fillStyle = `rgba(214, 39, 40, ${m.notability(v).toFixed(3)})`;
-        ctx.fillRect(x, y + cell + 1, cell, 10);
+        ctx.fillRect(x, y + cell + 1, cell, 11);
         ctx.fillStyle = m.textColor;
-        ctx.fillText(`H${h} ${v.toFixed(2)}`, x + 2, y + cell + 1);
+        ctx.font = "10px system-ui, sans-serif";
+        ctx.fillText(`H${h} ${formatValue(v)}`, x + 2, y + cell + 1, cell - 2);
       }
-    }
-    ctx.fillStyle = m.textColor;
-    ctx.fillText(`L${l}`, 2, m.top + l * (cell + gap + (stat ? 12 : 0)) + cell / 2 - 6);
-  }
-}
-
-// The zoomable heatmap (pure): m = { size (CSS pixels a side), region: [q0, q1, k0, k1], exact,
-// tile (the region's exact values), base (pooled, rows × cols), rows, cols, lq, lk, dark }.
-export function drawHeatmap(ctx, m) {
-  const { size, region, exact } = m;
-  const [q0, q1, k0, k1] = region;
-  const values = new Float32Array(size * size);
-  for (let py = 0; py < size; py++) {
-    const q = q0 + Math.floor(((py + 0.5) * (q1 - q0)) / size);
-    for (let px = 0; px < size; px++) {
-      const k = k0 + Math.floor(((px + 0.5) * (k1 - k0)) / size);
-      if (exact) values[py * size + px] = m.tile[(q - q0) * (k1 - k0) + (k - k0)];
-      else {
-        const r = Math.min(m.rows - 1, Math.floor((q * m.rows) / m.lq));
-        const c = Math.min(m.cols - 1, Math.floor((k * m.cols) / m.lk));
-        values[py * size + px] = m.base[r * m.cols + c];
+      if (m.selected && m.selected.layer === l && m.selected.head === h) {
+        ctx.strokeStyle = m.selectedColor;
+        ctx.lineWidth = 3;
+        ctx.strokeRect(x - 1.5, y - 1.5, cell + 3, cell + 3);
       }
     }
   }
-  const image = paintMatrix(new ImageData(size, size), values, size, size, m.dark);
-  const pixels = document.createElement("canvas");
-  pixels.width = size;
-  pixels.height = size;
-  pixels.getContext("2d").putImageData(image, 0, 0);
-  ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(pixels, 0, 0, size, size);
+  // Axes: layer numbers (the model's own), head numbers and key-head groups (unsorted).
+  ctx.fillStyle = m.textColor;
+  ctx.strokeStyle = m.textColor;
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (let l = 0; l < layers; l++) ctx.fillText(m.layerName(l), LEFT - 5, cellY(l) + cell / 2);
+  ctx.textAlign = "center";
+  if (!stat) {
+    for (let col = 0; col < heads; col++) ctx.fillText(String(col), cellX(col) + cell / 2, TOP - 16);
+    if (m.keyHead(0) !== null) {
+      ctx.lineWidth = 1;
+      for (let col = 0; col < heads; col++) {
+        const g = m.keyHead(col);
+        if (col > 0 && m.keyHead(col - 1) === g) continue;
+        let end = col;
+        while (end + 1 < heads && m.keyHead(end + 1) === g) end++;
+        const x0 = cellX(col) + 1;
+        const x1 = cellX(end) + cell - 1;
+        ctx.beginPath();
+        ctx.moveTo(x0, TOP - 4);
+        ctx.lineTo(x0, TOP - 7);
+        ctx.lineTo(x1, TOP - 7);
+        ctx.lineTo(x1, TOP - 4);
+        ctx.stroke();
+      }
+    }
+  }
+  ctx.font = "bold 12px system-ui, sans-serif";
+  const headsTitle = stat ? `Heads, sorted by ${stat} (notable first)` : m.keyHead(0) !== null ? "Heads (bracketed: sharing a key head)" : "Heads";
+  ctx.fillText(headsTitle, LEFT + (heads * (cell + GAP)) / 2, 8);
+  ctx.save();
+  ctx.translate(10, TOP + (layers * m.rowH) / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.fillText("Layers", 0, 0);
+  ctx.restore();
+  ctx.textAlign = "left";
 }
 
 // ---- mounting ----------------------------------------------------------------------------------
 export function mount(root, app) {
   const stats = app.server.headStats; // [{ name, description, notable: "high" | "low" }]
   const notableLow = new Set(stats.filter((s) => s.notable === "low").map((s) => s.name));
-  const esc = (t) => t.replace(/[<>&"]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;" })[c]);
   root.innerHTML = `
     <div class="controls">
       <label>Sort and colour by <select class="sort"><option value="">— (head order)</option>
-        ${stats.map((s) => `<option value="${esc(s.name)}" title="${esc(s.description)}">${esc(s.name)}</option>`).join("")}</select></label>
+        ${stats.map((s) => `<option value="${escapeHtml(s.name)}" title="${escapeHtml(s.description)}">${escapeHtml(s.name)}</option>`).join("")}</select></label>
       <label class="kind-label" hidden>Attention <select class="kind"></select></label>
-      <span class="hint">click a head to open it in the head view; shift-click to zoom it below</span>
+      <label class="filter-label" hidden>Sentences <select class="filter">
+        <option value="all">all</option><option value="AA">A → A</option><option value="AB">A → B</option>
+        <option value="BA">B → A</option><option value="BB">B → B</option></select></label>
+      <span class="hint">click a head for its detail; double-click to open it in the head view</span>
     </div>
-    <canvas class="grid"></canvas>
-    <div class="controls">
-      <strong class="heat-title"></strong>
-      <button class="reset" type="button">reset zoom</button>
-      <span class="region"></span>
+    <div class="model-body">
+      <div class="grid-wrap"><canvas class="grid"></canvas></div>
+      <div class="detail"></div>
+      <div class="stats-panel" aria-label="head statistics"></div>
     </div>
-    <canvas class="heatmap" title="scroll to zoom, drag to pan"></canvas>`;
+    <div class="tooltip grid-tip" hidden></div>`;
   const $ = (sel) => root.querySelector(sel);
   const grid = $(".grid");
-  const heatmap = $(".heatmap");
+  const tip = $(".grid-tip");
+  const detail = mountHeatmap($(".detail"), app);
   let current = null; // { key, k: KindInfo, rows, cols, pooled, stats }
   let layoutInfo = null;
-  let zoom = null; // { key, layer, head, base, rows, cols, region: [q0, q1, k0, k1], tile, tileRegion }
-  let tileTimer = null;
-  let cancelTile = () => {}; // ends the wait of a tile whose region changed before its fetch
-  const tileLoads = generations();
-  window.attnscopeTimings = { ...(window.attnscopeTimings || {}), tileFetches: 0 };
+  let pointer = null;
 
   $(".sort").addEventListener("change", (e) => app.update({ sort: e.target.value }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
-  $(".reset").addEventListener("click", () => {
-    if (zoom) zoom.region = [0, current.k.queryLen, 0, current.k.keyLen];
-    app.invalidate(heatFrame);
-  });
+  $(".filter").addEventListener("change", (e) => app.update({ filter: e.target.value }));
 
   function order(k, values, stat) {
     return [...Array(k.numLayers).keys()].map((l) => {
@@ -130,42 +146,53 @@ export function mount(root, app) {
     });
   }
 
-  function gridFrame() {
-    if (!current || root.hidden) return;
-    const t0 = performance.now();
+  function selectedHead() {
+    const s = app.state;
+    return s.head >= 0 ? { layer: Math.min(s.layer, current.k.numLayers - 1), head: Math.min(s.head, current.k.numHeads - 1) } : null;
+  }
+
+  function gridModel(background) {
     const { k } = current;
-    const stat = current.stats[app.state.sort] ? app.state.sort : "";
-    const width = Math.max(300, root.clientWidth - 8);
-    const gap = 4;
-    const cell = Math.max(24, Math.min(96, Math.floor((width - 30) / k.numHeads) - gap));
-    const rowH = cell + gap + (stat ? 12 : 0);
-    const height = 8 + k.numLayers * rowH;
-    const dpr = window.devicePixelRatio || 1;
-    grid.width = Math.round(width * dpr);
-    grid.height = Math.round(height * dpr);
-    grid.style.width = `${width}px`;
-    grid.style.height = `${height}px`;
-    const ctx = grid.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const s = app.state;
+    const stat = current.stats[s.sort] ? s.sort : "";
+    const avail = Math.max(320, Math.min(root.clientWidth, window.innerWidth - 32) - 8);
+    const cell = Math.max(20, Math.min(96, Math.floor((avail - LEFT - 4) / k.numHeads) - GAP));
+    const rowH = cell + GAP + (stat ? 13 : 0);
+    const width = LEFT + k.numHeads * (cell + GAP);
+    const height = TOP + k.numLayers * rowH + 4;
     const values = stat ? current.stats[stat] : null;
-    const lo = values ? Math.min(...values) : 0;
-    const hi = values ? Math.max(...values) : 1;
-    const ord = order(k, values, stat);
-    layoutInfo = { left: 28, top: 4, cell, gap, rowH, order: ord };
-    grid.dataset.layout = JSON.stringify(layoutInfo); // geometry for tests and tools
-    drawGrid(ctx, {
-      layers: k.numLayers, heads: k.numHeads, cell, gap, rows: current.rows, cols: current.cols,
-      pooled: current.pooled,
-      order: ord, stat, stats: current.stats, left: 28, top: 4, dark: app.state.theme === "dark",
-      textColor: getComputedStyle(document.body).getPropertyValue("--fg").trim() || "#222",
+    let lo = Infinity;
+    let hi = -Infinity;
+    if (values) for (const v of values) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    return {
+      layers: k.numLayers, heads: k.numHeads, cell, rowH, width, height, rows: current.rows, cols: current.cols, pooled: current.pooled,
+      order: order(k, values, stat), stat, stats: current.stats, dark: s.theme === "dark", background,
+      crop: cropOf(s.filter, k.sentenceBStart, current.rows, current.cols, k.queryLen, k.keyLen),
+      selected: selectedHead(), selectedColor: themeColor("--selected", "#d62728"), textColor: themeColor("--fg", "#222"),
+      layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
       notability: (v) => {
         const t = hi > lo ? (v - lo) / (hi - lo) : 0;
         return notableLow.has(stat) ? 1 - t : t;
       },
-    });
+    };
+  }
+
+  function gridFrame() {
+    if (!current || root.hidden || root.offsetParent === null) return;
+    const t0 = performance.now();
+    const m = gridModel();
+    drawGrid(sizeCanvas(grid, m.width, m.height), m);
+    layoutInfo = { left: LEFT, top: TOP, cell: m.cell, gap: GAP, rowH: m.rowH, order: m.order, crop: m.crop };
+    grid.dataset.layout = JSON.stringify(layoutInfo); // geometry for tests and tools
+    showTip();
     const t = window.attnscopeTimings || {};
     // modelDrawMs: drawing alone; modelReadyMs: from navigation start to the first drawn grid.
     window.attnscopeTimings = { ...t, modelDrawMs: performance.now() - t0, modelReadyMs: t.modelReadyMs ?? performance.now() };
+  }
+
+  function frame() {
+    gridFrame();
+    detail.frame();
   }
 
   function cellAt(event) {
@@ -176,109 +203,67 @@ export function mount(root, app) {
     const col = Math.floor(x / (layoutInfo.cell + layoutInfo.gap));
     const l = Math.floor(y / layoutInfo.rowH);
     if (x < 0 || y < 0 || col >= current.k.numHeads || l >= current.k.numLayers) return null;
-    return { layer: l, head: layoutInfo.order[l][col] };
+    const fx = (x - col * (layoutInfo.cell + layoutInfo.gap)) / layoutInfo.cell;
+    const fy = (y - l * layoutInfo.rowH) / layoutInfo.cell;
+    return { layer: l, head: layoutInfo.order[l][col], fx, fy };
   }
 
+  // Hover over a thumbnail: the head, its key head, its statistics and the cell under the pointer.
+  function showTip() {
+    const hit = pointer && cellAt(pointer);
+    if (!hit) {
+      tip.hidden = true;
+      return;
+    }
+    const { k } = current;
+    const g = keyHeadOf(k, hit.head);
+    const lines = stats.map((st) => `${escapeHtml(st.name)} ${formatValue(current.stats[st.name][hit.layer * k.numHeads + hit.head])}`);
+    let cellLine = "";
+    if (hit.fx < 1 && hit.fy < 1) {
+      const [r0, r1, c0, c1] = layoutInfo.crop;
+      const r = r0 + Math.floor(hit.fy * (r1 - r0));
+      const c = c0 + Math.floor(hit.fx * (c1 - c0));
+      const v = current.pooled[(hit.layer * k.numHeads + hit.head) * current.rows * current.cols + r * current.cols + c];
+      if (current.rows === k.queryLen && current.cols === k.keyLen) {
+        cellLine = `${escapeHtml(tokenLabel(k.queryTokens, r))} (${r}) → ${escapeHtml(tokenLabel(k.keyTokens, c))} (${c}): <b>${formatValue(v)}</b>`;
+      } else {
+        const span = (i, n, len) => `${Math.floor((i * len) / n)}–${Math.floor(((i + 1) * len) / n) - 1}`;
+        cellLine = `queries ${span(r, current.rows, k.queryLen)} → keys ${span(c, current.cols, k.keyLen)}: <b>${formatValue(v)}</b> (block mean)`;
+      }
+    }
+    tip.innerHTML = `<div>layer ${escapeHtml(app.layerName(hit.layer, k.kind))}, head ${hit.head}${g === null ? "" : ` (key head ${g})`}</div><div>${cellLine}</div><div class="muted">${lines.join(" · ")}</div>`;
+    tip.style.left = `${pointer.clientX + 12}px`;
+    tip.style.top = `${pointer.clientY + 12}px`;
+    tip.hidden = false;
+  }
+
+  grid.addEventListener("mousemove", (event) => {
+    pointer = event;
+    app.invalidate(gridFrame);
+  });
+  grid.addEventListener("mouseleave", () => {
+    pointer = null;
+    app.invalidate(gridFrame);
+  });
   grid.addEventListener("click", (event) => {
     const hit = cellAt(event);
-    if (!hit) return;
-    if (event.shiftKey) app.update({ layer: hit.layer, head: hit.head });
-    else app.update({ view: "head", layer: hit.layer, head: hit.head });
+    if (hit) app.update({ layer: hit.layer, head: hit.head });
+  });
+  grid.addEventListener("dblclick", (event) => {
+    const hit = cellAt(event);
+    if (hit) app.update({ view: "head", layer: hit.layer, head: hit.head });
   });
 
-  // ---- zoomable heatmap ----------------------------------------------------------------------
-  function heatFrame() {
-    if (!zoom || root.hidden) return;
-    const size = heatmap.clientWidth || app.server.viewer.tileSize;
-    const dpr = window.devicePixelRatio || 1;
-    heatmap.style.width = `${size}px`;
-    heatmap.style.height = `${size}px`;
-    heatmap.width = Math.round(size * dpr);
-    heatmap.height = Math.round(size * dpr);
-    const ctx = heatmap.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    const exact = Boolean(zoom.tile) && zoom.tileRegion.join() === zoom.region.join();
-    drawHeatmap(ctx, { ...zoom, size, exact, lq: current.k.queryLen, lk: current.k.keyLen, dark: app.state.theme === "dark" });
-    const [q0, q1, k0, k1] = zoom.region;
-    $(".region").textContent = `queries ${q0}–${q1 - 1}, keys ${k0}–${k1 - 1} ${exact ? "(exact tile)" : "(pooled)"}`;
-    loadTileSoon();
+  function drawTable(k) {
+    renderStatsTable($(".stats-panel"), {
+      stats, values: current.stats, numHeads: k.numHeads,
+      rows: [...Array(k.numLayers * k.numHeads).keys()].map((i) => ({ layer: Math.floor(i / k.numHeads), head: i % k.numHeads })),
+      sort: current.stats[app.state.sort] ? app.state.sort : "", selected: selectedHead(),
+      layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+    }, { onSort: (sort) => app.update({ sort }), onPick: ({ layer, head }) => app.update({ layer, head }) });
   }
 
-  // The load step of the heatmap: once a zoomed region small enough for an exact tile rests,
-  // fetch it; a tile that arrives after a newer request started is dropped.
-  function loadTileSoon() {
-    cancelTile();
-    const [q0, q1, k0, k1] = zoom.region;
-    const limit = app.server.viewer.tileSize;
-    const pooledIsExact = zoom.rows === current.k.queryLen && zoom.cols === current.k.keyLen;
-    if (pooledIsExact || q1 - q0 > limit || k1 - k0 > limit) return;
-    if (zoom.tileRegion && zoom.tileRegion.join() === zoom.region.join()) return;
-    const target = zoom;
-    const region = [...zoom.region];
-    const g = tileLoads.start();
-    app.track(new Promise((resolve) => {
-      let fired = false;
-      cancelTile = () => {
-        if (fired) return;
-        clearTimeout(tileTimer);
-        resolve();
-      };
-      tileTimer = setTimeout(async () => {
-        fired = true;
-        try {
-          const { tensors } = await getViews(target.traceId, [views.tile("zoom", target.layer, target.head, [q0, q1], [k0, k1], target.kind)]);
-          if (!tileLoads.isCurrent(g) || zoom !== target) return;
-          window.attnscopeTimings.tileFetches += 1;
-          target.tile = tensors.zoom.data;
-          target.tileRegion = region;
-          app.invalidate(heatFrame);
-        } catch (err) {
-          if (tileLoads.isCurrent(g)) app.fail(err);
-        } finally {
-          resolve();
-        }
-      }, TILE_DELAY_MS);
-    }));
-  }
-
-  heatmap.addEventListener("wheel", (event) => {
-    if (!zoom) return;
-    event.preventDefault();
-    const rect = heatmap.getBoundingClientRect();
-    const fx = (event.clientX - rect.left) / rect.width;
-    const fy = (event.clientY - rect.top) / rect.height;
-    const factor = event.deltaY < 0 ? 0.5 : 2;
-    const [q0, q1, k0, k1] = zoom.region;
-    const zoomAxis = (a, b, f, n) => {
-      const span = Math.max(1, Math.min(n, Math.round((b - a) * factor)));
-      const center = a + f * (b - a);
-      const start = Math.max(0, Math.min(n - span, Math.round(center - f * span)));
-      return [start, start + span];
-    };
-    const [nq0, nq1] = zoomAxis(q0, q1, fy, current.k.queryLen);
-    const [nk0, nk1] = zoomAxis(k0, k1, fx, current.k.keyLen);
-    zoom.region = [nq0, nq1, nk0, nk1];
-    app.invalidate(heatFrame);
-  }, { passive: false });
-
-  let drag = null;
-  heatmap.addEventListener("mousedown", (event) => {
-    drag = { x: event.clientX, y: event.clientY, region: [...(zoom?.region || [])] };
-  });
-  window.addEventListener("mouseup", () => { drag = null; });
-  heatmap.addEventListener("mousemove", (event) => {
-    if (!drag || !zoom) return;
-    const rect = heatmap.getBoundingClientRect();
-    const [q0, q1, k0, k1] = drag.region;
-    const dq = Math.round(((drag.y - event.clientY) / rect.height) * (q1 - q0));
-    const dk = Math.round(((drag.x - event.clientX) / rect.width) * (k1 - k0));
-    const sq = Math.max(-q0, Math.min(current.k.queryLen - q1, dq));
-    const sk = Math.max(-k0, Math.min(current.k.keyLen - k1, dk));
-    zoom.region = [q0 + sq, q1 + sq, k0 + sk, k1 + sk];
-    app.invalidate(heatFrame);
-  });
-
-  // Load the thumbnails, statistics and the heatmap's pooled map the state asks for (one call,
+  // Load the thumbnails, statistics and the detail's pooled map the state asks for (one call,
   // only what is not loaded yet); then, if no newer render started, draw.
   async function render(info, fresh) {
     const s = app.state;
@@ -291,7 +276,7 @@ export function mount(root, app) {
     const key = `${info.traceId}/${k.kind}`;
     const zoomKey = `${key}/${layer}/${head}`;
     const needGrid = current?.key !== key;
-    const needZoom = zoom?.key !== zoomKey;
+    const needZoom = detail.shown()?.key !== zoomKey;
     const requested = [];
     if (needGrid) {
       requested.push(views.pooled("thumbs", Math.min(viewer.thumbnailSize, Math.max(lq, lk)), k.kind));
@@ -308,22 +293,28 @@ export function mount(root, app) {
       current = { key, k, rows: thumbs.shape[2], cols: thumbs.shape[3], pooled: thumbs.data,
         stats: Object.fromEntries(stats.map((st) => [st.name, tensors[`stats/${st.name}`].data])) };
     }
-    if (needZoom) {
-      const base = tensors.heatmap;
-      zoom = { key: zoomKey, traceId: info.traceId, kind: k.kind, layer, head, base: base.data, rows: base.shape[2], cols: base.shape[3],
-        region: [0, lq, 0, lk], tile: null, tileRegion: null };
-      $(".heat-title").textContent = `layer ${layer}, head ${head}`;
-    }
+    const base = tensors.heatmap;
+    detail.show(needZoom ? { key: zoomKey, traceId: info.traceId, k, layer, head, base: base.data, rows: base.shape[2], cols: base.shape[3] } : detail.shown(), app.layerName(layer, k.kind));
     $(".kind-label").hidden = info.kinds.length < 2;
     $(".kind").replaceChildren(...info.kindNames.map((n) => new Option(n, n, false, n === k.kind)));
+    $(".filter-label").hidden = k.sentenceBStart < 0;
+    $(".filter").value = s.filter;
     $(".sort").value = s.sort;
-    gridFrame();
-    heatFrame();
+    drawTable(k);
+    frame();
+  }
+
+  function exportPicture(scale, background) {
+    if (!current) return null;
+    const m = gridModel(background);
+    return picture(m.width, m.height, scale, (ctx) => drawGrid(ctx, m));
   }
 
   return {
     render,
-    exportPng: () => grid,
+    exportPicture,
+    exportTitle: () => current && `${current.k.numLayers} layers × ${current.k.numHeads} heads · ${current.k.kind}${app.state.filter !== "all" ? ` · sentences ${app.state.filter}` : ""}`,
+    exportLegend: () => weightLegend(app.state.theme === "dark"),
     exportJson: () => current && { kind: current.k.kind, rows: current.rows, cols: current.cols, layers: current.k.numLayers,
       heads: current.k.numHeads, pooled: [...current.pooled],
       stats: Object.fromEntries(Object.entries(current.stats).map(([n, v]) => [n, [...v]])) },

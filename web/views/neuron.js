@@ -2,8 +2,12 @@
 // elementwise product q×k, the scaled dot product q·k and the softmax; blue for positive, orange
 // for negative, intensity by magnitude; numbers on hover. Long inputs show the top keys first.
 import { signedColor } from "../colors.js";
+import { picture, sizeCanvas } from "../canvas.js";
 import { getViews, views } from "../data.js";
+import { formatValue, matches, themeColor, tokenLabel } from "../format.js";
 import { generations } from "../state.js";
+import { inFilter, keyHeadOf } from "./head-data.js";
+import { renderStatsTable } from "./stats-table.js";
 
 export const ALL_KEYS_LIMIT = 16384; // beyond, keys come in windows of this size that the user pages through
 const ROW = 18;
@@ -12,7 +16,10 @@ const ROW = 18;
 // m: { rows: [{ key, token, k: Float32Array, qk: Float32Array, score, prob }], q, dim, cell, textColor }
 export function draw(ctx, m) {
   const { rows, q, dim, cell } = m;
-  ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
+  if (m.background) {
+    ctx.fillStyle = m.background;
+    ctx.fillRect(0, 0, m.columns.width, m.height);
+  } else ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
   ctx.font = "12px system-ui, sans-serif";
   ctx.textBaseline = "middle";
   const scale = (arr) => arr.reduce((a, v) => Math.max(a, Math.abs(v)), 0) || 1;
@@ -38,6 +45,11 @@ export function draw(ctx, m) {
     const y = ROW * (i + 2);
     ctx.fillStyle = m.textColor;
     ctx.textAlign = "right";
+    if (m.found?.has(r.key)) {
+      ctx.fillStyle = m.matchColor;
+      ctx.fillRect(0, y + 1, x.k - 4, ROW - 2);
+      ctx.fillStyle = m.textColor;
+    }
     ctx.fillText(r.token, x.k - 6, y + ROW / 2, x.k - 10);
     for (let d = 0; d < dim; d++) {
       ctx.fillStyle = signedColor(r.k[d], kScale);
@@ -53,7 +65,7 @@ export function draw(ctx, m) {
     ctx.fillRect(x.prob, y + 3, Math.max(0, r.prob) * 120, ROW - 6);
     ctx.fillStyle = m.textColor;
     ctx.textAlign = "left";
-    ctx.fillText(r.prob.toFixed(3), x.prob + 124, y + ROW / 2);
+    ctx.fillText(formatValue(r.prob), x.prob + 124, y + ROW / 2);
   });
 }
 
@@ -72,6 +84,9 @@ export function mount(root, app) {
       <label>Layer <select class="layer"></select></label>
       <label>Head <select class="head"></select></label>
       <label class="kind-label" hidden>Attention <select class="kind"></select></label>
+      <label class="filter-label" hidden>Sentences <select class="filter">
+        <option value="all">all</option><option value="AA">A → A</option><option value="AB">A → B</option>
+        <option value="BA">B → A</option><option value="BB">B → B</option></select></label>
       <label>Keys <select class="order"><option value="top">top 20 by weight</option><option value="all">all, in order</option></select></label>
       <span class="paging" hidden><button type="button" class="earlier">◀ earlier keys</button>
         <button type="button" class="later">later keys ▶</button></span>
@@ -79,6 +94,7 @@ export function mount(root, app) {
     </div>
     <p class="query-tokens" title="hover a token to preview, click to pin it as the query"></p>
     <div class="neuron-body"><canvas class="neuron"></canvas></div>
+    <div class="head-stats" aria-label="head statistics"></div>
     <div class="tooltip" hidden></div>`;
   const $ = (sel) => root.querySelector(sel);
   const canvas = $(".neuron");
@@ -95,6 +111,7 @@ export function mount(root, app) {
   $(".layer").addEventListener("change", (e) => app.update({ layer: Number(e.target.value) }));
   $(".head").addEventListener("change", (e) => app.update({ head: Number(e.target.value) }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
+  $(".filter").addEventListener("change", (e) => app.update({ filter: e.target.value }));
   $(".order").addEventListener("change", () => app.invalidate(frame));
   const page = (direction) => {
     const lk = current.k.keyLen;
@@ -123,7 +140,11 @@ export function mount(root, app) {
   }
 
   async function load(n) {
-    const { tensors } = await getViews(current.traceId, [views.neuron("neuron", n.layer, n.head, n.query, n.keys, current.k.kind)]);
+    const requested = [views.neuron("neuron", n.layer, n.head, n.query, n.keys, current.k.kind)];
+    const names = app.server.headStats.map((st) => st.name);
+    if (!current.stats && names.length) requested.push(views.headStats("stats", current.k.kind));
+    const { tensors } = await getViews(current.traceId, requested);
+    if (!current.stats && names.length) current.stats = Object.fromEntries(names.map((name) => [name, tensors[`stats/${name}`].data]));
     const t = (part) => tensors[`neuron/${part}`];
     return { offset: n.keys ? n.keys[0] : 0, q: t("q").data, k: t("k"), qk: t("q_times_k"), scores: t("scores").data, probs: t("probs").data };
   }
@@ -140,15 +161,22 @@ export function mount(root, app) {
     }
   }
 
+  // The query tokens (wrapping lines): the query outlined, search matches highlighted, queries
+  // outside the sentence filter's query sentence dimmed.
   function tokensBar(query) {
-    const key = `${current.key}/${query}`;
+    const s = app.state;
+    const key = `${current.key}/${query}/${s.search}/${s.filter}`;
     if (key === barKey) return;
     barKey = key;
+    const found = new Set(matches(current.k.queryTokens, s.search));
+    const b = current.k.sentenceBStart;
     $(".query-tokens").replaceChildren(...current.k.queryTokens.map((tok, i) => {
       const span = document.createElement("span");
       span.textContent = tok;
       span.dataset.index = String(i);
-      span.className = i === query ? "token pinned" : "token";
+      span.title = `${tokenLabel(current.k.queryTokens, i)} (position ${i})`;
+      const outside = s.filter !== "all" && b >= 0 && (s.filter[0] === "A") !== (i < b);
+      span.className = `token${i === query ? " pinned" : ""}${found.has(i) ? " match" : ""}${outside ? " filtered" : ""}`;
       return span;
     }));
   }
@@ -178,14 +206,14 @@ export function mount(root, app) {
     let text = "";
     if (row === -2 && x >= c.k && x < c.k + dim * cell) {
       const d = Math.floor((x - c.k) / cell);
-      text = `q[${d}] = ${shown.q[d].toFixed(4)}`;
+      text = `q[${d}] = ${formatValue(shown.q[d])}`;
     } else if (row >= 0 && row < rows.length) {
       const r = rows[row];
-      if (x >= c.k && x < c.k + dim * cell) text = `k[${Math.floor((x - c.k) / cell)}] = ${r.k[Math.floor((x - c.k) / cell)].toFixed(4)}`;
-      else if (x >= c.qk && x < c.qk + dim * cell) text = `(q×k)[${Math.floor((x - c.qk) / cell)}] = ${r.qk[Math.floor((x - c.qk) / cell)].toFixed(4)}`;
-      else if (x >= c.score && x < c.prob) text = `q·k (scaled) = ${Number.isFinite(r.score) ? r.score.toFixed(4) : "masked"}`;
-      else if (x >= c.prob) text = `softmax = ${r.prob.toFixed(6)}`;
-      if (text) text = `${r.token} (key ${r.key}): ${text}`;
+      if (x >= c.k && x < c.k + dim * cell) text = `k[${Math.floor((x - c.k) / cell)}] = ${formatValue(r.k[Math.floor((x - c.k) / cell)])}`;
+      else if (x >= c.qk && x < c.qk + dim * cell) text = `(q×k)[${Math.floor((x - c.qk) / cell)}] = ${formatValue(r.qk[Math.floor((x - c.qk) / cell)])}`;
+      else if (x >= c.score && x < c.prob) text = `q·k (scaled) = ${Number.isFinite(r.score) ? formatValue(r.score) : "masked"}`;
+      else if (x >= c.prob) text = `softmax = ${formatValue(r.prob)}`;
+      if (text) text = `${tokenLabel(current.k.keyTokens, r.key)} (key ${r.key}): ${text}`;
     }
     tooltip.hidden = !text;
     tooltip.textContent = text;
@@ -213,27 +241,35 @@ export function mount(root, app) {
     const { k } = current;
     const dim = n.q.length;
     const count = n.probs.length;
-    let order = [...Array(count).keys()];
+    const s = app.state;
+    let order = [...Array(count).keys()].filter((i) => inFilter(s.filter, k.sentenceBStart, query, n.offset + i));
     if ($(".order").value === "top") order = order.sort((a, b) => n.probs[b] - n.probs[a]).slice(0, 20);
     const rows = order.map((i) => ({
-      key: n.offset + i, token: k.keyTokens[n.offset + i],
+      key: n.offset + i, token: tokenLabel(k.keyTokens, n.offset + i),
       k: n.k.data.subarray(i * dim, (i + 1) * dim), qk: n.qk.data.subarray(i * dim, (i + 1) * dim),
       score: n.scores[i], prob: n.probs[i],
     }));
     const cell = Math.max(2, Math.min(8, Math.floor(900 / (2 * dim))));
     const cols = columns(dim, cell);
     const height = ROW * (rows.length + 2) + 4;
-    const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(cols.width * dpr);
-    canvas.height = Math.round(height * dpr);
-    canvas.style.width = `${cols.width}px`;
-    canvas.style.height = `${height}px`;
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    shown = { rows, q: n.q, dim, cell, columns: cols };
-    draw(ctx, { ...shown, textColor: getComputedStyle(document.body).getPropertyValue("--fg").trim() || "#222" });
-    $(".note").textContent = `query ${query} “${k.queryTokens[query]}”, layer ${layer}, head ${head}` +
+    const ctx = sizeCanvas(canvas, cols.width, height);
+    shown = { rows, q: n.q, dim, cell, columns: cols, height, layer, head, query };
+    draw(ctx, looks(shown));
+    $(".note").textContent = `query ${query} “${k.queryTokens[query]}”, layer ${app.layerName(layer, k.kind)}, head ${head}` +
       (count < k.keyLen ? ` (keys ${n.offset}–${n.offset + count - 1})` : "");
+    if (current.stats) {
+      renderStatsTable($(".head-stats"), {
+        stats: app.server.headStats, values: current.stats, numHeads: k.numHeads, rows: [{ layer, head }], sort: "", selected: null,
+        layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+      });
+    }
+  }
+
+  function looks(m, background) {
+    return {
+      ...m, background, found: new Set(matches(current.k.keyTokens, app.state.search)),
+      textColor: themeColor("--fg", "#222"), matchColor: themeColor("--match", "#ffd54a"),
+    };
   }
 
   // Load the neuron view the state asks for (unless loaded); then, if no newer render started, draw.
@@ -256,14 +292,21 @@ export function mount(root, app) {
     }
     $(".kind-label").hidden = info.kinds.length < 2;
     $(".kind").replaceChildren(...info.kindNames.map((name) => new Option(name, name, false, name === k.kind)));
-    $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(`${l}`, l, false, l === n.layer)));
+    $(".filter-label").hidden = k.sentenceBStart < 0;
+    $(".filter").value = s.filter;
+    $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(app.layerName(l, k.kind), l, false, l === n.layer)));
     $(".head").replaceChildren(...[...Array(k.numHeads).keys()].map((h) => new Option(`${h}`, h, false, h === n.head)));
     frame();
   }
 
   return {
     render,
-    exportPng: () => canvas,
+    exportPicture: (scale, background) => {
+      if (!shown) return null;
+      return picture(shown.columns.width, shown.height, scale, (ctx) => draw(ctx, looks(shown, background)));
+    },
+    exportTitle: () => shown && `layer ${app.layerName(shown.layer, current.k.kind)} · head ${shown.head} · query ${shown.query} “${current.k.queryTokens[shown.query]}” · ${current.k.kind}`,
+    exportLegend: () => ({ kind: "scale", label: "value ÷ its column’s largest |value| (orange −, blue +)", lo: -1, hi: 1, color: (t) => signedColor(2 * t - 1, 1) }),
     exportJson: () => shown && { q: [...shown.q], rows: shown.rows.map((r) => ({ key: r.key, token: r.token, k: [...r.k], q_times_k: [...r.qk], score: r.score, prob: r.prob })) },
   };
 }
