@@ -89,7 +89,7 @@ def start_serve(model_dir, *extra):
 @pytest.fixture(scope="module")
 def served(model_dir):
     proc, address, url, _lines = start_serve(model_dir)
-    yield address, url, str(model_dir)
+    yield address, url, model_dir.name  # served by its folder name, never a path
     proc.terminate()
     proc.wait(30)
 
@@ -326,7 +326,7 @@ def test_serve_with_a_token_prints_the_viewer_address_carrying_it(model_dir, tmp
         assert status == 200 and b"<title>attnscope</title>" in body
         assert post(base, "ListModels", {})[0] == 401
         status, models = post(base, "ListModels", {}, jar)
-        assert status == 200 and models["models"][0]["name"] == str(model_dir)
+        assert status == 200 and models["models"][0]["name"] == model_dir.name
         bearer = {"Authorization": "Bearer s3cret-Token"}
         assert post(base, "ListModels", {}, bearer)[0] == 200
         assert _get(base, "/", {**jar, "Host": "attnscope.test"})[0] == 200
