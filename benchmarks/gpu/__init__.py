@@ -1,6 +1,6 @@
 """The GPU proof as one command: every check and benchmark that needs a GPU, in one device call.
 
-    python -m benchmarks.gpu                       # on a CUDA GPU (an H200): the whole run, ~8.5 min
+    python -m benchmarks.gpu                       # on a CUDA GPU (an H200): the whole run, <= 8.5 min
     make gpu                                       # the same with the venv's python
     python -m benchmarks.gpu --dry-run             # anywhere, ~1.5 min: every stage at tiny sizes
     python -m benchmarks.gpu --stages env,kernels  # some stages only
@@ -23,6 +23,15 @@ temporary folder unless ``--out`` is given, never over committed results). Where
 variable OUT is set (the device tool brings that folder back, at most 8 files), the summary and a
 ``gpu-results.tar.gz`` of everything are copied there after every stage. The commit is read
 from git, else from ATTNSCOPE_COMMIT (the device machine has no .git), else 'unknown'.
+
+Budgets of the real run (seconds; benchmarks/gpu/stages.py): env 15, install 30, pytest 150,
+kernels 100, e2e 200 plus whatever the earlier stages left unused, views 10: 505 within the default
+``--budget 510``, so the whole run fits a 9-minute device call (540 s) with time for Python to start
+and the archive to be written. A device call for it, in the repository root there:
+
+    ATTNSCOPE_COMMIT=<sha> PYTHONUNBUFFERED=1 timeout 535 python3 -m benchmarks.gpu   # timeout_s 570
+
+(``timeout`` sends SIGTERM: the stage running is killed and reported 'stopped', the summary kept.)
 
 Dry run: the same stages on the CPU at tiny sizes (the kernels through TRITON_INTERPRET=1, the
 pytest stage collects the ``-m cuda`` tests instead of running them, pip with ``--dry-run``);

@@ -152,7 +152,7 @@ def finalize(name: str, out: Path, env: dict, budget: float, rc: int | None, wal
         log = (out / "gpu-logs" / f"{name}.log").read_text(errors="replace").strip().splitlines()
         data.setdefault("error", f"exit code {rc}: " + " / ".join(log[-3:])[:1000])
     try:
-        data["headline"] = "" if status else STAGES[name].headline(data)
+        data["headline"] = "" if data["status"].startswith("skipped") else STAGES[name].headline(data)
     except Exception as e:  # a partial record may lack what the headline reads
         data["headline"] = f"(no headline: {type(e).__name__}: {e})"
     write_json(path, data)
@@ -177,6 +177,18 @@ def bundle(out: Path) -> None:
     for name in ("gpu-summary.md", "gpu-summary.json"):
         (dest / f"{name}.tmp").write_bytes((out / name).read_bytes())
         os.replace(dest / f"{name}.tmp", dest / name)
+
+
+def _report(out: Path, summary: dict, done: dict[str, dict], start: float) -> None:
+    """Rewrite the summary (JSON and page) with the stages done so far, and bring it to $OUT."""
+    keep = ("stage", "title", "status", "wall_s", "budget_s", "headline")
+    summary["stages"] = [
+        {k: done[s["stage"]].get(k) for k in keep} if s["stage"] in done else s for s in summary["stages"]
+    ]
+    summary.update(updated=_now(), wall_s=round(time.perf_counter() - start, 1))
+    write_json(out / "gpu-summary.json", summary)
+    (out / "gpu-summary.md").write_text(summary_markdown(summary, done))
+    bundle(out)
 
 
 def _cuda_seen() -> bool:
@@ -243,17 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         if skip:
             data = finalize(name, out, env, budgets[name], None, None, status=skip)
         else:
-            rc, wall = run_stage(name, out, args.dry_run, budget)
+            t0 = time.perf_counter()
+            try:
+                rc, wall = run_stage(name, out, args.dry_run, budget)
+            except SystemExit:  # SIGTERM or Ctrl-C: the stage is already killed; report, then go
+                stopped = "stopped: the run was interrupted"
+                done[name] = finalize(name, out, env, budget, None, time.perf_counter() - t0, status=stopped)
+                _report(out, summary, done, start)
+                raise
             data = finalize(name, out, env, budget, rc, wall)
         done[name] = data
         if name == "env":
             env.update({k: data.get("facts", {}).get(k) for k in ENV_KEYS})
-        keep = ("stage", "title", "status", "wall_s", "budget_s", "headline")
-        summary["stages"][i] = {k: data.get(k) for k in keep}
-        summary.update(updated=_now(), wall_s=round(time.perf_counter() - start, 1), environment=env)
-        write_json(out / "gpu-summary.json", summary)
-        (out / "gpu-summary.md").write_text(summary_markdown(summary, done))
-        bundle(out)
+        _report(out, summary, done, start)
         print(f"{name}: {data['status']} in {data['wall_s']} s: {data.get('headline', '')}", flush=True)
     # The device tool returns the end of the output: the summary's page is the last thing printed.
     print(f"wrote {out / 'gpu-summary.md'}\n\n{(out / 'gpu-summary.md').read_text()}", flush=True)
