@@ -81,12 +81,13 @@ def kernels_headline(data: dict) -> str:
 
 # ---- e2e -----------------------------------------------------------------------------------------
 def e2e_plan(dry_run: bool) -> list[dict]:
-    """Cheapest first, so that a cut stage loses the largest. GPT-2-small shapes to 32k and
-    Llama-3-8B shapes to 128k, one timed run past 8k (each is seconds, and the stage has minutes)."""
+    """GPT-2-small shapes to 32k, then Llama-3-8B shapes to 128k, mostly cheapest first so that a cut
+    stage loses the largest, except that Llama's 128k (the issue's headline) comes before its 32k.
+    One timed run past 8k: each is seconds, and the stage has minutes."""
     if dry_run:
         return [{"model": "gpt2-tiny", "length": n, "repeats": 1, "dtype": "float32"} for n in (64, 96)]
     sizes = [("gpt2-small", n) for n in (2048, 8192, 32768)]
-    sizes += [("llama3-8b", n) for n in (8192, 32768, 131072)]
+    sizes += [("llama3-8b", n) for n in (8192, 131072, 32768)]
     return [
         {"model": m, "length": n, "repeats": 3 if n <= 8192 else 1, "dtype": "bfloat16"} for m, n in sizes
     ]
@@ -106,7 +107,7 @@ def e2e_stage(rec: Record, dry_run: bool) -> None:
     for run in e2e_plan(dry_run):
         for method in ("attnscope", "sdpa", "eager"):
             spec = {**run, "method": method}
-            if method == "eager" and run["model"] in ran_out:
+            if method == "eager" and run["length"] >= ran_out.get(run["model"], float("inf")):
                 row = {**spec, "status": f"not run: eager ran out of memory at L={ran_out[run['model']]}"}
             elif rec.left() < 10:
                 row = {**spec, "status": "not run: stage budget spent"}
@@ -142,7 +143,8 @@ def e2e_headline(data: dict) -> str:
     largest = {}
     for r in raw:
         if r["status"] == "ok":
-            largest[r["model"], r["method"]] = r
+            key = r["model"], r["method"]
+            largest[key] = max(largest.get(key, r), r, key=lambda r: r["length"])
     for model in dict.fromkeys(r["model"] for r in raw):
         ours = largest.get((model, "attnscope"))
         if ours:
