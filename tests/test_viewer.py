@@ -26,21 +26,25 @@ TEXT = "The doctor asked the nurse a question. She said she would help."
 HEAD2_GREEN = (44, 160, 44)  # colors.js: head 2
 
 
+def serve(extractors: dict):
+    """A real gRPC server and HTTP gateway for `extractors`; yields the viewer's URL."""
+    server = BackgroundServer(AttentionCore(extractors))
+    gateway = Gateway(server.address, port=0)
+    gateway.start()
+    yield gateway.url
+    gateway.stop()
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def stack():
-    core = AttentionCore(
+    yield from serve(
         {
             "minilm": Extractor.from_pretrained(),
             "tiny": Extractor(build("llama", dtype=torch.float32), word_tokenizer()),
             "bart": Extractor(build("bart", dtype=torch.float32), word_tokenizer()),
         }
     )
-    server = BackgroundServer(core)
-    gateway = Gateway(server.address, port=0)
-    gateway.start()
-    yield gateway.url
-    gateway.stop()
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,12 @@ def pixel(page, selector: str, x: float, y: float) -> list[int]:
 def head_geometry(page) -> dict:
     """Where the head view draws: line ends (left, right), the query text's width, the key text's x."""
     lay = json.loads(page.locator("#pane-a canvas.lines").get_attribute("data-layout"))
-    return {"left": lay["leftX"] + 4, "right": lay["rightX"] - 4, "text": lay["textWidth"], "key": lay["keyX"]}
+    return {
+        "left": lay["leftX"] + 4,
+        "right": lay["rightX"] - 4,
+        "text": lay["textWidth"],
+        "key": lay["keyX"],
+    }
 
 
 def line_midpoint(geo, q: int, k: int) -> tuple[float, float]:

@@ -19,7 +19,10 @@ export function installKeys(app, search, count) {
     if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
     const k = kind();
     const s = app.state;
-    if (event.key in VIEW_KEYS) return app.update({ view: VIEW_KEYS[event.key] });
+    if (event.key in VIEW_KEYS) {
+      const tab = document.querySelector(`#tabs button[data-view=${VIEW_KEYS[event.key]}]`);
+      return tab && !tab.hidden ? app.update({ view: VIEW_KEYS[event.key] }) : undefined;
+    }
     if (event.key === "/") {
       event.preventDefault();
       return search.focus();

@@ -269,6 +269,9 @@ async function init() {
     // (texts, model, Run, compare) are not shown; the text is the page's title line.
     document.documentElement.classList.add("embedded");
     $("embedded-text").textContent = [state.text, state.pair].filter(Boolean).join(" | ");
+    // A file without neuron views (bertviz's head_view and model_view) shows no Neuron tab.
+    const neuron = Object.values(window.attnscopeEmbedded.neuronQueries || {}).some((q) => q.length);
+    document.querySelector("#tabs button[data-view=neuron]").hidden = !neuron;
   }
   document.documentElement.dataset.theme = state.theme;
   try {

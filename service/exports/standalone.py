@@ -6,7 +6,9 @@ What is embedded (per kind of attention, binary base64 - never number lists):
   float16 keeps 3 significant digits): the head view and the zoomable heatmap read it;
 * the model view's pooled thumbnails and the head statistics, float32;
 * neuron views (q, k, q×k, scores, probs) for the query tokens chosen at export time;
-* the TraceInfo and a ServerInfo (the viewer's defaults, the head statistics) as proto3 JSON.
+* the TraceInfo and a ServerInfo (the viewer's defaults, the head statistics) as proto3 JSON;
+* the model's numbers of the layers held (`layerNumbers`, per kind), when a file holds a subset
+  of them (bertviz's include_layers): the viewer labels layers with these, not 0, 1, ...
 The viewer's own modules are embedded as text and loaded as blob-URL modules by `web/loader.js`,
 so the file is the same code as the live viewer, with `web/embedded.js` answering its calls
 instead of the server. Inputs are limited to ViewerDefaults.full_attention_tokens tokens per axis
@@ -93,8 +95,12 @@ def embedded_data(
     fetch: Fetch,
     neuron_queries: Iterable[int] | None = None,
     initial_state: dict | None = None,
+    layer_numbers: Iterable[int] | None = None,
 ) -> dict:
-    """The JSON the standalone viewer reads (see web/embedded.js for how each part is used)."""
+    """The JSON the standalone viewer reads (see web/embedded.js for how each part is used).
+
+    `layer_numbers`: the model's number of each layer held, when they are not 0, 1, ...
+    """
     server = file_server_info(info)
     limit = VIEWER.full_attention_tokens
     data: dict = {
@@ -107,6 +113,14 @@ def embedded_data(
         "neuronQueries": {},
         "initialState": initial_state or {},
     }
+    if layer_numbers is not None:
+        numbers = [int(n) for n in layer_numbers]
+        for entry in info.kinds:
+            if len(numbers) != entry.num_layers:
+                raise ValueError(
+                    f"layer_numbers names {len(numbers)} layers, the trace holds {entry.num_layers}"
+                )
+        data["layerNumbers"] = {NAME_OF_KIND[entry.kind]: numbers for entry in info.kinds}
     for entry in info.kinds:
         kind = NAME_OF_KIND[entry.kind]
         lq, lk = entry.query_len, entry.key_len
@@ -197,8 +211,13 @@ def trace_standalone(
     pair: str = "",
     neuron_queries: Iterable[int] | None = None,
     initial_state: dict | None = None,
+    layer_numbers: Iterable[int] | None = None,
 ) -> str:
-    """Standalone HTML of a Trace (no server involved)."""
+    """Standalone HTML of a Trace (no server involved).
+
+    `layer_numbers`: the model's layer numbers of the trace's layers (default: the trace's
+    `layer_numbers` attribute if it has one, else 0, 1, ...).
+    """
     from ..core import trace_info
 
     info = trace_info(trace, model_name)
@@ -208,5 +227,7 @@ def trace_standalone(
         "model": model_name,
         **(initial_state or {}),
     }
-    data = embedded_data(info, trace_fetch(trace), neuron_queries, state)
+    if layer_numbers is None:
+        layer_numbers = getattr(trace, "layer_numbers", None)
+    data = embedded_data(info, trace_fetch(trace), neuron_queries, state, layer_numbers)
     return standalone_html(data, title=f"attnscope: {state['text'][:60]}")

@@ -90,7 +90,8 @@ export function draw(ctx, m) {
   }
   if (m.pinned >= first && m.pinned < last) {
     ctx.fillStyle = m.accent;
-    ctx.fillRect(4, y(m.pinned) + lay.row / 2 - 3, lay.leftX - 10, 2);
+    const w = Math.min(lay.textWidth - 8, ctx.measureText(m.queryTokens[m.pinned]).width);
+    ctx.fillRect(lay.leftX - 6 - w, y(m.pinned) + lay.row / 2 - 3, w, 2);
     ctx.fillStyle = m.textColor;
   }
   ctx.textAlign = "left";

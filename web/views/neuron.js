@@ -170,12 +170,15 @@ export function mount(root, app) {
     barKey = key;
     const found = new Set(matches(current.k.queryTokens, s.search));
     const b = current.k.sentenceBStart;
+    const exported = window.attnscopeEmbedded?.neuronQueries?.[current.k.kind]; // a file holds only these
+    const held = exported ? new Set(exported) : null;
     $(".query-tokens").replaceChildren(...current.k.queryTokens.map((tok, i) => {
       const span = document.createElement("span");
       span.textContent = tok;
       span.dataset.index = String(i);
       span.title = `${tokenLabel(current.k.queryTokens, i)} (position ${i})`;
-      const outside = s.filter !== "all" && b >= 0 && (s.filter[0] === "A") !== (i < b);
+      const outside = (s.filter !== "all" && b >= 0 && (s.filter[0] === "A") !== (i < b)) || (held && !held.has(i));
+      if (held && !held.has(i)) span.title += ": not in this file's neuron views";
       span.className = `token${i === query ? " pinned" : ""}${found.has(i) ? " match" : ""}${outside ? " filtered" : ""}`;
       return span;
     }));
