@@ -143,12 +143,34 @@ def digest(
     received: bool = False,
     terms: bool = False,
     heads: list[int] | None = None,
+    *,
+    token_ids: tuple[torch.Tensor, torch.Tensor] | None = None,
+    row_weights: torch.Tensor | None = None,
+    blocks: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over P for any of "pooled", "received" and head-statistic "terms" (kernels/digest.py),
-    over the query heads `heads` only (None: all); results have one row per entry of `heads`."""
+    """One pass over P for any of "pooled", "received" and head-statistic "terms", and of
+    "token_terms" (`token_ids` = (q_ids [Lq], k_ids [Lk]) int64, with terms=True),
+    "weighted_received" (`row_weights`) and "span_sums" (`blocks` = (q_block [Lq], k_block [Lk],
+    n_q_blocks, n_k_blocks), id -1 = no block); kernels/digest.py. Over the query heads `heads`
+    only (None: all); results have one row per entry of `heads`.
+
+    `row_weights` [len(heads), Lq] holds one row per selected head, in the order of `heads` (all
+    Hq heads when `heads` is None); a full [Hq, Lq] for every query head of the layer is also
+    taken when `heads` has another length, and its rows of `heads` are used.
+    """
+    if row_weights is not None and heads is not None:
+        heads = list(heads)
+        if row_weights.shape[0] != len(heads) and row_weights.shape[0] == q.shape[0]:
+            row_weights = _take(row_weights, heads)
     q, k, spec, lse = select_heads(q, k, spec, lse, heads)
     args = (q, k, spec, lse, pooled_size, received, terms)
-    return _run(q, spec, lambda: digest_pass.digest_triton(*args), lambda: digest_pass.digest_torch(*args))
+    extras = {"token_ids": token_ids, "row_weights": row_weights, "blocks": blocks}
+    return _run(
+        q,
+        spec,
+        lambda: digest_pass.digest_triton(*args, **extras),
+        lambda: digest_pass.digest_torch(*args, **extras),
+    )
 
 
 def top_k(q, k, spec: MaskSpec, lse, head: int, count: int, queries: range):

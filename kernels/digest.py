@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .headstats import chunk_terms, reduce_head_stats
+from .headstats import chunk_terms, chunk_token_terms, reduce_head_stats
 from .masking import MaskSpec
 from .pooled import add_blocks, block_of, finish_blocks
 from .scores import masked_logits, probs_from_logits, query_chunks
@@ -40,6 +40,46 @@ from .triton_common import (
     triton,
 )
 
+TokenIds = tuple[torch.Tensor, torch.Tensor]  # (q_ids [Lq], k_ids [Lk]) int64
+Blocks = tuple[torch.Tensor, torch.Tensor, int, int]  # (q_block [Lq], k_block [Lk], n_q, n_k) int64
+
+
+def check_extras(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    terms: bool,
+    token_ids: TokenIds | None,
+    row_weights: torch.Tensor | None,
+    blocks: Blocks | None,
+) -> None:
+    """ValueError unless the extras of a digest call fit q [Hq, Lq, D] and k [Hkv, Lk, D]."""
+    hq, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+    if token_ids is not None:
+        if not terms:
+            raise ValueError("token_ids come with terms=True (the token terms sit beside the row terms)")
+        q_ids, k_ids = token_ids
+        if tuple(q_ids.shape) != (lq,) or tuple(k_ids.shape) != (lk,):
+            raise ValueError(
+                f"token_ids must be ([{lq}], [{lk}]), got {tuple(q_ids.shape)}, {tuple(k_ids.shape)}"
+            )
+    if row_weights is not None and tuple(row_weights.shape) != (hq, lq):
+        raise ValueError(
+            f"row_weights must be [{hq}, {lq}] (one row per head), got {tuple(row_weights.shape)}"
+        )
+    if blocks is not None:
+        q_block, k_block, n_q, n_k = blocks
+        if tuple(q_block.shape) != (lq,) or tuple(k_block.shape) != (lk,):
+            raise ValueError(
+                f"blocks must give [{lq}] and [{lk}] ids, got {tuple(q_block.shape)}, {tuple(k_block.shape)}"
+            )
+        if n_q < 1 or n_k < 1:
+            raise ValueError(f"block counts must be >= 1, got {n_q}, {n_k}")
+        for ids, n, what in ((q_block, n_q, "query"), (k_block, n_k, "key")):
+            if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= n):
+                raise ValueError(
+                    f"{what} block ids must be in [-1, {n}), got [{int(ids.min())}, {int(ids.max())}]"
+                )
+
 
 def digest_torch(
     q: torch.Tensor,
@@ -49,22 +89,45 @@ def digest_torch(
     pooled_size: tuple[int, int] | None = None,
     received: bool = False,
     terms: bool = False,
+    *,
+    token_ids: TokenIds | None = None,
+    row_weights: torch.Tensor | None = None,
+    blocks: Blocks | None = None,
 ) -> dict[str, torch.Tensor]:
     """Torch twin of `digest_triton`: one pass over P for "pooled" [Hq, sq, sk] (float32),
-    "received" [Hq, Lk] (float32) and "terms" [4, Hq, Lq] (headstats.ROW_TERMS, compute dtype)."""
+    "received" [Hq, Lk] (float32), "terms" [4, Hq, Lq] (headstats.ROW_TERMS, compute dtype) and,
+    with `token_ids` (and `terms`), "token_terms" [4, Hq, Lq] (headstats.TOKEN_ROW_TERMS, compute
+    dtype); with `row_weights` [Hq, Lq], "weighted_received" [Hq, Lk] (float32,
+    ``Σ_q w[h, q]·P[h, q, k]``); with `blocks`, "span_sums" [Hq, n_q, n_k] (float32, the mass of
+    each pair of blocks; id -1 = in no block)."""
+    check_extras(q, k, terms, token_ids, row_weights, blocks)
     hq, lq, _ = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    heads = torch.arange(hq, device=q.device)
+    dev = q.device
+    heads = torch.arange(hq, device=dev)
     out: dict[str, torch.Tensor] = {}
     if pooled_size is not None:
         sq, sk = pooled_size
-        qb, kb = block_of(lq, sq, q.device), block_of(lk, sk, q.device)
-        acc = torch.zeros(hq, sq, sk, dtype=torch.float64, device=q.device)
+        qb, kb = block_of(lq, sq, dev), block_of(lk, sk, dev)
+        acc = torch.zeros(hq, sq, sk, dtype=torch.float64, device=dev)
     if received:
-        rec = torch.zeros(hq, lk, dtype=torch.float64, device=q.device)
+        rec = torch.zeros(hq, lk, dtype=torch.float64, device=dev)
     if terms:
-        out["terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=q.device)
+        out["terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=dev)
+    if token_ids is not None:
+        q_ids, k_ids = (t.to(device=dev, dtype=torch.int64) for t in token_ids)
+        out["token_terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=dev)
+        nonempty = ~torch.isneginf(lse)
+    if row_weights is not None:
+        wrec = torch.zeros(hq, lk, dtype=torch.float64, device=dev)
+    if blocks is not None:  # id -1 goes to one extra block on each axis, dropped at the end
+        n_q, n_k = blocks[2], blocks[3]
+        span_q, span_k = (
+            torch.where(b < 0, n, b).to(device=dev, dtype=torch.int64)
+            for b, n in zip(blocks[:2], (n_q, n_k), strict=True)
+        )
+        spans = torch.zeros(hq, n_q + 1, n_k + 1, dtype=torch.float64, device=dev)
     for q0, q1, k0, k1 in query_chunks(q, k, spec):
         if k1 == k0:
             continue
@@ -75,10 +138,24 @@ def digest_torch(
             rec[:, k0:k1] += p.sum(1)
         if terms:
             out["terms"][:, :, q0:q1] = chunk_terms(p, q0, k0)
+        if token_ids is not None:
+            visible = spec.allowed(torch.arange(q0, q1, device=dev), torch.arange(k0, k1, device=dev))
+            out["token_terms"][:, :, q0:q1] = chunk_token_terms(
+                p, visible, q_ids, k_ids, q0, k0, nonempty[:, q0:q1]
+            )
+        if row_weights is not None:
+            w = row_weights[:, None, q0:q1].to(device=dev, dtype=p.dtype)
+            wrec[:, k0:k1] += torch.bmm(w, p)[:, 0]
+        if blocks is not None:
+            add_blocks(spans, p, span_q[q0:q1], span_k[k0:k1])
     if pooled_size is not None:
         out["pooled"] = finish_blocks(acc, lq, sq)
     if received:
         out["received"] = rec.to(torch.float32)
+    if row_weights is not None:
+        out["weighted_received"] = wrec.to(torch.float32)
+    if blocks is not None:
+        out["span_sums"] = spans[:, :n_q, :n_k].to(torch.float32)
     return out
 
 
@@ -221,11 +298,29 @@ def digest_triton(
     block_m: int | None = None,
     block_n: int | None = None,
     pack_gqa: bool | None = None,
+    *,
+    token_ids: TokenIds | None = None,
+    row_weights: torch.Tensor | None = None,
+    blocks: Blocks | None = None,
 ) -> dict[str, torch.Tensor]:
     """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq].
 
     `pack_gqa` as in `rowstats.row_stats_triton`.
     """
+    check_extras(q, k, terms, token_ids, row_weights, blocks)
+    if token_ids is not None or row_weights is not None or blocks is not None:  # kernel side: next step
+        return digest_torch(
+            q,
+            k,
+            spec,
+            lse,
+            pooled_size,
+            received,
+            terms,
+            token_ids=token_ids,
+            row_weights=row_weights,
+            blocks=blocks,
+        )
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]

@@ -14,5 +14,14 @@ HEAD_STATS = {
     "self": ("mass on the query's own position, P[q, q]", "high"),
     "first_token": ("mass on the first token (often a sink: [CLS], BOS), P[q, 0]", "high"),
     "mean_distance": ("mean |q - k| under the row's attention, tokens", "high"),
+    "duplicate_token": (
+        "mass on other occurrences of the query's token, over rows where the token occurred before",
+        "high",
+    ),
+    "induction": (
+        "mass on the token after an earlier occurrence of the query's token (induction), over rows "
+        "that have one",
+        "high",
+    ),
 }
 HEAD_STAT_NAMES = tuple(HEAD_STATS)
