@@ -4,7 +4,8 @@
 Pooled maps and head statistics are computed by the same functions as the kernels' torch twin
 (`kernels.pooled.add_blocks` / `finish_blocks`, `kernels.headstats.chunk_terms` and
 `reduce_head_stats`), over the whole matrix as one chunk; there are no q/k vectors, so there is
-no neuron view.
+no neuron view. The head analysis (extract/analysis.py) runs on the same primitives as a Trace's,
+here dense products over P; a key is visible to a query where any head gives it mass (P > 0).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ..kernels.facts import DEFAULT_POOLED_SIZE
-from ..kernels.headstats import HEAD_STAT_NAMES, chunk_terms, reduce_head_stats
+from ..kernels.headstats import HEAD_STAT_NAMES, chunk_terms, chunk_token_terms, reduce_head_stats
 from ..kernels.pooled import add_blocks, block_of, finish_blocks
+from . import analysis
 from .selection import IndexOutOfRange, choose, index, span
 from .trace import KINDS, TokensByKind
 
@@ -48,9 +50,13 @@ class DenseTrace(TokensByKind):
         attention: dict[str, torch.Tensor],
         tokens: dict[str, tuple[list[str], list[str]]],
         sentence_b_start: int | None = None,
+        token_ids: dict | None = None,
     ) -> None:
+        """`token_ids`: kind -> (query ids, key ids), as for `Trace`."""
         self._p = self._by_kind = attention  # kind -> [layers, H, Lq, Lk] float64
         self._tokens = tokens
+        self._given_ids = token_ids
+        self._ids = None
         self.sentence_b_start = sentence_b_start
         self.default_kind = next(k for k in KINDS if k in attention)
         for kind, p in attention.items():
@@ -131,7 +137,9 @@ class DenseTrace(TokensByKind):
         return torch.stack(maps)
 
     def head_stats(self, kind: str | None = None) -> dict[str, torch.Tensor]:
-        p = self._p[self._kind(kind)]  # [layers, H, Lq, Lk]
+        kind = self._kind(kind)
+        p = self._p[kind]  # [layers, H, Lq, Lk]
+        q_ids, k_ids = self.token_ids(kind)
         out = {name: [] for name in HEAD_STAT_NAMES}
         for layer in p:
             mass = layer.sum(-1)
@@ -139,7 +147,10 @@ class DenseTrace(TokensByKind):
             entropy = torch.where(
                 layer > 0, -layer * layer.clamp_min(1e-300).log(), torch.zeros_like(layer)
             ).sum(-1)
-            for name, values in reduce_head_stats(lse, entropy, chunk_terms(layer, 0, 0)).items():
+            terms = chunk_terms(layer, 0, 0)
+            visible = (layer > 0).any(0)  # the mask, as far as P shows it
+            token_terms = chunk_token_terms(layer, visible, q_ids, k_ids, 0, 0, mass > 0)
+            for name, values in reduce_head_stats(lse, entropy, terms, token_terms).items():
                 out[name].append(values)
         return {name: torch.stack(v) for name, v in out.items()}
 
@@ -169,6 +180,35 @@ class DenseTrace(TokensByKind):
         probs, idx = block.topk(k, dim=-1)
         visible = probs > 0
         return torch.where(visible, idx, torch.full_like(idx, -1)), torch.where(visible, probs, 0.0).float()
+
+    def renormalized(self, exclude_keys, kind: str | None = None) -> DenseTrace:
+        """As `Trace.renormalized`: the keys left out, each row divided by 1 - Σ_E P."""
+        keys = analysis.by_kind(self, exclude_keys, kind)
+        p = {k: analysis.renormalize_probs(v, keys[k]) if keys.get(k) else v for k, v in self._p.items()}
+        return DenseTrace(p, self._tokens, self.sentence_b_start, self._given_ids)
+
+    # ---- analysis' primitives ----------------------------------------------------------------
+    def _device(self, kind: str) -> torch.device:
+        return torch.device("cpu")
+
+    def _dtype(self, kind: str) -> torch.dtype:
+        return torch.float64
+
+    def _has_sink(self, layer: int, kind: str) -> bool:
+        return False
+
+    def _visibility(self, layer: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        visible = (self._p[kind][layer] > 0).any(0)  # [Lq, Lk]
+        return visible.sum(1), visible.sum(0)
+
+    def _weighted_received(self, layer: int, heads: list[int], weights: torch.Tensor, kind: str):
+        return torch.einsum("hq,hqk->hk", weights.double(), self._p[kind][layer, heads])
+
+    def _span_sums(self, layer: int, heads: list[int], blocks, kind: str):
+        q_block, k_block, nq, nk = blocks
+        onehot_q = (q_block[:, None] == torch.arange(nq)[None, :]).double()  # -1 matches nothing
+        onehot_k = (k_block[:, None] == torch.arange(nk)[None, :]).double()
+        return onehot_q.T @ self._p[kind][layer, heads] @ onehot_k
 
     def nbytes(self) -> int:
         """Memory the kept probabilities take."""

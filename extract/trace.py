@@ -17,6 +17,7 @@ import torch
 from ..kernels import HEAD_STAT_NAMES, MaskSpec, NeuronView, backend
 from ..kernels.facts import DEFAULT_POOLED_SIZE
 from ..kernels.headstats import reduce_head_stats
+from . import analysis
 from .selection import IndexOutOfRange, Span, choose, index, span
 
 KINDS = ("encoder", "decoder", "cross")
@@ -32,13 +33,19 @@ class LayerQK:
 
 
 class TokensByKind:
-    """What Trace and DenseTrace share: the kinds of attention held, their tokens, and the sizes
-    derived from `shape(kind)`. Subclasses set `_by_kind` (kind -> per-kind data), `_tokens`
-    (kind -> (query tokens, key tokens)) and `default_kind`, and define `shape`."""
+    """What Trace and DenseTrace share: the kinds of attention held, their tokens, the sizes
+    derived from `shape(kind)`, and the head analysis of extract/analysis.py. Subclasses set
+    `_by_kind` (kind -> per-kind data), `_tokens` (kind -> (query tokens, key tokens)),
+    `_given_ids` (kind -> (query ids, key ids), or None) and `default_kind`, and define `shape` and
+    analysis' primitives (`_weighted_received`, `_span_sums`, `_visibility`, `_has_sink`,
+    `_device`, `_dtype`)."""
 
     _by_kind: dict
     _tokens: dict[str, tuple[list[str], list[str]]]
+    _given_ids: dict | None = None
+    _ids: dict | None = None  # kind -> (query ids, key ids) as device tensors, made on first use
     default_kind: str
+    sentence_b_start: int | None = None
 
     def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
         raise NotImplementedError
@@ -65,6 +72,40 @@ class TokensByKind:
     def key_tokens(self, kind: str | None = None) -> list[str]:
         return list(self._tokens[self._kind(kind)][1])
 
+    def token_ids(self, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query ids [Lq], key ids [Lk]) int64 on the kind's device: the ids the trace was built
+        with, else ids standing for the token strings (equal strings, equal ids)."""
+        kind = self._kind(kind)
+        if self._ids is None:
+            self._ids = analysis.token_id_tensors(self._given_ids, self._tokens, self._device)
+        return self._ids[kind]
+
+    # ---- head analysis (extract/analysis.py) -------------------------------------------------
+    def head_classes(self, kind: str | None = None) -> dict[tuple[int, int], str]:
+        """(layer, head) -> previous-token | induction | duplicate-token | first-token | self |
+        local | diffuse | mixed; the thresholds are in `analysis.head_classes`."""
+        return analysis.head_classes(self, kind)
+
+    def sinks(self, threshold: float = 0.2, kind: str | None = None) -> list[int]:
+        """Key positions whose mean share of a visible query's attention (over all layers and
+        heads) is at least `threshold`, in (0, 1]."""
+        return analysis.sinks(self, threshold, kind)
+
+    def rollout(self, queries, residual: float = 0.5, heads=None, kind: str | None = None, layers=None):
+        """Attention rollout (Abnar & Zuidema, 2020): float32 [len(queries), L]; see `analysis.rollout`."""
+        return analysis.rollout(self, queries, residual, heads, kind, layers)
+
+    def span_pooled(self, spans, layers=None, heads=None, kind: str | None = None, key_spans=None):
+        """[layers, heads, n, m]: mean over span i's query rows of the mass on span j; see
+        `analysis.span_pooled`."""
+        return analysis.span_pooled(self, spans, layers, heads, kind, key_spans)
+
+    def sentence_spans(self, kind: str | None = None) -> list[tuple[int, int]]:
+        """(start, stop) query ranges of the text's sentences; see `analysis.sentence_spans`."""
+        kind = self._kind(kind)
+        b_start = self.sentence_b_start if kind != "cross" else None
+        return analysis.sentence_spans(self.query_tokens(kind), b_start)
+
     @property
     def num_layers(self) -> int:
         return self.shape()[0]
@@ -89,17 +130,23 @@ class Trace(TokensByKind):
         layers: dict[str, list[LayerQK]],
         tokens: dict[str, tuple[list[str], list[str]]],
         sentence_b_start: int | None = None,
+        token_ids: dict | None = None,
     ) -> None:
+        """`token_ids`: kind -> (query ids [Lq], key ids [Lk]), the model's input ids, for the
+        duplicate-token and induction statistics; without them, ids stand for the token strings."""
         if not layers:
             raise ValueError("a Trace needs at least one captured attention layer")
         self._layers = self._by_kind = layers
         self._tokens = tokens
+        self._given_ids = token_ids
         self.sentence_b_start = sentence_b_start
         self.default_kind = next(k for k in KINDS if k in layers)
         self._row_stats: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._head_stats: dict[str, dict[str, torch.Tensor]] = {}
-        # Head-statistic row terms [4, Hq, Lq] left by a pooled pass, until head_stats() uses them.
-        self._row_terms: dict[tuple[str, int], torch.Tensor] = {}
+        # Head-statistic row terms (terms [4, Hq, Lq], token terms [4, Hq, Lq]) left by a pooled
+        # pass, until head_stats() uses them.
+        self._row_terms: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._visible: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
         """(layers, query heads, query length, key length) of one kind of attention."""
@@ -174,10 +221,18 @@ class Trace(TokensByKind):
                 maps.append(got["pooled"].cpu())
                 continue
             # The pass over P that pools also yields the head statistics' row terms: keep them.
-            want_terms = (kind, layer) not in self._row_terms
-            got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, pooled_size=(sq, sk), terms=want_terms)
+            want_terms = (kind, layer) not in self._row_terms and kind not in self._head_stats
+            got = backend.digest(
+                lqk.q,
+                lqk.k,
+                lqk.spec,
+                lse,
+                pooled_size=(sq, sk),
+                terms=want_terms,
+                token_ids=self.token_ids(kind) if want_terms else None,
+            )
             if want_terms:
-                self._row_terms[(kind, layer)] = got["terms"]
+                self._row_terms[(kind, layer)] = (got["terms"], got["token_terms"])
             maps.append(got["pooled"][chosen_heads].cpu())
         return torch.stack(maps)
 
@@ -231,7 +286,8 @@ class Trace(TokensByKind):
         return NeuronView(*(t.cpu() for t in view))
 
     def head_stats(self, kind: str | None = None) -> dict[str, torch.Tensor]:
-        """dict name -> [layers, heads] for entropy, previous_token, self, first_token, mean_distance."""
+        """dict name -> [layers, heads] for every statistic in HEAD_STAT_NAMES: entropy,
+        previous_token, self, first_token, mean_distance, duplicate_token, induction."""
         kind = self._kind(kind)
         if kind not in self._head_stats:
             per_layer = []
@@ -239,12 +295,71 @@ class Trace(TokensByKind):
                 lse, ent = self.row_stats(layer, kind)
                 terms = self._row_terms.pop((kind, layer), None)
                 if terms is None:
-                    terms = backend.digest(lqk.q, lqk.k, lqk.spec, lse, terms=True)["terms"]
-                per_layer.append(reduce_head_stats(lse, ent, terms))
+                    got = backend.digest(
+                        lqk.q, lqk.k, lqk.spec, lse, terms=True, token_ids=self.token_ids(kind)
+                    )
+                    terms = (got["terms"], got["token_terms"])
+                per_layer.append(reduce_head_stats(lse, ent, *terms))
             self._head_stats[kind] = {
                 name: torch.stack([s[name] for s in per_layer]).cpu() for name in HEAD_STAT_NAMES
             }
         return {name: t.clone() for name, t in self._head_stats[kind].items()}
+
+    def renormalized(self, exclude_keys, kind: str | None = None) -> Trace:
+        """A trace of the same Q/K whose every view leaves the keys `exclude_keys` out and
+        renormalises each row: P'[q, k] = P[q, k] / (1 - Σ_{e∈E} P[q, e]) off E, 0 on E, a row
+        with nothing left all zeros. `exclude_keys`: positions of `kind`'s keys (default kind),
+        or a dict kind -> positions; other kinds are kept as they are.
+
+        Done through the row statistics (`analysis.renormalize_layer`): E joins the mask's key
+        padding and each row's log-sum-exp moves by log(1 - Σ_E P). A sink logit (gpt-oss)
+        stays in every row's denominator: the row is the model's softmax over the keys left and
+        the sink, so it sums to 1 minus the sink's (renormalised) share, as before.
+        """
+        keys = analysis.by_kind(self, exclude_keys, kind)
+        layers, stats = {}, {}
+        for k, held in self._layers.items():
+            if k not in keys or not keys[k]:
+                layers[k] = held
+                stats.update({key: v for key, v in self._row_stats.items() if key[0] == k})
+                continue
+            layers[k] = []
+            for i, lqk in enumerate(held):
+                spec, lse, ent = analysis.renormalize_layer(lqk, *self.row_stats(i, k), keys[k])
+                layers[k].append(LayerQK(lqk.q, lqk.k, spec))
+                stats[(k, i)] = (lse, ent)
+        out = Trace(layers, self._tokens, self.sentence_b_start, self._given_ids)
+        out._row_stats = stats
+        return out
+
+    # ---- analysis' primitives (one layer of one kind, on the device) -------------------------
+    def _device(self, kind: str) -> torch.device:
+        return self._layers[kind][0].q.device
+
+    def _dtype(self, kind: str) -> torch.dtype:
+        return self._layers[kind][0].q.dtype
+
+    def _has_sink(self, layer: int, kind: str) -> bool:
+        return self.layer_qk(layer, kind).spec.sinks is not None
+
+    def _visibility(self, layer: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if (kind, layer) not in self._visible:
+            lqk = self.layer_qk(layer, kind)
+            self._visible[(kind, layer)] = analysis.visible_counts(
+                lqk.spec, lqk.q.shape[1], lqk.k.shape[1], lqk.q.device
+            )
+        return self._visible[(kind, layer)]
+
+    def _weighted_received(self, layer: int, heads: list[int], weights: torch.Tensor, kind: str):
+        lqk = self.layer_qk(layer, kind)
+        lse, _ = self.row_stats(layer, kind)
+        got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, heads=heads, row_weights=weights)
+        return got["weighted_received"]
+
+    def _span_sums(self, layer: int, heads: list[int], blocks, kind: str):
+        lqk = self.layer_qk(layer, kind)
+        lse, _ = self.row_stats(layer, kind)
+        return backend.digest(lqk.q, lqk.k, lqk.spec, lse, heads=heads, blocks=blocks)["span_sums"]
 
     def __repr__(self) -> str:
         shapes = ", ".join(
