@@ -397,3 +397,31 @@ def test_text_contrast_in_both_themes(stack, page, theme):
     assert contrast(colors["--muted"], colors["--bg"]) >= 4.5
     assert contrast(colors["--fg"], colors["--panel"]) >= 7
     assert contrast(colors["--accent"], colors["--bg"]) >= 3
+
+
+def test_sentence_filters_in_the_model_and_neuron_views(stack, page):
+    pair = "model=minilm&text=The doctor asked the nurse.&pair=She said yes."  # B starts at 7 of 12
+    open_view(page, stack, f"{pair}&view=model", MODEL_READY)
+    settle(page)
+
+    def thumb(row, col, rows):  # layer 0, head 2 (the previous-token head), block (row, col) of `rows`
+        lay = json.loads(page.locator("#pane-a canvas.grid").get_attribute("data-layout"))
+        x = lay["left"] + 2 * (lay["cell"] + lay["gap"]) + (col + 0.5) * lay["cell"] / rows
+        return pixel(page, "#pane-a canvas.grid", x, lay["top"] + (row + 0.5) * lay["cell"] / rows)
+
+    assert thumb(9, 8, 12)[0] < 120, "all sentences: the sub-diagonal runs into B"
+    page.locator("#pane-a .view-body[data-view=model] select.filter").select_option("AA")
+    page.wait_for_function("location.search.includes('filter=AA')")
+    settle(page)
+    assert thumb(4, 3, 7)[0] < 120 and thumb(4, 6, 7)[0] > 200, (
+        "A → A: the 7 × 7 block of sentence A fills the thumbnail"
+    )
+    page.click("#tabs button[data-view='neuron']")
+    page.wait_for_function("document.querySelectorAll('#pane-a .query-tokens .token.filtered').length === 5")
+    page.locator("#pane-a .view-body[data-view=neuron] select.filter").select_option("AB")
+    page.wait_for_function("location.search.includes('filter=AB')")
+    settle(page)
+    with page.expect_download() as download:
+        page.locator("#export-json").click()
+    keys = [r["key"] for r in json.loads(download.value.path().read_text())["data"]["rows"]]
+    assert keys and all(k >= 7 for k in keys), keys

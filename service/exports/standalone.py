@@ -45,6 +45,7 @@ MODULES = (
     "views/image.js",
     "views/head-data.js",
     "views/head-svg.js",
+    "views/head-draw.js",
     "views/head.js",
     "views/heatmap.js",
     "views/model.js",
