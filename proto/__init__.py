@@ -53,6 +53,11 @@ ReceivedView = _message_class(FILE.message_types_by_name["ReceivedView"])
 TileView = _message_class(FILE.message_types_by_name["TileView"])
 TopkView = _message_class(FILE.message_types_by_name["TopkView"])
 NeuronView = _message_class(FILE.message_types_by_name["NeuronView"])
+RolloutView = _message_class(FILE.message_types_by_name["RolloutView"])
+SpanPooledView = _message_class(FILE.message_types_by_name["SpanPooledView"])
+HeadClassesView = _message_class(FILE.message_types_by_name["HeadClassesView"])
+SinksView = _message_class(FILE.message_types_by_name["SinksView"])
+Renormalize = _message_class(FILE.message_types_by_name["Renormalize"])
 ViewRequest = _message_class(FILE.message_types_by_name["ViewRequest"])
 ExtractRequest = _message_class(FILE.message_types_by_name["ExtractRequest"])
 TraceInfo = _message_class(FILE.message_types_by_name["TraceInfo"])
@@ -79,10 +84,20 @@ def _enum(name: str) -> dict[str, int]:
     return {v: value.number for v, value in FILE.enum_types_by_name[name].values_by_name.items()}
 
 
-#: Enum numbers by value name: DType["FLOAT32"] -> 1, Kind["KIND_CROSS"] -> 3, Notable["NOTABLE_LOW"] -> 2.
+#: Enum numbers by value name: DType["FLOAT32"] -> 1, Kind["KIND_CROSS"] -> 3, Notable["NOTABLE_LOW"] -> 2,
+#: HeadClass["HEAD_CLASS_INDUCTION"] -> 2.
 DType = _enum("DType")
 Kind = _enum("Kind")
 Notable = _enum("Notable")
+HeadClass = _enum("HeadClass")
+
+#: HeadClass numbers by the Python API's labels ("previous-token" -> HEAD_CLASS_PREVIOUS_TOKEN), and back.
+HEAD_CLASS_OF_LABEL = {
+    name.removeprefix("HEAD_CLASS_").lower().replace("_", "-"): number
+    for name, number in HeadClass.items()
+    if number
+}
+LABEL_OF_HEAD_CLASS = {number: label for label, number in HEAD_CLASS_OF_LABEL.items()}
 
 #: Kind numbers by the Python API's kind names ("encoder" -> KIND_ENCODER, None -> KIND_SELF), and back.
 KIND_OF_NAME = {

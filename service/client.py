@@ -86,9 +86,11 @@ class Client:
         keep_trace: bool = False,
         timeout: float | None = None,
         image: bytes = b"",
+        renormalize=None,
     ) -> Result:
         """Trace `text` (or `image`, an image file's bytes, for a model that takes images) on the
-        server; `views` from `attnscope.service.views` (default: stats + pooled)."""
+        server; `views` from `attnscope.service.views` (default: stats + pooled); `renormalize`
+        (`views.renormalize(...)`): every view without those keys, rows renormalised."""
         request = proto.ExtractRequest(
             model=model,
             text=text,
@@ -97,6 +99,7 @@ class Client:
             views=list(views or []),
             keep_trace=keep_trace,
             image=image,
+            renormalize=renormalize,
         )
         return self._collect(self._call("Extract", request, timeout))
 
@@ -117,11 +120,10 @@ class Client:
             timeout,
         )
 
-    def views(self, trace_id: str, views=None, timeout: float | None = None) -> Result:
-        """Views of a kept trace, without re-running the model."""
-        return self._collect(
-            self._call("GetViews", proto.GetViewsRequest(trace_id=trace_id, views=list(views or [])), timeout)
-        )
+    def views(self, trace_id: str, views=None, timeout: float | None = None, renormalize=None) -> Result:
+        """Views of a kept trace, without re-running the model (`renormalize` as in `extract`)."""
+        request = proto.GetViewsRequest(trace_id=trace_id, views=list(views or []), renormalize=renormalize)
+        return self._collect(self._call("GetViews", request, timeout))
 
     def delete_trace(self, trace_id: str, timeout: float | None = None) -> bool:
         return self._call("DeleteTrace", proto.DeleteTraceRequest(trace_id=trace_id), timeout).deleted

@@ -81,11 +81,16 @@ def kind_info(trace: Trace, kind: str):
     )
 
 
-def trace_info(trace: Trace, model: str, trace_id: str = ""):
-    """TraceInfo: the trace's id, its model, and every kind it holds (the default first)."""
+def trace_info(trace: Trace, model: str, trace_id: str = "", excluded_keys=()):
+    """TraceInfo: the trace's id, its model, every kind it holds (the default first), and the keys
+    a request's Renormalize left out of its views."""
     kinds = [trace.default_kind] + [k for k in trace.kinds if k != trace.default_kind]
     return proto.TraceInfo(
-        trace_id=trace_id, model=model, kinds=[kind_info(trace, k) for k in kinds], method=trace.method
+        trace_id=trace_id,
+        model=model,
+        kinds=[kind_info(trace, k) for k in kinds],
+        method=trace.method,
+        excluded_keys=list(excluded_keys),
     )
 
 
@@ -188,8 +193,11 @@ class AttentionCore:
                 f"{what} is {exc.tokens:,} tokens; this server accepts at most {exc.limit:,}"
             ) from None
 
-    def _plan(self, trace: Trace, requests) -> list:
-        return view_table.plan(trace, list(requests) or default_views(), self.limits)
+    def _plan(self, trace: Trace, request) -> tuple[list, object]:
+        """(the planned views, the request's Renormalize or None): every limit checked, no work."""
+        renorm = request.renormalize if request.HasField("renormalize") else None
+        work = view_table.renormalize_work(trace, renorm)
+        return view_table.plan(trace, list(request.views) or default_views(), self.limits, work), renorm
 
     def _views(self, trace: Trace, info, planned: list, deadline: float | None) -> Iterator[Item]:
         check = _deadline_check(deadline)
@@ -201,10 +209,12 @@ class AttentionCore:
 
     def extract(self, request, deadline: float | None = None) -> Iterator[Item]:
         name, trace = self._trace(request, deadline)
-        planned = self._plan(trace, request.views)  # a request refused here keeps no trace
+        planned, renorm = self._plan(trace, request)  # a request refused here keeps no trace
         trace_id = self.traces.put(trace, name) if request.keep_trace else ""
         try:
-            yield from self._views(trace, trace_info(trace, name, trace_id), planned, deadline)
+            view_trace, excluded = view_table.renormalize(trace, renorm)
+            info = trace_info(trace, name, trace_id, excluded)
+            yield from self._views(view_trace, info, planned, deadline)
         except BaseException:  # a call that fails (or is abandoned) keeps no trace
             if trace_id:
                 self.traces.delete(trace_id)
@@ -219,8 +229,10 @@ class AttentionCore:
     def get_views(self, request, deadline: float | None = None) -> Iterator[Item]:
         self.trace_owner(request.trace_id)
         trace, name = self.traces.get(request.trace_id)
-        info = trace_info(trace, name, request.trace_id)
-        yield from self._views(trace, info, self._plan(trace, request.views), deadline)
+        planned, renorm = self._plan(trace, request)
+        view_trace, excluded = view_table.renormalize(trace, renorm)
+        info = trace_info(trace, name, request.trace_id, excluded)
+        yield from self._views(view_trace, info, planned, deadline)
 
     # ---- cheap calls: no model work, answered on the event loop ------------------------------
     def delete_trace(self, request):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import proto
+from ..extract import analysis
 from ..extract.selection import IndexOutOfRange
 from ..kernels import HEAD_STAT_NAMES, NeuronView
 from .errors import InvalidArgument, ResourceExhausted, shorten
@@ -142,6 +143,121 @@ def _neuron_run(trace, spec, kind, limits):
     yield from zip(view._fields, view, strict=True)
 
 
+def _invalid(check, *args):
+    """`check(*args)`, with its ValueError as INVALID_ARGUMENT (positions out of range included)."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def _self_attention(trace, kind, what: str) -> None:
+    _, _, lq, lk = trace.shape(kind)
+    resolved = kind or trace.default_kind
+    if resolved == "cross" or lq != lk:
+        raise InvalidArgument(
+            f"{what} needs self-attention (queries and keys the same tokens); {resolved} attention is "
+            f"{lq} queries × {lk} keys: ask for KIND_ENCODER or KIND_DECODER"
+        )
+
+
+def _rollout_args(trace, spec, kind):
+    """(queries, residual, layers, heads) of a RolloutView, checked."""
+    _self_attention(trace, kind, "rollout")
+    lq = trace.shape(kind)[2]
+    if not spec.queries:
+        raise InvalidArgument("rollout names no query: list at least one query position")
+    bad = [q for q in spec.queries if not 0 <= q < lq]
+    if bad:
+        raise IndexOutOfRange(f"rollout query positions must be in [0, {lq}), got {bad[:5]}")
+    residual = spec.residual if spec.HasField("residual") else 0.5
+    _invalid(analysis.check_residual, residual)
+    layers, heads = _selection(spec.selection)
+    return list(spec.queries), residual, layers, heads
+
+
+def _rollout_cost(trace, spec, kind, limits) -> int:
+    queries, *_ = _rollout_args(trace, spec, kind)
+    return len(queries) * trace.shape(kind)[2]
+
+
+def _rollout_run(trace, spec, kind, limits):
+    queries, residual, layers, heads = _rollout_args(trace, spec, kind)
+    yield "", trace.rollout(queries, residual, heads=heads, kind=kind, layers=layers)
+
+
+def _rollout_work(trace, spec, kind) -> int:
+    """One pass over the selected heads of every selected layer per query."""
+    return len(spec.queries) * _pass_work(trace, spec, kind)
+
+
+def _spans(ranges, length: int, what: str) -> list[tuple[int, int]]:
+    spans = []
+    for r in ranges:
+        if r.start < 0 or r.stop < 0:
+            raise InvalidArgument(f"{what} take non-negative positions, got [{r.start}, {r.stop})")
+        spans.append((r.start, r.stop or length))
+    return _invalid(analysis.check_spans, spans, length, what)
+
+
+def _span_args(trace, spec, kind):
+    _, _, lq, lk = trace.shape(kind)
+    spans = _spans(spec.spans, lq, "spans")
+    key_spans = _spans(spec.key_spans, lk, "key_spans") if spec.key_spans else None
+    if key_spans is None:
+        _spans(spec.spans, lk, "spans (as key spans)")
+    return spans, key_spans
+
+
+def _span_pooled_cost(trace, spec, kind, limits) -> int:
+    layers, heads, _, _ = trace.shape(kind)
+    spans, key_spans = _span_args(trace, spec, kind)
+    sel_l, sel_h = _selection(spec.selection)
+    return _count(sel_l, layers) * _count(sel_h, heads) * len(spans) * len(key_spans or spans)
+
+
+def _span_pooled_run(trace, spec, kind, limits):
+    spans, key_spans = _span_args(trace, spec, kind)
+    layers, heads = _selection(spec.selection)
+    yield "", trace.span_pooled(spans, layers=layers, heads=heads, kind=kind, key_spans=key_spans)
+
+
+def _head_classes_cost(trace, spec, kind, limits) -> int:
+    layers, heads, _, _ = trace.shape(kind)
+    return layers * heads
+
+
+def _head_classes_run(trace, spec, kind, limits):
+    import torch
+
+    labels = trace.head_classes(kind=kind)
+    layers, heads, _, _ = trace.shape(kind)
+    out = torch.zeros(layers, heads, dtype=torch.int32)
+    for (layer, head), label in labels.items():
+        out[layer, head] = proto.HEAD_CLASS_OF_LABEL[label]
+    yield "", out
+
+
+def _threshold(spec, field: str, default: float | None) -> float | None:
+    if not spec.HasField(field):
+        return default
+    return _invalid(analysis.check_threshold, getattr(spec, field))
+
+
+def _sinks_cost(trace, spec, kind, limits) -> int:
+    _threshold(spec, "threshold", 0.2)
+    return 2 * trace.shape(kind)[3]
+
+
+def _sinks_run(trace, spec, kind, limits):
+    import torch
+
+    threshold = _threshold(spec, "threshold", 0.2)
+    shares = analysis.key_shares(trace, kind)
+    yield "positions", torch.nonzero(shares >= threshold).flatten().to(torch.int64)
+    yield "shares", shares.float()
+
+
 # ---- work (score evaluations) of each view type: what the cost in values does not show -----------
 def _pass_work(trace, spec, kind) -> int:
     """One pass over every selected head's L×L scores (pooled maps, received attention)."""
@@ -185,6 +301,10 @@ VIEW_TYPES: dict[str, ViewType] = {
     "tile": ViewType((), _tile_cost, _tile_run, _rows_work, False),
     "topk": ViewType(("indices", "probs"), _topk_cost, _topk_run, _rows_work, False),
     "neuron": ViewType(NeuronView._fields, _neuron_cost, _neuron_run, _neuron_work, False),
+    "rollout": ViewType((), _rollout_cost, _rollout_run, _rollout_work, False),
+    "span_pooled": ViewType((), _span_pooled_cost, _span_pooled_run, _pass_work, False),
+    "head_classes": ViewType((), _head_classes_cost, _head_classes_run, _head_stats_work, True),
+    "sinks": ViewType(("positions", "shares"), _sinks_cost, _sinks_run, _head_stats_work, True),
 }
 assert set(VIEW_TYPES) == {f.name for f in proto.ViewRequest.DESCRIPTOR.oneofs_by_name["view"].fields}
 
@@ -205,10 +325,11 @@ def _kind_name(number: int, index: int) -> str | None:
     return proto.NAME_OF_KIND[number]
 
 
-def plan(trace, requests: list, limits: Limits | None = None) -> list[PlannedView]:
-    """Validate `requests` against `trace` and `limits` and name every tensor, before any work."""
+def plan(trace, requests: list, limits: Limits | None = None, extra_work: int = 0) -> list[PlannedView]:
+    """Validate `requests` against `trace` and `limits` and name every tensor, before any work
+    (`extra_work`: score evaluations the request needs besides its views, e.g. `renormalize_work`)."""
     limits = limits or _UNLIMITED
-    planned, total, work, owner, seen = [], 0, 0, {}, {}
+    planned, total, work, owner, seen = [], 0, extra_work, {}, {}
     for index, view in enumerate(requests):
         which = view.WhichOneof("view")
         if which is None:
@@ -248,6 +369,40 @@ def plan(trace, requests: list, limits: Limits | None = None) -> list[PlannedVie
             f"{limits.max_scores:.3g} per call (ask for fewer layers, heads or views)"
         )
     return planned
+
+
+# ---- a request's Renormalize: every view of a renormalised trace ---------------------------------
+def _renormalize_args(trace, spec) -> tuple[str, list[int], float | None]:
+    """(kind, exclude_keys, sinks threshold or None) of a Renormalize, checked (no work)."""
+    if spec.kind not in proto.NAME_OF_KIND:
+        raise InvalidArgument(f"renormalize: unknown kind {spec.kind}; one of {sorted(proto.Kind.values())}")
+    kind = trace._kind(proto.NAME_OF_KIND[spec.kind])
+    lk = trace.shape(kind)[3]
+    bad = [k for k in spec.exclude_keys if not 0 <= k < lk]
+    if bad:
+        raise IndexOutOfRange(f"renormalize exclude_keys must be key positions in [0, {lk}), got {bad[:5]}")
+    return kind, sorted(set(spec.exclude_keys)), _threshold(spec, "sinks_threshold", None)
+
+
+def renormalize_work(trace, spec) -> int:
+    """Score evaluations a Renormalize costs: the |E| logits of every row, and with a sinks
+    threshold a pass over every head (the sinks' shares); 0 for None (no renormalisation)."""
+    if spec is None:
+        return 0
+    kind, keys, threshold = _renormalize_args(trace, spec)
+    layers, heads, lq, lk = trace.shape(kind)
+    return layers * heads * lq * ((lk if threshold is not None else 0) + len(keys))
+
+
+def renormalize(trace, spec) -> tuple[object, list[int]]:
+    """(the trace the views read, the keys left out): `trace` itself for None or nothing to leave
+    out, else `trace.renormalized(...)` without the listed keys and, given a threshold, the sinks."""
+    if spec is None:
+        return trace, []
+    kind, keys, threshold = _renormalize_args(trace, spec)
+    if threshold is not None:
+        keys = sorted(set(keys) | set(trace.sinks(threshold, kind=kind)))
+    return (trace.renormalized(keys, kind=kind) if keys else trace), keys
 
 
 def manifest(planned: list[PlannedView]):

@@ -80,6 +80,70 @@ def neuron(layer: int, head: int, query: int, keys=None, kind: str = "", name: s
     )
 
 
+def rollout(
+    queries: Iterable[int],
+    residual: float = 0.5,
+    layers: Iterable[int] = (),
+    heads: Iterable[int] = (),
+    kind: str = "",
+    name: str = "",
+):
+    """Attention rollout of the query positions `queries` through `layers` (empty = all), heads
+    averaged over `heads` (empty = all): [len(queries), L]. Self-attention kinds only."""
+    return proto.ViewRequest(
+        name=name,
+        kind=kind_number(kind),
+        rollout=proto.RolloutView(
+            queries=list(queries), residual=residual, selection=_selection(layers, heads)
+        ),
+    )
+
+
+def span_pooled(
+    spans: Iterable[tuple[int, int]],
+    layers: Iterable[int] = (),
+    heads: Iterable[int] = (),
+    key_spans: Iterable[tuple[int, int]] = (),
+    kind: str = "",
+    name: str = "",
+):
+    """Mass between (start, stop) token spans [layers, heads, len(spans), len(key_spans or spans)]."""
+    return proto.ViewRequest(
+        name=name,
+        kind=kind_number(kind),
+        span_pooled=proto.SpanPooledView(
+            spans=[_range(s) for s in spans],
+            key_spans=[_range(s) for s in key_spans],
+            selection=_selection(layers, heads),
+        ),
+    )
+
+
+def head_classes(kind: str = "", name: str = ""):
+    """Each head's class, int32 [layers, heads] of HeadClass numbers (`head_class_labels` names them)."""
+    return proto.ViewRequest(name=name, kind=kind_number(kind), head_classes=proto.HeadClassesView())
+
+
+def head_class_labels(classes) -> list[list[str]]:
+    """The labels ("previous-token", ..., "mixed") of a head_classes tensor [layers, heads]."""
+    return [[proto.LABEL_OF_HEAD_CLASS[int(c)] for c in row] for row in classes]
+
+
+def sinks(threshold: float = 0.2, kind: str = "", name: str = ""):
+    """Attention sinks at `threshold`: parts "positions" int64 [n] and "shares" float32 [Lk]."""
+    return proto.ViewRequest(name=name, kind=kind_number(kind), sinks=proto.SinksView(threshold=threshold))
+
+
+def renormalize(exclude_keys: Iterable[int] = (), sinks_threshold: float | None = None, kind: str = ""):
+    """A request's Renormalize: every view computed without the keys `exclude_keys` (and, given
+    `sinks_threshold`, without the trace's sinks at it), rows renormalised; pass it to
+    `Client.extract(renormalize=...)` or `Client.views(renormalize=...)`."""
+    spec = proto.Renormalize(exclude_keys=list(exclude_keys), kind=kind_number(kind))
+    if sinks_threshold is not None:
+        spec.sinks_threshold = sinks_threshold
+    return spec
+
+
 def default_views() -> list:
     """What Extract returns when no view is named."""
     return [head_stats(), pooled()]
