@@ -70,22 +70,27 @@ def token_id_tensors(
 
 def visible_counts(spec, lq: int, lk: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(visible keys per query row [Lq], visible queries per key [Lk]) int64 under `spec`: closed
-    forms for causal / window masks, else the mask evaluated over query chunks (booleans only)."""
+    forms for causal / window / key-padding masks (a key range per row, a query range per key),
+    else the mask evaluated over query chunks (booleans only)."""
     q_idx = torch.arange(lq, device=device)
     k_idx = torch.arange(lk, device=device)
-    plain = all(getattr(spec, name) is None for name in ("key_padding", "chunk", "segments", "groups"))
-    if plain:
+    if all(getattr(spec, name) is None for name in ("chunk", "segments", "groups")):
         w = spec.window
-        if spec.causal:
-            lo_q = q_idx - (w - 1) if w is not None else torch.zeros_like(q_idx)
-            rows = ((q_idx + 1).clamp(max=lk) - lo_q.clamp(min=0)).clamp(min=0)
-            hi_k = k_idx + w if w is not None else torch.full_like(k_idx, lq)
-            cols = (hi_k.clamp(max=lq) - k_idx).clamp(min=0)
-        elif w is not None:
-            rows = ((q_idx + w).clamp(max=lk) - (q_idx - w + 1).clamp(min=0)).clamp(min=0)
-            cols = ((k_idx + w).clamp(max=lq) - (k_idx - w + 1).clamp(min=0)).clamp(min=0)
-        else:
-            rows, cols = torch.full_like(q_idx, lk), torch.full_like(k_idx, lq)
+        big = max(lq, lk) + 1
+        if spec.causal:  # 0 <= q - k < w
+            k_lo, k_hi = q_idx - (w - 1 if w is not None else big), q_idx + 1
+            q_lo, q_hi = k_idx, k_idx + (w if w is not None else big)
+        else:  # |q - k| < w
+            reach = w if w is not None else big
+            k_lo, k_hi = q_idx - reach + 1, q_idx + reach
+            q_lo, q_hi = k_idx - reach + 1, k_idx + reach
+        real = torch.ones(lk, dtype=torch.int64, device=device)
+        if spec.key_padding is not None:
+            real = spec.key_padding[0].to(device=device, dtype=torch.int64)
+        before = torch.cat([real.new_zeros(1), real.cumsum(0)])  # real keys before each position
+        k_lo, k_hi = k_lo.clamp(0, lk), k_hi.clamp(0, lk)
+        rows = (before[k_hi] - before[k_lo]).clamp(min=0)
+        cols = real * (q_hi.clamp(0, lq) - q_lo.clamp(0, lq)).clamp(min=0)
         return rows, cols
     rows = torch.zeros(lq, dtype=torch.int64, device=device)
     cols = torch.zeros(lk, dtype=torch.int64, device=device)
@@ -271,6 +276,7 @@ def renormalize_layer(lqk, lse: torch.Tensor, entropy: torch.Tensor, keys: list[
     dt = torch.float64 if lse.dtype == torch.float64 else torch.float32
     mass = torch.zeros(lse.shape, dtype=dt, device=device)
     ent_e = torch.zeros_like(mass)
+    seen_e = torch.zeros(lq, dtype=torch.int64, device=device)
     step = max(1, (1 << 22) // max(1, lqk.q.shape[0] * len(keys)))
     for q0 in range(0, lq, step):
         q1 = min(lq, q0 + step)
@@ -279,13 +285,14 @@ def renormalize_layer(lqk, lse: torch.Tensor, entropy: torch.Tensor, keys: list[
         safe = torch.where(torch.isneginf(row_lse), torch.full_like(row_lse, float("inf")), row_lse)
         p = torch.exp(s - safe[..., None])
         mass[:, q0:q1] = p.sum(-1)
+        seen_e[q0:q1] = (~torch.isneginf(s[0])).sum(-1)  # the mask is the same for every head
         ent_e[:, q0:q1] = torch.where(p > 0, -p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(-1)
     real = torch.ones(lk, dtype=torch.bool, device=device)
     real[keys_t] = False
     padding = real[None] if spec.key_padding is None else spec.key_padding.to(device) & real[None]
     new_spec = replace(spec, key_padding=padding)
-    rows_left = visible_counts(new_spec, lq, lk, device)[0]
-    left = (rows_left > 0)[None, :] | (spec.sinks is not None)
+    rows_left = visible_counts(spec, lq, lk, device)[0][None, :] - seen_e  # visible keys not in E
+    left = (rows_left > 0) | (spec.sinks is not None)
     z = (1 - mass).clamp(min=0)
     ok = left & (z > 0) & ~torch.isneginf(lse)
     z_safe = torch.where(ok, z, torch.ones_like(z))

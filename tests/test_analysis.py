@@ -399,3 +399,31 @@ def test_triton_backend_analysis_matches_eager(family, rng, monkeypatch):
         assert_close(
             renorm.received(layers=[layer])[0], dense.sum(1), 10 * ATOL, "triton renormalized received"
         )
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        {},
+        {"causal": True},
+        {"causal": True, "window": 4},
+        {"window": 3},
+        {"causal": True, "window": 5, "padding": True},
+        {"padding": True},
+        {"causal": True, "chunk": 4},
+    ],
+)
+@pytest.mark.parametrize(("lq", "lk"), [(13, 13), (9, 15)])
+def test_visible_counts_match_the_mask(facts, lq, lk):
+    from attnscope.extract.analysis import visible_counts
+
+    facts = dict(facts)
+    if facts.pop("padding", False):
+        real = torch.ones(lk, dtype=torch.bool)
+        real[[0, 3, lk - 1]] = False
+        facts["key_padding"] = real[None]
+    spec = MaskSpec(scaling=1.0, **facts)
+    allowed = spec.allowed(torch.arange(lq), torch.arange(lk))
+    allowed = torch.ones(lq, lk, dtype=torch.bool) if allowed is None else allowed
+    rows, cols = visible_counts(spec, lq, lk, "cpu")
+    assert rows.tolist() == allowed.sum(1).tolist() and cols.tolist() == allowed.sum(0).tolist()
