@@ -1,9 +1,11 @@
 """Capture of Q/K inside transformers models (`capture`), `Extractor`, `Trace`, and `DenseTrace`
-(the same views over attention tensors a user already has), the fidelity check's report
+(the same views over attention tensors a user already has), the head analysis both share
+(`analysis`: head classes, sinks, renormalised traces, rollout, span maps), the fidelity check's report
 (`VerifyReport`), and the errors a user may catch: `InputTooLong` (and `EagerTooLong`, the eager
 fallback's bound), `IndexOutOfRange`, `MaskMismatch` (the mask attnscope assumes disagrees with
 the model's), `VerifyError` (a model that cannot be verified)."""
 
+from .analysis import HEAD_CLASSES
 from .capture import IMPLEMENTATION, MaskMismatch, capturing, register
 from .default_model import DEFAULT_MODEL_NAME, default_model_path
 from .dense import DenseTrace
@@ -14,6 +16,7 @@ from .verify import TOLERANCES, VerifyError, VerifyReport, VerifyRow
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "HEAD_CLASSES",
     "IMPLEMENTATION",
     "KINDS",
     "TOLERANCES",
