@@ -66,28 +66,30 @@ def words(n: int) -> str:
     return " ".join(f"w{(i * 7) % 100}" for i in range(n))
 
 
-#: The README's screenshots: (file, the viewer's state as a query string), of the bundled model.
+#: The README's screenshots: (file, the viewer's state as a query string, viewport width), of the
+#: bundled model (the model view is wide enough for the head's detail beside the grid).
 SCREENSHOTS = (
-    ("head-view.png", "layer=2&query=9"),
-    ("model-view.png", "view=model&sort=previous_token&layer=0&head=2"),
-    ("neuron-view.png", "view=neuron&layer=2&head=8&query=9"),
+    ("head-view.png", "layer=2&query=9", 1280),
+    ("model-view.png", "view=model&sort=previous_token&layer=0&head=2&query=9", 1700),
+    ("neuron-view.png", "view=neuron&layer=2&head=8&query=9", 1280),
 )
 
 
-def screenshots(url: str, out: Path, width: int = 1280, height: int = 1000) -> None:
+def screenshots(url: str, out: Path, height: int = 1000) -> None:
     """The README's screenshots from a running `attnscope serve` (`make run`) on the bundled model:
     each view in the light theme, the page's top `height` pixels."""
     out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": width, "height": height})
-        for name, state in SCREENSHOTS:
+        for name, state, width in SCREENSHOTS:
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(f"{url.rstrip('/')}/?{state}")
             page.wait_for_function(
                 "window.attnscopeTimings && window.attnscopeTimings.renders >= 1 && window.attnscopeIdle()",
                 timeout=120_000,
             )
             page.screenshot(path=str(out / name), clip={"x": 0, "y": 0, "width": width, "height": height})
+            page.close()
             print(f"wrote {out / name}")
         browser.close()
 

@@ -61,7 +61,7 @@ def test_an_embed_labels_layers_with_the_models_numbers(trace, page, tmp_path):
     page.locator("#pane-a select.layer").select_option("1")
     page.wait_for_function("location.search.includes('layer=1')")
     settle(page)
-    assert page.locator("#pane-a .head-stats td").first.inner_text() == "7"
+    assert page.locator("#pane-a .head-stats caption").inner_text() == "head statistics, layer 7"
     page.click("#tabs button[data-view=model]")
     page.wait_for_function("window.attnscopeTimings.modelDrawMs !== undefined")
     settle(page)

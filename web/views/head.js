@@ -240,6 +240,7 @@ export function mount(root, app) {
     renderStatsTable($(".head-stats"), {
       stats, values: current.data.stats, numHeads: k.numHeads, rows: headsShown(k).map((head) => ({ layer, head })),
       sort: "", selected: null, layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+      caption: `head statistics, layer ${app.layerName(layer, k.kind)}`,
     }, { onPick: ({ head }) => app.update({ head, heads: "" }) });
   }
 

@@ -108,10 +108,11 @@ export function mountHeatmap(root, app) {
     };
   }
 
-  function frame() {
+  let width = 600; // CSS pixels the detail may take (the model view says, frame(width))
+  function frame(available) {
     if (!z || root.offsetParent === null) return;
-    const avail = Math.max(160, Math.min(root.parentElement.clientWidth, window.innerWidth - 40) - LEFT - 24);
-    size = Math.min(app.server.viewer.tileSize || 512, avail);
+    if (typeof available === "number") width = available;
+    size = Math.min(app.server.viewer.tileSize || 512, Math.max(160, Math.min(width, window.innerWidth - 40) - LEFT - 16));
     const m = model();
     drawHeatmap(sizeCanvas(canvas, m.width, m.height), m);
     const [q0, q1, k0, k1] = z.region;

@@ -16,6 +16,8 @@ export { paintMatrix };
 const LEFT = 46; // "Layers" and the layer numbers
 const TOP = 36; // "Heads", the head numbers and the key-head groups
 const GAP = 4;
+const DETAIL = 640; // CSS pixels the detail takes beside the grid (on screens wide enough for both)
+const BESIDE = 1500; // from this width of the view on, the detail sits beside the grid, else below
 
 // The thumbnail blocks [r0, r1) × [c0, c1) a sentence filter keeps (all of them without a pair).
 export function cropOf(filter, bStart, rows, cols, lq, lk) {
@@ -156,7 +158,8 @@ export function mount(root, app) {
     const s = app.state;
     const stat = current.stats[s.sort] ? s.sort : "";
     const avail = Math.max(320, Math.min(root.clientWidth, window.innerWidth - 32) - 8);
-    const cell = Math.max(20, Math.min(96, Math.floor((avail - LEFT - 4) / k.numHeads) - GAP));
+    const beside = avail >= BESIDE;
+    const cell = Math.max(20, Math.min(96, Math.floor(((beside ? avail - DETAIL : avail) - LEFT - 4) / k.numHeads) - GAP));
     const rowH = cell + GAP + (stat ? 13 : 0);
     const width = LEFT + k.numHeads * (cell + GAP);
     const height = TOP + k.numLayers * rowH + 4;
@@ -165,7 +168,7 @@ export function mount(root, app) {
     let hi = -Infinity;
     if (values) for (const v of values) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     return {
-      layers: k.numLayers, heads: k.numHeads, cell, rowH, width, height, rows: current.rows, cols: current.cols, pooled: current.pooled,
+      layers: k.numLayers, heads: k.numHeads, cell, rowH, width, height, detailWidth: beside ? avail - width - 16 : avail, rows: current.rows, cols: current.cols, pooled: current.pooled,
       order: order(k, values, stat), stat, stats: current.stats, dark: s.theme === "dark", background,
       crop: cropOf(s.filter, k.sentenceBStart, current.rows, current.cols, k.queryLen, k.keyLen),
       selected: selectedHead(), selectedColor: themeColor("--selected", "#d62728"), textColor: themeColor("--fg", "#222"),
@@ -182,6 +185,7 @@ export function mount(root, app) {
     const t0 = performance.now();
     const m = gridModel();
     drawGrid(sizeCanvas(grid, m.width, m.height), m);
+    detailWidth = m.detailWidth;
     layoutInfo = { left: LEFT, top: TOP, cell: m.cell, gap: GAP, rowH: m.rowH, order: m.order, crop: m.crop };
     grid.dataset.layout = JSON.stringify(layoutInfo); // geometry for tests and tools
     showTip();
@@ -190,9 +194,10 @@ export function mount(root, app) {
     window.attnscopeTimings = { ...t, modelDrawMs: performance.now() - t0, modelReadyMs: t.modelReadyMs ?? performance.now() };
   }
 
+  let detailWidth = 600;
   function frame() {
     gridFrame();
-    detail.frame();
+    detail.frame(detailWidth);
   }
 
   function cellAt(event) {

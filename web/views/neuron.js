@@ -74,7 +74,7 @@ export function columns(dim, cell, labelWidth = 110) {
   const qk = k + dim * cell + 24;
   const score = qk + dim * cell + 24;
   const prob = score + 56;
-  return { k, qk, score, prob, width: prob + 170 };
+  return { k, qk, score, prob, width: prob + 190 };
 }
 
 // ---- mounting ----------------------------------------------------------------------------------
@@ -264,6 +264,7 @@ export function mount(root, app) {
       renderStatsTable($(".head-stats"), {
         stats: app.server.headStats, values: current.stats, numHeads: k.numHeads, rows: [{ layer, head }], sort: "", selected: null,
         layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+        caption: `head statistics, layer ${app.layerName(layer, k.kind)}`,
       });
     }
   }

@@ -5,7 +5,8 @@ import { escapeHtml, formatValue } from "../format.js";
 
 // `el`: the element to fill. m: { stats: [{name, description, notable}], values: {name: Float32Array
 // [layers × heads]}, numHeads, rows: [{layer, head}], sort (a statistic's name or ""), selected:
-// {layer, head} | null, layerName(l), keyHead(h) (null without grouped-query attention) }.
+// {layer, head} | null, layerName(l), keyHead(h) (null without grouped-query attention), caption
+// (when set, the rows' one layer is named there instead of in a column) }.
 // Handlers: onSort(name), onPick({layer, head}).
 export function renderStatsTable(el, m, { onSort, onPick } = {}) {
   const value = (name, r) => m.values[name]?.[r.layer * m.numHeads + r.head];
@@ -16,19 +17,22 @@ export function renderStatsTable(el, m, { onSort, onPick } = {}) {
     rows.sort((a, b) => sign * (value(sortBy.name, a) - value(sortBy.name, b)));
   }
   const grouped = rows.some((r) => m.keyHead(r.head) !== null);
-  const head = `<tr><th scope="col">layer</th><th scope="col">head</th>${grouped ? '<th scope="col" title="the key head this query head shares (grouped-query attention)">kv</th>' : ""}${m.stats
-    .map((s) => `<th scope="col" class="sortable${s.name === m.sort ? " sorted" : ""}" data-stat="${escapeHtml(s.name)}" title="${escapeHtml(s.description)}${onSort ? " (click to sort)" : ""}">${escapeHtml(s.name)}</th>`)
+  const layerCol = !m.caption;
+  const head = `<tr>${layerCol ? '<th scope="col">layer</th>' : ""}<th scope="col">head</th>${grouped ? '<th scope="col" title="the key head this query head shares (grouped-query attention)">kv</th>' : ""}${m.stats
+    .map((s) => `<th scope="col" class="sortable${s.name === m.sort ? " sorted" : ""}" data-stat="${escapeHtml(s.name)}" title="${escapeHtml(s.description)}${onSort ? " (click to sort)" : ""}">${escapeHtml(s.name).replace(/_/g, "_<wbr>")}</th>`)
     .join("")}</tr>`;
   const body = rows
     .map((r) => {
       const sel = m.selected && m.selected.layer === r.layer && m.selected.head === r.head ? " selected" : "";
       const kv = grouped ? `<td>${m.keyHead(r.head)}</td>` : "";
-      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}"><td>${escapeHtml(m.layerName(r.layer))}</td><td>${r.head}</td>${kv}${m.stats
+      const layer = layerCol ? `<td>${escapeHtml(m.layerName(r.layer))}</td>` : "";
+      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}">${layer}<td>${r.head}</td>${kv}${m.stats
         .map((s) => `<td>${formatValue(value(s.name, r))}</td>`)
         .join("")}</tr>`;
     })
     .join("");
-  el.innerHTML = `<table class="stats"><thead>${head}</thead><tbody>${body}</tbody></table>`;
+  const caption = m.caption ? `<caption>${escapeHtml(m.caption)}</caption>` : "";
+  el.innerHTML = `<table class="stats">${caption}<thead>${head}</thead><tbody>${body}</tbody></table>`;
   if (onSort) {
     for (const th of el.querySelectorAll("th.sortable")) th.addEventListener("click", () => onSort(th.dataset.stat === m.sort ? "" : th.dataset.stat));
   }
