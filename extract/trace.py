@@ -83,7 +83,11 @@ class TokensByKind:
     # ---- head analysis (extract/analysis.py) -------------------------------------------------
     def head_classes(self, kind: str | None = None) -> dict[tuple[int, int], str]:
         """(layer, head) -> previous-token | induction | duplicate-token | first-token | self |
-        local | diffuse | mixed; the thresholds are in `analysis.head_classes`."""
+        local | diffuse | mixed, from `head_stats`: the pattern whose statistic is highest among
+        those at or over their threshold (previous_token >= 0.5, induction >= 0.4,
+        duplicate_token >= 0.4, first_token >= 0.5, self >= 0.5); else diffuse (entropy >= 0.8 of
+        uniform attention's over the same rows); else local (mean_distance <= 3 tokens); else
+        mixed (`analysis.head_classes`)."""
         return analysis.head_classes(self, kind)
 
     def sinks(self, threshold: float = 0.2, kind: str | None = None) -> list[int]:
