@@ -14,6 +14,22 @@ products, ``onehotᵀ_q · P · onehot_k``, on tensor cores to fp32 accuracy
 (`triton_common.onehot_dot`), then added with atomics; no L×L buffer), column sums (atomics),
 and the per-row head-statistic terms (plain stores: each row belongs to one program). Atomic
 float additions make the last bits order-dependent; the tests allow for that.
+
+Extras of the same pass (issue 15), each a keyword of both twins and of `backend.digest`:
+
+* ``token_ids=(q_ids [Lq], k_ids [Lk])`` with ``terms=True``: "token_terms" [4, Hq, Lq]
+  (`headstats.TOKEN_ROW_TERMS`: duplicate-token mass and has-key, induction mass and has-key,
+  over visible keys only). The kernel loads its rows' ids, each key block's ids and the ids of
+  the keys before them (ids become int32 ranks of one id space on the host).
+* ``row_weights`` [Hq, Lq] (any reals): "weighted_received" [Hq, Lk] float32,
+  ``Σ_q w[h, q]·P[h, q, k]``, a row vector times P per head (attention rollout); column sums of
+  the weighted tile added with atomics (one per head of a GQA pack: one-hot products take [0, 1]).
+* ``blocks=(q_block [Lq], k_block [Lk], n_q, n_k)`` (ids in [-1, n), -1 = no block):
+  "span_sums" [Hq, n_q, n_k] float32, the mass of each (query block, key block) pair (the caller
+  divides by rows per span). Where a program's rows, and a key tile, touch block ids within a
+  tile's width of each other (spans of consecutive positions; `_span_cells` sizes the one-hot
+  widths on the host), the kernel pools them as the pooled map (two one-hot products, then
+  atomics per cell); otherwise (ids scattered over a tile) one atomic per pair.
 """
 
 from __future__ import annotations
@@ -191,12 +207,15 @@ if HAS_TRITON:
         Q, K, KV_VALID, sq_h, sq_l, sq_d, sk_h, sk_l, sk_d, D,  # triton_common.launch
         scale, softcap, window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin,
         LSE2, POOL, REC, TERMS, Lq, Lk, group, SQ, SK,
+        QIDS, KIDS, TOK, W, WREC, QBLK, KBLK, SPAN, NQB, NKB,
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
         HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
         DO_POOL: tl.constexpr, DO_REC: tl.constexpr, DO_TERMS: tl.constexpr, PACK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr,
         CELLS_Q: tl.constexpr, HEADS_P: tl.constexpr,
+        DO_TOKENS: tl.constexpr, DO_WREC: tl.constexpr, DO_SPANS: tl.constexpr, SPAN_Q: tl.constexpr,
+        SPAN_K: tl.constexpr, SPAN_CELLS: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M rows of PACK query heads sharing a key head (packed_rows).
@@ -228,6 +247,27 @@ if HAS_TRITON:
         same = tl.zeros([BLOCK_M], tl.float32)
         first = tl.zeros([BLOCK_M], tl.float32)
         dist = tl.zeros([BLOCK_M], tl.float32)
+        dup = tl.zeros([BLOCK_M], tl.float32)
+        dup_has = tl.zeros([BLOCK_M], tl.float32)
+        ind = tl.zeros([BLOCK_M], tl.float32)
+        ind_has = tl.zeros([BLOCK_M], tl.float32)
+        if DO_TOKENS:  # token ranks (host side): >= 0; other = distinct negatives, never equal
+            q_tok = tl.load(QIDS + pos, mask=row_in, other=-1)
+        if DO_WREC:
+            w = tl.load(W + h * Lq + pos, mask=row_in, other=0.0)
+        if DO_SPANS:
+            # Span cells of this program's rows, as the pooled cells above, when their block ids lie
+            # within SPAN_Q of each other (spans of consecutive positions); else per-pair atomics.
+            qs = tl.load(QBLK + pos, mask=row_in, other=-1)
+            qs_in = qs >= 0
+            qs0 = tl.min(tl.where(qs_in, qs, NQB), 0)
+            qs_fit = (tl.max(tl.where(qs_in, qs, qs0), 0) - qs0) < SPAN_Q
+            s_cell = (h - h0) * SPAN_Q + qs - qs0
+            onehot_s = ((s_cell[:, None] == tl.arange(0, SPAN_CELLS)[None, :]) & qs_in[:, None]).to(tl.float32)
+            si = tl.arange(0, SPAN_CELLS)
+            s_head = h0 + si // SPAN_Q
+            s_bin = qs0 + si % SPAN_Q
+            s_in = (si // SPAN_Q < PACK) & (s_bin < NQB)
         # fmt: off
         lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, BLOCK_N, BLOCK_M,
                             CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
@@ -272,12 +312,87 @@ if HAS_TRITON:
                 same += tl.sum(tl.where(rel == 0, p, 0.0), 1)
                 first += tl.sum(tl.where(offs_n[None, :] == 0, p, 0.0), 1)
                 dist += tl.sum(p * tl.abs(rel).to(tl.float32), 1)
+            if DO_TOKENS:
+                rel = pos.to(tl.int32)[:, None] - (start_n + tl.arange(0, BLOCK_N))[None, :]
+                visible = t > float("-inf")
+                k_tok = tl.load(KIDS + offs_n, mask=key_in, other=-2)
+                k_before = tl.load(KIDS + offs_n - 1, mask=key_in & (offs_n >= 1), other=-3)
+                is_dup = (k_tok[None, :] == q_tok[:, None]) & visible & (rel != 0)
+                is_ind = (k_before[None, :] == q_tok[:, None]) & visible & (rel != -1)
+                dup += tl.sum(tl.where(is_dup, p, 0.0), 1)
+                ind += tl.sum(tl.where(is_ind, p, 0.0), 1)
+                dup_has = tl.maximum(dup_has, tl.max(is_dup.to(tl.float32), 1))
+                ind_has = tl.maximum(ind_has, tl.max(is_ind.to(tl.float32), 1))
+            if DO_WREC:
+                pw = p * w[:, None]
+                if PACK == 1:
+                    tl.atomic_add(WREC + h0 * Lk + offs_n, tl.sum(pw, 0), mask=key_in)
+                else:  # weights are any reals: no one-hot product (onehot_dot takes [0, 1])
+                    for j in tl.static_range(PACK):
+                        col = tl.sum(tl.where((h - h0 == j)[:, None], pw, 0.0), 0)
+                        tl.atomic_add(WREC + (h0 + j) * Lk + offs_n, col, mask=key_in)
+            if DO_SPANS:
+                ks = tl.load(KBLK + offs_n, mask=key_in, other=-1)
+                ks_in = ks >= 0
+                ks0 = tl.min(tl.where(ks_in, ks, NKB), 0)
+                ks_fit = (tl.max(tl.where(ks_in, ks, ks0), 0) - ks0) < SPAN_K
+                if qs_fit & ks_fit:
+                    onehot_ks = ((ks[:, None] - ks0) == tl.arange(0, SPAN_K)[None, :]) & ks_in[:, None]
+                    by_span = onehot_dot(p, onehot_ks, False)  # [BLOCK_M, SPAN_K]
+                    s_cells = onehot_dot(by_span, tl.trans(onehot_s), True)  # [SPAN_CELLS, SPAN_K]
+                    sj = ks0 + tl.arange(0, SPAN_K)
+                    tl.atomic_add(
+                        SPAN + s_head[:, None] * NQB * NKB + s_bin[:, None] * NKB + sj[None, :],
+                        s_cells,
+                        mask=s_in[:, None] & (sj < NKB)[None, :],
+                    )
+                else:  # block ids scattered over the tile: one atomic per visible pair
+                    tl.atomic_add(
+                        SPAN + (h * NQB + qs)[:, None] * NKB + ks[None, :],
+                        p,
+                        mask=qs_in[:, None] & ks_in[None, :] & (p > 0),
+                    )
+        if DO_TOKENS:
+            row = h * Lq + pos
+            live = tl.where(lse2 < float("inf"), 1.0, 0.0)
+            tl.store(TOK + row, dup, mask=row_in)
+            tl.store(TOK + nh * Lq + row, dup_has * live, mask=row_in)
+            tl.store(TOK + 2 * nh * Lq + row, ind, mask=row_in)
+            tl.store(TOK + 3 * nh * Lq + row, ind_has * live, mask=row_in)
         if DO_TERMS:
             row = h * Lq + pos
             tl.store(TERMS + row, prev, mask=row_in)
             tl.store(TERMS + nh * Lq + row, same, mask=row_in)
             tl.store(TERMS + 2 * nh * Lq + row, first, mask=row_in)
             tl.store(TERMS + 3 * nh * Lq + row, dist, mask=row_in)
+
+
+#: The fewest span blocks a program's rows (and a key tile) may touch on the one-hot path of
+#: "span_sums"; more where the spans need it (`_span_cells`), up to the rows (keys) of a tile.
+SPAN_CELLS_MIN = DOT_MIN
+
+
+def _span_cells(ids: torch.Tensor, window: int, aligned: bool) -> int:
+    """Power-of-two one-hot width (>= SPAN_CELLS_MIN, <= next_power_of_2(window)) holding the
+    spread ``max - min`` of the block ids (-1 left out) of every `window` consecutive positions
+    (`aligned`: windows starting at multiples of `window`, the key tiles); wider spreads take the
+    kernel's per-pair atomics."""
+    n = ids.shape[0]
+    cap = max(SPAN_CELLS_MIN, triton.next_power_of_2(window))
+    valid = ids >= 0
+    if n == 0 or not bool(valid.any()):
+        return SPAN_CELLS_MIN
+    big = torch.iinfo(torch.int64).max
+    hi_ids, lo_ids = torch.where(valid, ids, -1), torch.where(valid, ids, big)
+    if aligned:
+        pad = -n % window
+        hi = torch.nn.functional.pad(hi_ids, (0, pad), value=-1).view(-1, window).amax(1)
+        lo = torch.cat([lo_ids, lo_ids.new_full((pad,), big)]).view(-1, window).amin(1)
+    else:
+        w = min(window, n)
+        hi, lo = hi_ids.unfold(0, w, 1).amax(1), lo_ids.unfold(0, w, 1).amin(1)
+    spread = int(torch.where(hi >= 0, hi - lo, 0).max())
+    return min(cap, max(SPAN_CELLS_MIN, triton.next_power_of_2(spread + 1)))
 
 
 def _cells_per_tile(block: int, size: int, length: int) -> int:
@@ -308,19 +423,6 @@ def digest_triton(
     `pack_gqa` as in `rowstats.row_stats_triton`.
     """
     check_extras(q, k, terms, token_ids, row_weights, blocks)
-    if token_ids is not None or row_weights is not None or blocks is not None:  # kernel side: next step
-        return digest_torch(
-            q,
-            k,
-            spec,
-            lse,
-            pooled_size,
-            received,
-            terms,
-            token_ids=token_ids,
-            row_weights=row_weights,
-            blocks=blocks,
-        )
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
@@ -333,6 +435,22 @@ def digest_triton(
     rec = torch.zeros(hq, lk, dtype=torch.float32, device=dev) if received else dummy
     row_terms = new_output(4, hq, lq, device=dev) if terms else dummy
     block_sq = _cells_per_tile(-(-block_m // pack) + 1, sq, lq)
+    q_ids = k_ids = tok = weights = wrec = q_blk = k_blk = span = dummy
+    if token_ids is not None:  # ranks in int32: one id space for queries and keys
+        ranks = torch.unique(torch.cat([t.reshape(-1).to(dev) for t in token_ids]), return_inverse=True)[1]
+        q_ids, k_ids = ranks[:lq].to(torch.int32).contiguous(), ranks[lq:].to(torch.int32).contiguous()
+        tok = new_output(4, hq, lq, device=dev)
+    if row_weights is not None:
+        weights = row_weights.to(device=dev, dtype=torch.float32).contiguous()
+        wrec = torch.zeros(hq, lk, dtype=torch.float32, device=dev)
+    n_qb, n_kb = (blocks[2], blocks[3]) if blocks is not None else (1, 1)
+    if blocks is not None:
+        q_blk, k_blk = (b.to(device=dev, dtype=torch.int32).contiguous() for b in blocks[:2])
+        span = torch.zeros(hq, n_qb, n_kb, dtype=torch.float32, device=dev)
+        span_q = _span_cells(blocks[0].to(dev), -(-block_m // pack) + 1, aligned=False)
+        span_k = _span_cells(blocks[1].to(dev), block_n, aligned=True)
+    else:
+        span_q = span_k = SPAN_CELLS_MIN
     launch(
         _digest_kernel,
         (triton.cdiv(pack * lq, block_m), hq // pack),
@@ -348,6 +466,16 @@ def digest_triton(
         group,
         sq,
         sk,
+        q_ids,
+        k_ids,
+        tok,
+        weights,
+        wrec,
+        q_blk,
+        k_blk,
+        span,
+        n_qb,
+        n_kb,
         DO_POOL=pooled_size is not None,
         DO_REC=received,
         DO_TERMS=terms,
@@ -358,6 +486,12 @@ def digest_triton(
         BLOCK_SK=_cells_per_tile(block_n, sk, lk),
         CELLS_Q=triton.next_power_of_2(pack * block_sq),
         HEADS_P=max(DOT_MIN, triton.next_power_of_2(pack)),
+        DO_TOKENS=token_ids is not None,
+        DO_WREC=row_weights is not None,
+        DO_SPANS=blocks is not None,
+        SPAN_Q=span_q,
+        SPAN_K=span_k,
+        SPAN_CELLS=triton.next_power_of_2(pack * span_q),
         **options,
     )
     out = {}
@@ -367,4 +501,10 @@ def digest_triton(
         out["received"] = rec
     if terms:
         out["terms"] = row_terms
+    if token_ids is not None:
+        out["token_terms"] = tok
+    if row_weights is not None:
+        out["weighted_received"] = wrec
+    if blocks is not None:
+        out["span_sums"] = span
     return out

@@ -198,16 +198,29 @@ def test_extras_with_every_mask_fact(case, which, rng):
     _check_all(which, rng, q, k, spec, p, visible, ids, ids)
 
 
+#: name -> (query blocks, key blocks, scattered ids or spans of consecutive positions)
+SPAN_LAYOUTS = {
+    "few scattered": (4, 9, False),
+    "many scattered": (40, 50, False),
+    "token spans": (37, 30, True),
+}
+
+
 @pytest.mark.parametrize("which", BACKENDS)
-def test_spans_with_arbitrary_ids_and_empty_rows(which, rng):
-    """Block ids in any order (not spans of consecutive positions), -1 anywhere; empty rows
-    (left padding, causal) add nothing, and their token terms are 0."""
+@pytest.mark.parametrize("layout", list(SPAN_LAYOUTS))
+def test_spans_with_arbitrary_ids_and_empty_rows(layout, which, rng):
+    """Block ids in any order (not spans of consecutive positions), -1 anywhere: few blocks (the
+    kernel's one-hot path), more than a tile's worth (its per-pair atomics), and spans of one or
+    two positions (one-hot widths past the minimum); empty rows (left padding, causal) add
+    nothing, and their token terms are 0."""
     q, k, spec, p, _, q_ids, k_ids = extras_case(rng, "causal_padding_window", "gqa2_L37")
     lse, _ = rowstats.row_stats_torch(q, k, spec)
     assert torch.isneginf(lse).any()
-    blocks = (random_blocks(rng, 37, 4, False), random_blocks(rng, 37, 9, False), 4, 9)
+    n_q, n_k, contiguous = SPAN_LAYOUTS[layout]
+    blocks = (random_blocks(rng, 37, n_q, contiguous), random_blocks(rng, 37, n_k, contiguous), n_q, n_k)
     got = _run_digest(which, q, k, spec, lse, blocks=blocks, terms=True, token_ids=(q_ids, k_ids))
-    within_rule(got["span_sums"], dense_spans(p, *blocks).float(), dense_spans(p, *blocks), "spans", 1e-4)
+    truth = dense_spans(p, *blocks)
+    within_rule(got["span_sums"], truth.float(), truth, "spans", 1e-5)
     empty = torch.isneginf(lse)
     assert not got["token_terms"][:, empty].any()
 
