@@ -493,7 +493,8 @@ class Extractor:
             causal = bool((p.triu(1) == 0).all())
             kind = "decoder" if causal else "encoder"
             tokens = {kind: (item.tokens, item.tokens)}
-            traces.append(DenseTrace({kind: p}, tokens, item.sentence_b_start))
+            ids = torch.tensor(item.ids)
+            traces.append(DenseTrace({kind: p}, tokens, item.sentence_b_start, token_ids={kind: (ids, ids)}))
         return traces
 
     def _split(self, calls, b, src, tgt, items, targets) -> Trace:
@@ -524,4 +525,12 @@ class Extractor:
             "decoder": (tgt_tokens, tgt_tokens),
             "cross": (tgt_tokens, src_tokens),
         }
-        return Trace(layers, {k: tokens[k] for k in layers}, items[b].sentence_b_start)
+        src_ids = torch.tensor(items[b].ids)
+        tgt_ids = torch.tensor(targets[b].ids) if targets is not None else src_ids
+        ids = {"encoder": (src_ids, src_ids), "decoder": (tgt_ids, tgt_ids), "cross": (tgt_ids, src_ids)}
+        return Trace(
+            layers,
+            {k: tokens[k] for k in layers},
+            items[b].sentence_b_start,
+            token_ids={k: ids[k] for k in layers},
+        )

@@ -100,9 +100,7 @@ def test_extract_equals_the_python_api(client, extractor, rng):
 
 def test_extract_without_views_returns_stats_and_pooled(client, rng):
     got = client.extract(random_text(9, rng))
-    assert set(got.tensors) == {
-        f"head_stats/{n}" for n in ("entropy", "previous_token", "self", "first_token", "mean_distance")
-    } | {"pooled"}
+    assert set(got.tensors) == {f"head_stats/{n}" for n in HEAD_STAT_NAMES} | {"pooled"}
     assert got["pooled"].shape == (2, 4, 11, 11) and got["head_stats/entropy"].shape == (2, 4)
     np.testing.assert_allclose(got["pooled"].sum(-1), 1.0, atol=1e-5)
 
