@@ -447,7 +447,8 @@ def digest_triton(
     if blocks is not None:
         q_blk, k_blk = (b.to(device=dev, dtype=torch.int32).contiguous() for b in blocks[:2])
         span = torch.zeros(hq, n_qb, n_kb, dtype=torch.float32, device=dev)
-        span_q = _span_cells(blocks[0].to(dev), -(-block_m // pack) + 1, aligned=False)
+        # A program's rows: block_m aligned positions, or up to block_m / pack + 1 when packed.
+        span_q = _span_cells(blocks[0].to(dev), block_m if pack == 1 else -(-block_m // pack) + 1, pack == 1)
         span_k = _span_cells(blocks[1].to(dev), block_n, aligned=True)
     else:
         span_q = span_k = SPAN_CELLS_MIN
