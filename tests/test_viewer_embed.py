@@ -72,6 +72,11 @@ def test_an_embed_labels_layers_with_the_models_numbers(trace, page, tmp_path):
     page.wait_for_function("document.querySelectorAll('#pane-a .query-tokens .token').length === 7")
     dimmed = page.locator("#pane-a .query-tokens .token.filtered")
     assert dimmed.count() == 5 and "not in this file's neuron views" in dimmed.first.get_attribute("title")
+    dimmed.nth(2).hover()  # no preview of a token the file lacks (no error, the picture stays)
+    dimmed.nth(2).click()
+    settle(page)
+    assert page.locator("#error").is_hidden() and page.locator("#pane-a canvas.neuron").is_visible()
+    assert "query=" not in page.url
     # Repeated tokens are told apart by position ("w1 #1", "w1 #4").
     assert page.locator("#pane-a .query-tokens .token").nth(4).get_attribute("title").startswith("w1 #4")
 

@@ -4,6 +4,7 @@
 // attention over the patches (the mean of the shown heads, from the lines the head view loaded for
 // the layer), the query patch outlined, with a legend. Clicking a patch pins it as the query.
 import { sizeCanvas } from "../canvas.js";
+import { formatValue } from "../format.js";
 
 const WIDTH = 260;
 const HEAT = [230, 40, 20]; // the heat's colour; its opacity is the weight / the largest weight
@@ -115,7 +116,7 @@ export function mountImagePanel(el, app) {
     const queryPatch = q >= grid.firstPatch && q < grid.firstPatch + grid.rows * grid.cols ? q - grid.firstPatch : -1;
     drawOverlay(ctx, { width: WIDTH, height, grid, weights, scale, queryPatch });
     drawLegend($(".legend-bar"), dpr);
-    $(".legend-max").textContent = scale.toFixed(3);
+    $(".legend-max").textContent = formatValue(scale);
     const who = heads.length === 1 ? `head ${heads[0]}` : `mean of ${heads.length} heads`;
     const exact = data.exact ? "" : `; top ${data.topK} keys per head`;
     $(".image-note").textContent = `${grid.rows}×${grid.cols} patches · attention of “${k.queryTokens[q]}”, layer ${layer}, ${who}${exact}`;

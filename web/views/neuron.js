@@ -170,8 +170,7 @@ export function mount(root, app) {
     barKey = key;
     const found = new Set(matches(current.k.queryTokens, s.search));
     const b = current.k.sentenceBStart;
-    const exported = window.attnscopeEmbedded?.neuronQueries?.[current.k.kind]; // a file holds only these
-    const held = exported ? new Set(exported) : null;
+    const held = heldQueries(); // a file holds neuron views for these only
     $(".query-tokens").replaceChildren(...current.k.queryTokens.map((tok, i) => {
       const span = document.createElement("span");
       span.textContent = tok;
@@ -184,9 +183,16 @@ export function mount(root, app) {
     }));
   }
 
+  // The query tokens a standalone file holds neuron views for (null: every token, live or all exported).
+  function heldQueries() {
+    const exported = window.attnscopeEmbedded?.neuronQueries?.[current?.k.kind];
+    return exported ? new Set(exported) : null;
+  }
+  const pickable = (i) => !Number.isNaN(i) && !(heldQueries() && !heldQueries().has(i));
+
   $(".query-tokens").addEventListener("mouseover", (e) => {
     const i = Number(e.target.dataset?.index);
-    if (!Number.isNaN(i) && i !== preview) {
+    if (pickable(i) && i !== preview) {
       preview = i;
       app.invalidate(frame);
     }
@@ -197,7 +203,7 @@ export function mount(root, app) {
   });
   $(".query-tokens").addEventListener("click", (e) => {
     const i = Number(e.target.dataset?.index);
-    if (!Number.isNaN(i)) app.update({ query: i });
+    if (pickable(i)) app.update({ query: i });
   });
 
   canvas.addEventListener("mousemove", (event) => {
