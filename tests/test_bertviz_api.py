@@ -72,6 +72,7 @@ def test_head_view_include_layers_keeps_the_model_layer_numbers(bert):
     state = data["initialState"]
     assert state["viewOnly"] is True and state["view"] == "head"
     assert state["layerNumbers"] == [1] and state["layer"] == 0  # embedded layer 0 is the model's layer 1
+    assert data["layerNumbers"] == {"encoder": [1]}  # what the viewer labels its layers with
     assert state["heads"] == "0,3"
     (layer,) = data["attention"]["encoder"]
     np.testing.assert_allclose(f16(layer[2]), attention[1][0, 2].numpy(), atol=1e-3)

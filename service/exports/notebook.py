@@ -152,7 +152,11 @@ def _dense_view(view: str, html_action: str, state: dict, prettify_tokens: bool,
             bertviz_args[key] = _prettify(bertviz_args[key])
     trace = DenseTrace.from_bertviz(**bertviz_args)
     document = trace_standalone(
-        trace, "attention", neuron_queries=[], initial_state={**VIEW_ONLY, "view": view, **state}
+        trace,
+        "attention",
+        neuron_queries=[],
+        initial_state={**VIEW_ONLY, "view": view, **state},
+        layer_numbers=layers,  # the viewer labels layers with these (embedded data's layerNumbers)
     )
     return _emit(_frame(document, 760), html_action)
 
