@@ -39,7 +39,7 @@ import torch
 from .headstats import chunk_terms, chunk_token_terms, reduce_head_stats
 from .masking import MaskSpec
 from .pooled import add_blocks, block_of, finish_blocks
-from .scores import masked_logits, probs_from_logits, query_chunks
+from .scores import compute_dtype, masked_logits, probs_from_logits, query_chunks
 from .triton_common import (
     DOT_MIN,
     HAS_TRITON,
@@ -136,6 +136,7 @@ def digest_torch(
         out["token_terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=dev)
         nonempty = ~torch.isneginf(lse)
     if row_weights is not None:
+        weights = row_weights.to(device=dev, dtype=compute_dtype(q))
         wrec = torch.zeros(hq, lk, dtype=torch.float64, device=dev)
     if blocks is not None:  # id -1 goes to one extra block on each axis, dropped at the end
         n_q, n_k = blocks[2], blocks[3]
@@ -160,8 +161,7 @@ def digest_torch(
                 p, visible, q_ids, k_ids, q0, k0, nonempty[:, q0:q1]
             )
         if row_weights is not None:
-            w = row_weights[:, None, q0:q1].to(device=dev, dtype=p.dtype)
-            wrec[:, k0:k1] += torch.bmm(w, p)[:, 0]
+            wrec[:, k0:k1] += torch.bmm(weights[:, None, q0:q1], p)[:, 0]
         if blocks is not None:
             add_blocks(spans, p, span_q[q0:q1], span_k[k0:k1])
     if pooled_size is not None:
@@ -201,6 +201,35 @@ def head_stats_torch(
 
 
 if HAS_TRITON:
+
+    @triton.jit
+    def _row_cells(h, h0, qb, qb0, row_ok, NQ, PACK: tl.constexpr, WIDTH: tl.constexpr, CELLS: tl.constexpr):
+        """The pooled cells of a program's rows: row r (head h[r], query block qb[r]) goes to cell
+        c = (h - h0) · WIDTH + qb - qb0 (qb0 the first block, WIDTH the blocks one head's rows may
+        touch). Returns (one-hot [rows, CELLS] of rows with row_ok, each cell's head, block, in range)."""
+        cell = (h - h0) * WIDTH + qb - qb0
+        ci = tl.arange(0, CELLS)
+        onehot = ((cell[:, None] == ci[None, :]) & row_ok[:, None]).to(tl.float32)
+        cell_bin = qb0 + ci % WIDTH
+        return onehot, h0 + ci // WIDTH, cell_bin, (ci // WIDTH < PACK) & (cell_bin < NQ)
+
+    @triton.jit
+    def _pool_tile(
+        p, kb, kb_ok, kb0, onehot_rows, cell_head, cell_bin, cell_in, OUT, NQ, NK, WIDTH: tl.constexpr
+    ):
+        """Add the mass of the tile p [rows, keys] to OUT [heads, NQ, NK] at (cell head, cell block,
+        key block kb of each key with kb_ok, within WIDTH of kb0): two one-hot products on tensor
+        cores (`onehot_dot`), then one atomic per cell."""
+        onehot_k = ((kb[:, None] - kb0) == tl.arange(0, WIDTH)[None, :]) & kb_ok[:, None]
+        by_key = onehot_dot(p, onehot_k, False)  # [rows, WIDTH]
+        cells = onehot_dot(by_key, tl.trans(onehot_rows), True)  # [CELLS, WIDTH]
+        cj = kb0 + tl.arange(0, WIDTH)
+        tl.atomic_add(
+            OUT + cell_head[:, None] * NQ * NK + cell_bin[:, None] * NK + cj[None, :],
+            cells,
+            mask=cell_in[:, None] & (cj < NK)[None, :],
+        )
+
     # fmt: off
     @triton.jit
     def _digest_kernel(
@@ -234,12 +263,7 @@ if HAS_TRITON:
         # Block indices in int64 (position × size passes 2^31 at L = 128k); the first is the minimum.
         qb = ((pos + 1) * SQ - 1) // Lq
         qb0 = tl.min(qb, 0)
-        cell = (h - h0) * BLOCK_SQ + qb - qb0
-        onehot_q = ((cell[:, None] == tl.arange(0, CELLS_Q)[None, :]) & row_in[:, None]).to(tl.float32)
-        ci = tl.arange(0, CELLS_Q)
-        cell_head = h0 + ci // BLOCK_SQ
-        cell_bin = qb0 + ci % BLOCK_SQ
-        cell_in = (ci // BLOCK_SQ < PACK) & (cell_bin < SQ)
+        onehot_q, cell_head, cell_bin, cell_in = _row_cells(h, h0, qb, qb0, row_in, SQ, PACK, BLOCK_SQ, CELLS_Q)
         # Received attention of a pack: column sums per head, by a one-hot product over heads.
         g = tl.arange(0, HEADS_P)
         onehot_h = ((h - h0)[:, None] == g[None, :]).to(tl.float32)
@@ -262,12 +286,7 @@ if HAS_TRITON:
             qs_in = qs >= 0
             qs0 = tl.min(tl.where(qs_in, qs, NQB), 0)
             qs_fit = (tl.max(tl.where(qs_in, qs, qs0), 0) - qs0) < SPAN_Q
-            s_cell = (h - h0) * SPAN_Q + qs - qs0
-            onehot_s = ((s_cell[:, None] == tl.arange(0, SPAN_CELLS)[None, :]) & qs_in[:, None]).to(tl.float32)
-            si = tl.arange(0, SPAN_CELLS)
-            s_head = h0 + si // SPAN_Q
-            s_bin = qs0 + si % SPAN_Q
-            s_in = (si // SPAN_Q < PACK) & (s_bin < NQB)
+            onehot_s, s_head, s_bin, s_in = _row_cells(h, h0, qs, qs0, qs_in, NQB, PACK, SPAN_Q, SPAN_CELLS)
         # fmt: off
         lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, BLOCK_N, BLOCK_M,
                             CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
@@ -296,15 +315,7 @@ if HAS_TRITON:
             if DO_POOL:
                 kb = ((offs_n + 1) * SK - 1) // Lk
                 kb0 = tl.min(kb, 0)
-                onehot_k = ((kb[:, None] - kb0) == tl.arange(0, BLOCK_SK)[None, :]) & key_in[:, None]
-                by_key = onehot_dot(p, onehot_k, False)  # [BLOCK_M, BLOCK_SK]
-                cells = onehot_dot(by_key, tl.trans(onehot_q), True)  # [CELLS_Q, BLOCK_SK]
-                cj = kb0 + tl.arange(0, BLOCK_SK)
-                tl.atomic_add(
-                    POOL + cell_head[:, None] * SQ * SK + cell_bin[:, None] * SK + cj[None, :],
-                    cells,
-                    mask=cell_in[:, None] & (cj < SK)[None, :],
-                )
+                _pool_tile(p, kb, key_in, kb0, onehot_q, cell_head, cell_bin, cell_in, POOL, SQ, SK, BLOCK_SK)
             if DO_TERMS:
                 # int32 (positions < 2^31): an int64 [BLOCK_M, BLOCK_N] matrix doubles its registers.
                 rel = pos.to(tl.int32)[:, None] - (start_n + tl.arange(0, BLOCK_N))[None, :]
@@ -337,15 +348,7 @@ if HAS_TRITON:
                 ks0 = tl.min(tl.where(ks_in, ks, NKB), 0)
                 ks_fit = (tl.max(tl.where(ks_in, ks, ks0), 0) - ks0) < SPAN_K
                 if qs_fit & ks_fit:
-                    onehot_ks = ((ks[:, None] - ks0) == tl.arange(0, SPAN_K)[None, :]) & ks_in[:, None]
-                    by_span = onehot_dot(p, onehot_ks, False)  # [BLOCK_M, SPAN_K]
-                    s_cells = onehot_dot(by_span, tl.trans(onehot_s), True)  # [SPAN_CELLS, SPAN_K]
-                    sj = ks0 + tl.arange(0, SPAN_K)
-                    tl.atomic_add(
-                        SPAN + s_head[:, None] * NQB * NKB + s_bin[:, None] * NKB + sj[None, :],
-                        s_cells,
-                        mask=s_in[:, None] & (sj < NKB)[None, :],
-                    )
+                    _pool_tile(p, ks, ks_in, ks0, onehot_s, s_head, s_bin, s_in, SPAN, NQB, NKB, SPAN_K)
                 else:  # block ids scattered over the tile: one atomic per visible pair
                     tl.atomic_add(
                         SPAN + (h * NQB + qs)[:, None] * NKB + ks[None, :],
