@@ -421,7 +421,9 @@ def digest_triton(
     row_weights: torch.Tensor | None = None,
     blocks: Blocks | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq].
+    """One pass over P computing any of: "pooled" [Hq, sq, sk], "received" [Hq, Lk], "terms" [4, Hq, Lq],
+    and the extras of `digest_torch` ("token_terms" [4, Hq, Lq], "weighted_received" [Hq, Lk],
+    "span_sums" [Hq, n_q, n_k]), all float32.
 
     `pack_gqa` as in `rowstats.row_stats_triton`.
     """
