@@ -43,3 +43,16 @@ def test_end_to_end_benchmark_quick_mode(tmp_path):
     assert all("attnscope/sdpa_time" in row and "attnscope/eager_time" in row for row in table)
     assert (tmp_path / "e2e-quick.png").read_bytes()[:4] == b"\x89PNG"
     assert "| model | L |" in (tmp_path / "e2e-quick.md").read_text()
+
+
+def test_analysis_benchmark_quick_mode(tmp_path):
+    from attnscope.benchmarks import analysis
+
+    assert analysis.main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "analysis-quick.json").read_text())["rows"]
+    assert len(rows) == 2 * 5 and {r["length"] for r in rows} == {96, 160}
+    for r in rows:
+        assert r["seconds"] > 0
+        if r["pass"] == "head-statistic terms":
+            assert r["vs_terms"] == 1.0
+    assert "rollout step (one query)" in (tmp_path / "analysis-quick.md").read_text()
