@@ -72,7 +72,11 @@ def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
     raw = data["e2e"]["raw"]
     assert {r["method"] for r in raw} == {"attnscope", "sdpa", "eager"}
     assert all(r["status"] == "ok" and r["seconds"] > 0 for r in raw)
-    assert {r["status"] for r in data["views"]["rows"]} == {"not built yet"}
+    views = {r["view"]: r for r in data["views"]["rows"]}
+    assert views["issue 6's view"]["status"] == "not built yet"
+    measured = [r for r in views.values() if r["issue"] == 5]
+    assert len(measured) == 3 and all(r["status"] == "ok" and r["seconds"] > 0 for r in measured)
+    assert {r["backend"] for r in measured} == {"triton"}  # interpreted in the dry run
     assert "## Kernels" in page and "## End to end" in page
 
     # What the device tool brings back: the summary and one archive of everything (<= 8 files).

@@ -4,6 +4,7 @@ floor), e2e (benchmarks/e2e.py's measurement of whole models) and views (the cos
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -163,8 +164,32 @@ class View:
     measure: Callable[[bool], dict] | None = None
 
 
-#: Issues 5 and 6's views do not exist yet: each gets its `measure` here once built.
-VIEWS = [View(5, "issue 5's view"), View(6, "issue 6's view")]
+@functools.cache
+def _analysis_rows(dry_run: bool) -> dict[str, dict]:
+    """benchmarks.analysis on one GPT-2-shaped layer (16k tokens; 40 in the dry run), by pass."""
+    from ..analysis import measure
+
+    device = "cpu" if dry_run else "cuda"
+    rows = measure(40 if dry_run else 16384, device, repeats=1 if dry_run else 3)
+    return {r["pass"]: r for r in rows}
+
+
+def _analysis(pass_name: str) -> Callable[[bool], dict]:
+    def run(dry_run: bool) -> dict:
+        row = _analysis_rows(dry_run)[pass_name]
+        return {k: row[k] for k in ("length", "seconds", "vs_terms", "backend")}
+
+    return run
+
+
+#: Issue 5 of 8 (issue 15, head analysis): its passes, timed by benchmarks.analysis; issue 6 of 8
+#: (generation traces) does not exist yet and gets its `measure` here once built.
+VIEWS = [
+    View(5, "duplicate-token and induction terms", _analysis("terms + token ids (duplicate, induction)")),
+    View(5, "rollout step (one query, one layer)", _analysis("rollout step (one query)")),
+    View(5, "span sums (32 uneven spans)", _analysis("span sums (32 uneven spans)")),
+    View(6, "issue 6's view"),
+]
 
 
 def views_stage(rec: Record, dry_run: bool) -> None:
