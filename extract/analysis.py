@@ -458,16 +458,21 @@ _CLOSING = re.compile(r"^[\"'”’)\]»]+$")
 _SPECIAL = re.compile(r"^(?:\[[A-Za-z_]+\]|<[^<>\s]*>|<\|[^|]*\|>)$")
 
 
-def sentence_spans(tokens: Sequence[str], sentence_b_start: int | None = None) -> list[tuple[int, int]]:
-    """(start, stop) ranges covering every token, one per sentence, split on the tokens themselves
-    (a trace keeps no text or character offsets): a sentence ends after a token whose text ends in
-    . ! ? … (or 。！？), markers such as Ġ ▁ ## stripped, and after the closing quotes or brackets
-    that follow it; the second text of a pair starts a new
-    one; special tokens ([CLS], [SEP], <s>) join their neighbours, a trailing run of them the
-    sentence before."""
+def sentence_spans(
+    tokens: Sequence[str], sentence_b_start: int | None = None, starts: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """(start, stop) ranges covering every token, one per sentence.
+
+    With `starts` (the token positions where a sentence begins, found from the text and the
+    tokenizer's character offsets at trace time, extract/inputs.py) those are the cuts. Without
+    them (a trace built from input ids, a slow tokenizer) the tokens themselves are split: a
+    sentence ends after a token whose text ends in . ! ? … (or 。！？), markers such as Ġ ▁ ##
+    stripped, and after the closing quotes or brackets that follow it. Either way the second text
+    of a pair starts a new one, and special tokens ([CLS], [SEP], <s>) join their neighbours, a
+    trailing run of them the sentence before."""
     n = len(tokens)
-    cuts = set()
-    for i, tok in enumerate(tokens):
+    cuts = {c for c in starts if 0 < c < n} if starts is not None else set()
+    for i, tok in enumerate(tokens if starts is None else ()):
         if not _SPECIAL.match(tok) and _SENTENCE_END.search(_MARKERS.sub("", tok)):
             j = i + 1
             while j < n and _CLOSING.match(_MARKERS.sub("", tokens[j])):  # `."` and `!)` end it too

@@ -185,7 +185,9 @@ class DenseTrace(TokensByKind):
         """As `Trace.renormalized`: the keys left out, each row divided by 1 - Σ_E P."""
         keys = analysis.by_kind(self, exclude_keys, kind)
         p = {k: analysis.renormalize_probs(v, keys[k]) if keys.get(k) else v for k, v in self._p.items()}
-        return DenseTrace(p, self._tokens, self.sentence_b_start, self._given_ids)
+        out = DenseTrace(p, self._tokens, self.sentence_b_start, self._given_ids)
+        out.sentence_starts = self.sentence_starts
+        return out
 
     # ---- analysis' primitives ----------------------------------------------------------------
     def _device(self, kind: str) -> torch.device:

@@ -494,7 +494,9 @@ class Extractor:
             kind = "decoder" if causal else "encoder"
             tokens = {kind: (item.tokens, item.tokens)}
             ids = torch.tensor(item.ids)
-            traces.append(DenseTrace({kind: p}, tokens, item.sentence_b_start, token_ids={kind: (ids, ids)}))
+            dense = DenseTrace({kind: p}, tokens, item.sentence_b_start, token_ids={kind: (ids, ids)})
+            dense.sentence_starts = {kind: item.sentence_starts} if item.sentence_starts is not None else None
+            traces.append(dense)
         return traces
 
     def _split(self, calls, b, src, tgt, items, targets) -> Trace:
@@ -528,9 +530,13 @@ class Extractor:
         src_ids = torch.tensor(items[b].ids)
         tgt_ids = torch.tensor(targets[b].ids) if targets is not None else src_ids
         ids = {"encoder": (src_ids, src_ids), "decoder": (tgt_ids, tgt_ids), "cross": (tgt_ids, src_ids)}
-        return Trace(
+        trace = Trace(
             layers,
             {k: tokens[k] for k in layers},
             items[b].sentence_b_start,
             token_ids={k: ids[k] for k in layers},
         )
+        if items[b].sentence_starts is not None:  # the kinds whose queries are the input text
+            text_kinds = ("encoder",) if self._enc_dec else tuple(layers)
+            trace.sentence_starts = {k: items[b].sentence_starts for k in text_kinds if k in layers}
+        return trace

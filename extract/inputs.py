@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
+
+#: Where a sentence of the text ends: its closing punctuation, any closing quotes or brackets, and
+#: the white space before the next sentence (the next sentence starts at the match's end).
+SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]]*\s+")
 
 
 @dataclass
@@ -15,6 +20,9 @@ class Encoded:
     tokens: list[str]
     token_types: list[int] | None = None
     sentence_b_start: int | None = None
+    #: Token positions where a sentence of the text (or of the pair) begins after the first,
+    #: from the tokenizer's character offsets; None when the tokenizer gives no offsets.
+    sentence_starts: list[int] | None = None
 
 
 def encode(tokenizer, text: str, pair: str | None = None) -> Encoded:
@@ -22,7 +30,10 @@ def encode(tokenizer, text: str, pair: str | None = None) -> Encoded:
         raise ValueError(f"text must be a non-empty string, got {text!r}")
     if pair is not None and (not isinstance(pair, str) or not pair):
         raise ValueError(f"pair must be None or a non-empty string, got {pair!r}")
-    enc = tokenizer(text, pair, add_special_tokens=True)
+    try:  # fast tokenizers give character offsets, which place the text's sentences exactly
+        enc = tokenizer(text, pair, add_special_tokens=True, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):
+        enc = tokenizer(text, pair, add_special_tokens=True)
     ids = list(enc["input_ids"])
     if not ids:
         raise ValueError(f"the tokenizer produced no tokens for {text!r}")
@@ -34,9 +45,78 @@ def encode(tokenizer, text: str, pair: str | None = None) -> Encoded:
             b_start = next((i for i, s in enumerate(seq) if s == 1), None)
         elif types is not None:
             b_start = next((i for i, t in enumerate(types) if t == 1), None)
+    starts = None
+    if "offset_mapping" in enc and getattr(enc, "encodings", None):
+        starts = sentence_starts([text, pair], enc["offset_mapping"], enc.sequence_ids(0))
     return Encoded(
-        ids, tokenizer.convert_ids_to_tokens(ids), list(types) if types is not None else None, b_start
+        ids, tokenizer.convert_ids_to_tokens(ids), list(types) if types is not None else None, b_start, starts
     )
+
+
+#: Words whose period does not end a sentence (titles, Latin abbreviations); single letters
+#: (initials) neither.
+ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "cf",
+        "al",
+        "fig",
+        "no",
+        "vol",
+        "approx",
+        "inc",
+        "ltd",
+        "co",
+    ]
+)
+
+
+def _sentence_bounds(text: str) -> list[int]:
+    """Character positions where a sentence of `text` begins, after the first."""
+    out = []
+    for m in SENTENCE_END.finditer(text):
+        if m.end() >= len(text):
+            continue
+        if text[m.start()] == ".":
+            word = re.search(r"([\w.]+)$", text[: m.start()])
+            w = word.group(1) if word else ""
+            if w.lower() in ABBREVIATIONS or (len(w) == 1 and w.isalpha()):
+                continue
+        out.append(m.end())
+    return out
+
+
+def sentence_starts(texts: list[str | None], offsets, sequence_ids) -> list[int]:
+    """Token positions where a sentence begins, after the first of each text: the first token of
+    a text (sequence 0 or 1) whose character offset reaches a sentence boundary of that text
+    (`SENTENCE_END`); special tokens (no sequence, or empty offsets) never start one."""
+    bounds = {seq: _sentence_bounds(text) for seq, text in enumerate(texts) if text}
+    cuts, seen = [], {}
+    for i, (seq, (start, stop)) in enumerate(zip(sequence_ids, offsets, strict=True)):
+        if seq is None or stop <= start:
+            continue
+        pending = bounds.get(seq, [])
+        first = seq not in seen
+        seen[seq] = True
+        if first:
+            if seq == 1:
+                cuts.append(i)  # the pair's first token starts its first sentence
+            continue
+        if pending and start >= pending[0]:
+            cuts.append(i)
+            bounds[seq] = [b for b in pending if b > start]
+    return cuts
 
 
 def encode_target(tokenizer, target: str, decoder_start_token_id: int) -> Encoded:

@@ -46,6 +46,9 @@ class TokensByKind:
     _ids: dict | None = None  # kind -> (query ids, key ids) as device tensors, made on first use
     default_kind: str
     sentence_b_start: int | None = None
+    #: kind -> token positions where a sentence of the text begins (from the tokenizer's offsets,
+    #: set by the Extractor for the kinds whose queries are the input text), or None.
+    sentence_starts: dict[str, list[int]] | None = None
 
     def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
         raise NotImplementedError
@@ -108,7 +111,8 @@ class TokensByKind:
         """(start, stop) query ranges of the text's sentences; see `analysis.sentence_spans`."""
         kind = self._kind(kind)
         b_start = self.sentence_b_start if kind != "cross" else None
-        return analysis.sentence_spans(self.query_tokens(kind), b_start)
+        starts = (self.sentence_starts or {}).get(kind)
+        return analysis.sentence_spans(self.query_tokens(kind), b_start, starts)
 
     @property
     def num_layers(self) -> int:
@@ -333,6 +337,7 @@ class Trace(TokensByKind):
                 layers[k].append(LayerQK(lqk.q, lqk.k, spec))
                 stats[(k, i)] = (lse, ent)
         out = Trace(layers, self._tokens, self.sentence_b_start, self._given_ids)
+        out.sentence_starts = self.sentence_starts
         out._row_stats = stats
         return out
 

@@ -427,3 +427,15 @@ def test_visible_counts_match_the_mask(facts, lq, lk):
     allowed = torch.ones(lq, lk, dtype=torch.bool) if allowed is None else allowed
     rows, cols = visible_counts(spec, lq, lk, "cpu")
     assert rows.tolist() == allowed.sum(1).tolist() and cols.tolist() == allowed.sum(0).tolist()
+
+
+def test_sentence_spans_come_from_the_texts_offsets():
+    """The word tokenizer turns "w3." into [UNK]: only the character offsets find the sentences.
+    "Dr." does not end one; the pair's text starts its own."""
+    model = build("bert")
+    tok = word_tokenizer()
+    tr = Extractor(model, tok).trace("w1 w2 w3. w4 w5! Dr. w6 w7", pair="w8 w9. w10")
+    assert tr.tokens[3] == "[UNK]" and tr.sentence_b_start == 10
+    assert tr.sentence_spans() == [(0, 4), (4, 6), (6, 10), (10, 12), (12, 14)]
+    assert tr.renormalized([0]).sentence_spans() == tr.sentence_spans()
+    assert tr.span_pooled(tr.sentence_spans()).shape == (2, 4, 5, 5)
