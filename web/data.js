@@ -11,6 +11,9 @@ const DTYPES = { FLOAT32: Float32Array, INT64: BigInt64Array, INT32: Int32Array,
 const KIND_NAMES = { KIND_ENCODER: "encoder", KIND_DECODER: "decoder", KIND_CROSS: "cross" };
 const KIND_ENUMS = Object.fromEntries(Object.entries(KIND_NAMES).map(([e, n]) => [n, e]));
 const NOTABLE = { NOTABLE_HIGH: "high", NOTABLE_LOW: "low" };
+// proto HeadClass numbers (a head_classes tensor's values) -> the Python API's labels
+// (HEAD_CLASS_PREVIOUS_TOKEN = 1 -> "previous-token"); 0 (unspecified) is never sent.
+export const HEAD_CLASS_LABELS = ["", "previous-token", "induction", "duplicate-token", "first-token", "self", "local", "diffuse", "mixed"];
 
 // "KIND_CROSS" (proto3 JSON of a concrete Kind) -> "cross".
 export function kindName(kind) {
@@ -138,7 +141,8 @@ function reportProgress() {
   progressListener(sum);
 }
 
-async function stream(method, body) {
+// `quiet`: a small side call (head classes, the excluded keys) the progress line leaves out.
+async function stream(method, body, { quiet = false } = {}) {
   const json = new TextEncoder().encode(JSON.stringify(body));
   const framed = new Uint8Array(5 + json.length);
   new DataView(framed.buffer).setUint32(1, json.length); // flags 0: one uncompressed message
@@ -146,7 +150,7 @@ async function stream(method, body) {
   const response = await send(method, "application/connect+json", framed);
   if (!response.ok) throw await refusal(response);
   const assembler = new Assembler();
-  active.add(assembler);
+  if (!quiet) active.add(assembler);
   let ended = false;
   try {
     for await (const { flags, data } of envelopes(response.body)) {
@@ -293,6 +297,8 @@ function normalizeInfo(info) {
     kinds,
     kindNames: kinds.map((k) => k.kind),
     kind: (name) => byName.get(name) || kinds[0],
+    // The keys a request's Renormalize left out of the views (GetViews' info), ascending.
+    excludedKeys: (info.excludedKeys || []).map(Number),
   };
 }
 
@@ -336,7 +342,17 @@ export const views = {
   tile: (name, layer, head, queries, keys, kind = "") => request(name, kind, { tile: { layer, head, queries: range(queries), keys: range(keys) } }),
   topk: (name, layer, head, k, queries, kind = "") => request(name, kind, { topk: { layer, head, k, queries: range(queries) } }),
   neuron: (name, layer, head, query, keys, kind = "") => request(name, kind, { neuron: { layer, head, query, keys: range(keys) } }),
+  headClasses: (name, kind = "") => request(name, kind, { headClasses: {} }),
+  sinks: (name, threshold, kind = "") => request(name, kind, { sinks: { threshold } }),
 };
+
+// The Renormalize every GetViews call carries (proto3 JSON, e.g. `{sinksThreshold: 0.2}`), or null
+// for the attention as traced. main.js sets it from the state before a render; views tell the
+// two apart in their cache keys by the trace info's `variant`.
+let renormalizeWith = null;
+export function renormalizeViews(r) {
+  renormalizeWith = r || null;
+}
 
 let serverInfoPromise = null;
 
@@ -362,8 +378,11 @@ export function base64Of(bytes) {
   return btoa(binary);
 }
 
-export async function getViews(traceId, requested) {
-  const { info, manifest, tensors } = await transport.stream("GetViews", { traceId, views: requested });
+// `options.quiet`: not counted on the progress line (small side calls).
+export async function getViews(traceId, requested, options = {}) {
+  const body = { traceId, views: requested };
+  if (renormalizeWith) body.renormalize = renormalizeWith;
+  const { info, manifest, tensors } = await transport.stream("GetViews", body, options);
   return { info: normalizeInfo(info), manifest, tensors };
 }
 

@@ -8,7 +8,7 @@ import * as diffView from "./views/diff.js";
 import * as headView from "./views/head.js";
 import * as modelView from "./views/model.js";
 import * as neuronView from "./views/neuron.js";
-import { base64Of, createTrace, deleteTrace, onProgress, serverInfo } from "./data.js";
+import { base64Of, createTrace, deleteTrace, getViews, onProgress, renormalizeViews, serverInfo, views } from "./data.js";
 import { PNG_SCALE, pngCanvas, svgText, titleOf } from "./export.js";
 import { installKeys } from "./keys.js";
 import { framePending, generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
@@ -87,6 +87,9 @@ const app = {
     clearPictures();
   },
   shown: () => shown,
+  // Whether the server's analysis views (head classes, sinks, renormalisation) can be asked for:
+  // a standalone file (embedded.js) answers only the views it holds.
+  analysis: () => !window.attnscopeEmbedded,
   // A layer's name: its number in the model (a file exported with a subset of layers, e.g.
   // bertviz's include_layers, keeps the model's numbers in `layerNumbers`), else its index.
   layerName: (l, kind = "") => {
@@ -178,6 +181,7 @@ async function renderNow() {
   $("text").value = state.text;
   $("pair").value = state.pair;
   $("compare").value = state.compare;
+  $("sinks").checked = Boolean(state.sinks);
   if (state.model) $("model").value = state.model;
   showInputs();
   const model = modelInfo(state.model);
@@ -193,7 +197,16 @@ async function renderNow() {
   try {
     app.server = app.server || (await serverInfo());
     if (!fresh()) return;
-    const { a, b } = await tracesFor(state.model, state.text, state.pair, state.compare);
+    const traced = await tracesFor(state.model, state.text, state.pair, state.compare);
+    if (!fresh()) return;
+    // With the sinks toggle on, every view reads the attention with the trace's sinks left out and
+    // each row renormalised (the request's Renormalize); `variant` keeps the views' caches apart.
+    const sinks = Boolean(state.sinks) && app.analysis();
+    renormalizeViews(sinks ? { sinksThreshold: SINKS_THRESHOLD } : null);
+    const variant = sinks ? `/sinks${SINKS_THRESHOLD}` : "";
+    const a = variant ? { ...traced.a, variant } : traced.a;
+    const b = traced.b && variant ? { ...traced.b, variant } : traced.b;
+    const excluded = sinks ? await excludedKeys(a) : null;
     if (!fresh()) return;
     showError("");
     $("panes").hidden = false;
@@ -203,7 +216,7 @@ async function renderNow() {
     const method = a.method === "eager" ? " · eager attention (fallback)" : "";
     const grid = k.patchGrid ? ` (${k.patchGrid.rows}×${k.patchGrid.cols} patches of ${a.image ? a.image.name : "an image"})` : "";
     const versus = b ? ` · compared with “${clip(state.compare)}” (${b.kinds[0].queryLen} tokens)` : "";
-    $("status").textContent = `${k.queryLen} tokens${grid} · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}${versus}`;
+    $("status").textContent = `${k.queryLen} tokens${grid} · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}${versus}${excluded ? sinksText(k, excluded) : ""}`;
     const comparing = Boolean(b);
     $("pane-b").hidden = !comparing;
     $("difference").hidden = !comparing;
@@ -224,6 +237,29 @@ async function renderNow() {
   } catch (err) {
     if (fresh()) app.fail(err);
   }
+}
+
+const SINKS_THRESHOLD = 0.2; // the service's default sink threshold (SinksView)
+let excludedRun = null; // { key, promise of the excluded key positions }
+
+// The key positions the sinks toggle leaves out of `info`'s views (TraceInfo.excluded_keys of a
+// renormalised GetViews call; asked once per trace).
+function excludedKeys(info) {
+  const key = `${info.traceId}${info.variant}`;
+  if (excludedRun?.key !== key) {
+    const promise = track(getViews(info.traceId, [views.sinks("sinks", SINKS_THRESHOLD)], { quiet: true })).then((r) => r.info.excludedKeys);
+    excludedRun = { key, promise };
+    promise.catch(() => {
+      if (excludedRun?.promise === promise) excludedRun = null;
+    });
+  }
+  return excludedRun.promise;
+}
+
+function sinksText(k, keys) {
+  if (!keys.length) return ` · sinks (≥ ${SINKS_THRESHOLD}): none found`;
+  const named = keys.map((p) => `${p} “${k.keyTokens[p] ?? "?"}”`).join(", ");
+  return ` · sinks removed (≥ ${SINKS_THRESHOLD}, rows renormalised): keys ${named}`;
 }
 
 function clip(text) {
@@ -305,6 +341,7 @@ async function init() {
   });
   for (const tab of document.querySelectorAll("#tabs button")) tab.addEventListener("click", () => update({ view: tab.dataset.view }));
   $("theme").addEventListener("click", () => update({ theme: state.theme === "dark" ? "light" : "dark" }));
+  $("sinks").addEventListener("change", () => update({ sinks: $("sinks").checked ? 1 : 0 }));
   setupExports();
   showCount = installKeys(app, $("search"), $("search-count"));
   subscribe(render);

@@ -16,9 +16,10 @@ const DEFAULTS = {
   sort: "", // model view: head statistic to sort and colour by
   compare: "", // a second text to compare with
   search: "", // a word whose occurrences every view highlights
+  sinks: 0, // 1: every view with the trace's attention sinks left out, rows renormalised
   theme: "light",
 };
-const NUMBERS = new Set(["layer", "head", "query"]);
+const NUMBERS = new Set(["layer", "head", "query", "sinks"]);
 
 export const state = { ...DEFAULTS };
 const listeners = new Set();

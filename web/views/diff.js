@@ -122,7 +122,7 @@ export function mount(root, app) {
     const ka = first.kinds[0];
     const kb = second.kinds[0];
     const size = Math.min(SIZE, ka.queryLen, ka.keyLen, kb.queryLen, kb.keyLen);
-    const key = `${first.traceId}/${second.traceId}/${size}`;
+    const key = `${first.traceId}/${second.traceId}/${size}${first.variant || ""}`;
     if (current?.key !== key) {
       const ask = (info) => getViews(info.traceId, [views.pooled("difference", size, info.kinds[0].kind)]);
       const [ra, rb] = await app.busy(Promise.all([ask(first), ask(second)]));

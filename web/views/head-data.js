@@ -19,11 +19,12 @@ function edgesOf(n, count, keyAt, weightAt) {
   return { keys: Int32Array.from(keys), weights: Float32Array.from(weights) };
 }
 
-// { edges, full, top, exact, lq, lk, topK, stats }: edges[h][q] = { keys, weights } (the lines
+// { edges, full, top, exact, lq, lk, topK, stats, classes }: edges[h][q] = { keys, weights } (the lines
 // drawn); full[h] the exact lq × lk probabilities of head h (short inputs) or null; top[h] the
 // top-k { indices, probs } (long inputs) or null; stats: { name: Float32Array [layers × heads] }.
-// `k`: the KindInfo (data.js); `viewer`: ServerInfo's viewer defaults; `statNames`: head_stats.
-export async function loadLayer(traceId, k, layer, viewer, statNames = []) {
+// `k`: the KindInfo (data.js); `viewer`: ServerInfo's viewer defaults; `statNames`: head_stats;
+// `withClasses`: also each head's class (`classes`, Int32Array [layers × heads] of HeadClass, else null).
+export async function loadLayer(traceId, k, layer, viewer, statNames = [], withClasses = false) {
   const { queryLen: lq, keyLen: lk, numHeads: heads } = k;
   const exact = lq <= viewer.fullAttentionTokens && lk <= viewer.fullAttentionTokens;
   const topK = exact ? 0 : Math.min(viewer.headViewTopK, lk);
@@ -32,6 +33,7 @@ export async function loadLayer(traceId, k, layer, viewer, statNames = []) {
     requested.push(exact ? views.tile(`head/${h}`, layer, h, null, null, k.kind) : views.topk(`top/${h}`, layer, h, topK, null, k.kind));
   }
   if (statNames.length) requested.push(views.headStats("stats", k.kind));
+  if (withClasses) requested.push(views.headClasses("classes", k.kind));
   const { tensors } = await getViews(traceId, requested);
   const edges = [];
   const full = [];
@@ -51,7 +53,8 @@ export async function loadLayer(traceId, k, layer, viewer, statNames = []) {
     edges.push(perQuery);
   }
   const stats = Object.fromEntries(statNames.map((name) => [name, tensors[`stats/${name}`].data]));
-  return { edges, full: exact ? full : null, top: exact ? null : top, exact, lq, lk, topK, stats };
+  const classes = withClasses ? tensors.classes.data : null;
+  return { edges, full: exact ? full : null, top: exact ? null : top, exact, lq, lk, topK, stats, classes };
 }
 
 // The weight of `head` from `query` to `key`: exact for short inputs; for long ones the top-k

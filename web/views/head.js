@@ -238,7 +238,7 @@ export function mount(root, app) {
   function drawStats(k, layer) {
     const stats = app.server.headStats;
     renderStatsTable($(".head-stats"), {
-      stats, values: current.data.stats, numHeads: k.numHeads, rows: headsShown(k).map((head) => ({ layer, head })),
+      stats, values: current.data.stats, classes: current.data.classes, numHeads: k.numHeads, rows: headsShown(k).map((head) => ({ layer, head })),
       sort: "", selected: null, layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
       caption: `head statistics, layer ${app.layerName(layer, k.kind)}`,
     }, { onPick: ({ head }) => app.update({ head, heads: "" }) });
@@ -250,10 +250,10 @@ export function mount(root, app) {
     const viewer = app.server.viewer;
     const k = info.kind(s.kind);
     const layer = Math.min(Math.max(0, s.layer), k.numLayers - 1);
-    const key = `${info.traceId}/${k.kind}/${layer}`;
+    const key = `${info.traceId}${info.variant || ""}/${k.kind}/${layer}`;
     let shown = current?.key === key ? current : null;
     if (!shown) {
-      const data = await app.busy(loadLayer(info.traceId, k, layer, viewer, app.server.headStats.map((st) => st.name)));
+      const data = await app.busy(loadLayer(info.traceId, k, layer, viewer, app.server.headStats.map((st) => st.name), app.analysis()));
       if (!fresh()) return;
       shown = { key, data, k, layer, image: info.image || null };
     }

@@ -278,7 +278,7 @@ export function mount(root, app) {
     const lk = k.keyLen;
     const layer = Math.min(Math.max(0, s.layer), k.numLayers - 1);
     const head = s.head >= 0 ? Math.min(s.head, k.numHeads - 1) : 0;
-    const key = `${info.traceId}/${k.kind}`;
+    const key = `${info.traceId}${info.variant || ""}/${k.kind}`;
     const zoomKey = `${key}/${layer}/${head}`;
     const needGrid = current?.key !== key;
     const needZoom = detail.shown()?.key !== zoomKey;

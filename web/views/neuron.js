@@ -286,7 +286,7 @@ export function mount(root, app) {
   async function render(info, fresh) {
     const s = app.state;
     const k = info.kind(s.kind);
-    const key = `${info.traceId}/${k.kind}`;
+    const key = `${info.traceId}${info.variant || ""}/${k.kind}`;
     if (current?.key !== key) {
       current = { key, traceId: info.traceId, k };
       cache.clear();

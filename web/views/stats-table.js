@@ -1,10 +1,12 @@
 // A table of head statistics (names and descriptions from GetServerInfo's head_stats, never
 // written here): one row per head, sortable by a column (the notable end first), a click on a row
 // picks that head. The model view shows every head; the head and neuron views the heads shown.
+import { HEAD_CLASS_LABELS } from "../data.js";
 import { escapeHtml, formatValue } from "../format.js";
 
 // `el`: the element to fill. m: { stats: [{name, description, notable}], values: {name: Float32Array
-// [layers × heads]}, numHeads, rows: [{layer, head}], sort (a statistic's name or ""), selected:
+// [layers × heads]}, classes (Int32Array [layers × heads] of HeadClass numbers, named beside each
+// head's number; null: none), numHeads, rows: [{layer, head}], sort (a statistic's name or ""), selected:
 // {layer, head} | null, layerName(l), keyHead(h) (null without grouped-query attention), caption
 // (when set, the rows' one layer is named there instead of in a column) }.
 // Handlers: onSort(name), onPick({layer, head}).
@@ -16,6 +18,11 @@ export function renderStatsTable(el, m, { onSort, onPick } = {}) {
     const sign = sortBy.notable === "low" ? 1 : -1;
     rows.sort((a, b) => sign * (value(sortBy.name, a) - value(sortBy.name, b)));
   }
+  // The head's class beside its number (what its statistics say it does).
+  const cls = (r) => {
+    const label = m.classes ? HEAD_CLASS_LABELS[m.classes[r.layer * m.numHeads + r.head]] : "";
+    return label ? ` <span class="head-class" title="the head's class (HeadClass, from its statistics)">${escapeHtml(label)}</span>` : "";
+  };
   const grouped = rows.some((r) => m.keyHead(r.head) !== null);
   const layerCol = !m.caption;
   const head = `<tr>${layerCol ? '<th scope="col">layer</th>' : ""}<th scope="col">head</th>${grouped ? '<th scope="col" title="the key head this query head shares (grouped-query attention)">kv</th>' : ""}${m.stats
@@ -26,7 +33,7 @@ export function renderStatsTable(el, m, { onSort, onPick } = {}) {
       const sel = m.selected && m.selected.layer === r.layer && m.selected.head === r.head ? " selected" : "";
       const kv = grouped ? `<td>${m.keyHead(r.head)}</td>` : "";
       const layer = layerCol ? `<td>${escapeHtml(m.layerName(r.layer))}</td>` : "";
-      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}">${layer}<td>${r.head}</td>${kv}${m.stats
+      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}">${layer}<td>${r.head}${cls(r)}</td>${kv}${m.stats
         .map((s) => `<td>${formatValue(value(s.name, r))}</td>`)
         .join("")}</tr>`;
     })
