@@ -142,3 +142,16 @@ def test_sinks_toggle_renormalises_every_view_and_survives_a_reload(stack, page,
     settle(page)
     assert grid_pixels(page) == before
     assert readout_value(hover_cell(page, 0, head, row, col)) == pytest.approx(plain, rel=1e-6)
+
+
+@pytest.mark.parametrize("view", ["head", "neuron"])
+def test_every_view_draws_with_the_sinks_left_out(stack, page, view):
+    open_view(
+        page,
+        stack,
+        f"model=minilm&text={TEXT}&view={view}&layer=0&head=2&query=5&sinks=1",
+        "document.getElementById('status').textContent.includes('sinks removed')",
+    )
+    settle(page)
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+    assert page.locator(f"#pane-a .view-body[data-view={view}]").is_visible()
