@@ -10,10 +10,12 @@ import json
 import re
 
 import pytest
+import test_viewer
+from test_viewer import open_view, serve, settle
 
 from attnscope import Extractor
 
-from test_viewer import browser, open_view, page, serve, settle  # noqa: F401  (fixtures)
+browser, page = test_viewer.browser, test_viewer.page  # fixtures: Chromium once per module, a page per test
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 TEXT = "The doctor asked the nurse a question. She said she would help."
