@@ -13,6 +13,28 @@ loading torch (the light client reads it).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
+
+if __name__ == "kernels":  # pragma: no cover - only when the repository root is on the import path
+    # This folder is the package `attnscope.kernels`. Run from the repository root (`python -m
+    # ...`, where Python puts the working directory first on the import path), it would also be
+    # found as a top-level `kernels`, shadowing Hugging Face's `kernels` distribution, which
+    # transformers (5.25+) imports: hand that import the installed package, or fail as if this
+    # folder were absent.
+    from importlib import metadata
+
+    try:
+        _init = metadata.distribution("kernels").locate_file("kernels/__init__.py")
+    except metadata.PackageNotFoundError:
+        raise ModuleNotFoundError("No module named 'kernels'", name="kernels") from None
+    _spec = importlib.util.spec_from_file_location(
+        "kernels", _init, submodule_search_locations=[os.path.dirname(str(_init))]
+    )
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _module
+    _spec.loader.exec_module(_module)
 
 # name -> the family module that defines it (a name mapped to None is a module of this package).
 _WHERE = {

@@ -137,3 +137,23 @@ def test_the_client_side_imports_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_kernels_folder_never_shadows_hugging_faces_kernels_package():
+    """From the repository root (`python -m ...` puts it first on the import path) a top-level
+    `import kernels` (transformers 5.25+ imports Hugging Face's) never gets attnscope's folder:
+    it gets the installed distribution, or fails as if the folder were absent."""
+    code = "import kernels, sys; print(kernels.__file__)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if run.returncode:
+        assert "No module named 'kernels'" in run.stderr, run.stderr
+    else:
+        assert Path(run.stdout.strip()).resolve() != (ROOT / "kernels" / "__init__.py").resolve()
+    model = subprocess.run(
+        [sys.executable, "-c", "import attnscope.kernels as k; print(k.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert Path(model.stdout.strip()).resolve() == (ROOT / "kernels" / "__init__.py").resolve(), model.stderr
