@@ -528,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bn.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")
     bn.set_defaults(func=_cmd_bench)
+
+    from attnscope.service.report.cli import add_report_parser  # corpus reports, --compare
+
+    add_report_parser(sub)
     return parser
 
 
