@@ -327,6 +327,19 @@ def _queries(queries, length: int) -> list[int]:
     return out
 
 
+def self_attention(trace, kind: str | None, what: str) -> tuple[str, tuple[int, int, int, int]]:
+    """(kind, its shape) for a view that needs queries and keys to be the same tokens; else a
+    ValueError naming the kinds to ask for."""
+    kind = trace._kind(kind)
+    shape = trace.shape(kind)
+    if kind == "cross" or shape[2] != shape[3]:
+        raise ValueError(
+            f"{what} needs self-attention (queries and keys the same tokens); {kind} attention is "
+            f"{shape[2]} queries × {shape[3]} keys: use kind='encoder' or 'decoder'"
+        )
+    return kind, shape
+
+
 def check_residual(residual: float) -> float:
     if isinstance(residual, bool) or not isinstance(residual, int | float) or not 0 <= residual <= 1:
         raise ValueError(f"residual must be a number in [0, 1], got {residual!r}")
@@ -353,13 +366,7 @@ def rollout(
     Q and K (as "heads"), for the same number of score evaluations. Self-attention only (the
     identity needs queries and keys to be the same positions).
     """
-    kind = trace._kind(kind)
-    n_layers, n_heads, lq, lk = trace.shape(kind)
-    if kind == "cross" or lq != lk:
-        raise ValueError(
-            f"rollout needs self-attention (queries and keys the same tokens); {kind} attention is "
-            f"{lq} queries × {lk} keys: use kind='encoder' or 'decoder'"
-        )
+    kind, (n_layers, n_heads, lq, _) = self_attention(trace, kind, "rollout")
     residual = check_residual(residual)
     rows = _queries(queries, lq)
     chosen_heads = choose(heads, n_heads, "head")

@@ -185,9 +185,7 @@ class DenseTrace(TokensByKind):
         """As `Trace.renormalized`: the keys left out, each row divided by 1 - Σ_E P."""
         keys = analysis.by_kind(self, exclude_keys, kind)
         p = {k: analysis.renormalize_probs(v, keys[k]) if keys.get(k) else v for k, v in self._p.items()}
-        out = DenseTrace(p, self._tokens, self.sentence_b_start, self._given_ids)
-        out.sentence_starts = self.sentence_starts
-        return out
+        return self._carry_text_facts(DenseTrace(p, self._tokens, self.sentence_b_start, self._given_ids))
 
     # ---- analysis' primitives ----------------------------------------------------------------
     def _device(self, kind: str) -> torch.device:

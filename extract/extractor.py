@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from . import generation
 from .capture import IMPLEMENTATION, CapturedCall, capturing, register
 from .default_model import display_name, locate
 from .dense import DenseTrace
@@ -69,6 +70,20 @@ def _feature_extractor_from(path):
     except (OSError, ValueError, KeyError):
         return None
     return fe if feature_extractor(fe) is not None else None
+
+
+def _auto_class(path):
+    """AutoModelForCausalLM for a checkpoint saved from a causal language model (its head is in the
+    weights, and `trace(generate=N)` needs it), else AutoModel."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    architectures = getattr(config, "architectures", None) or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    encoder_decoder = getattr(config, "is_encoder_decoder", False)
+    if causal and not encoder_decoder and type(config) in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM
+    return AutoModel
 
 
 def _derives_positions_from_padding(model: torch.nn.Module) -> bool:
@@ -138,7 +153,7 @@ class Extractor:
         device None -> "cuda" if available else "cpu". dtype None -> float32 on CPU, the
         checkpoint's own dtype on a GPU. Remote code is never trusted.
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         register()
         path = locate(name_or_path)
@@ -161,9 +176,11 @@ class Extractor:
                 processor = _feature_extractor_from(path)
                 if tokenizer is None and processor is None:
                     raise refused from None
-        model = AutoModel.from_pretrained(
-            path, dtype=dtype, attn_implementation=IMPLEMENTATION, trust_remote_code=False
-        ).to(device)
+        model = (
+            _auto_class(path)
+            .from_pretrained(path, dtype=dtype, attn_implementation=IMPLEMENTATION, trust_remote_code=False)
+            .to(device)
+        )
         return cls(model, tokenizer, processor=processor, name=display_name(name_or_path))
 
     @property
@@ -182,6 +199,8 @@ class Extractor:
         max_tokens: int | None = None,
         inputs: dict | None = None,
         image=None,
+        generate: int | None = None,
+        **generate_options,
     ) -> Trace:
         """Trace one input: a text (with an optional second sentence `pair`) or `input_ids` [1, L],
         or `inputs`, a dict of model inputs passed as they are (`pixel_values`, `input_features`,
@@ -197,7 +216,28 @@ class Extractor:
         behind the decoder start token); without it the decoder reads `text`. `deadline`, a
         time.monotonic() value, stops the forward pass between layers with TimeoutError.
         `max_tokens` refuses a longer input (InputTooLong) before the model runs.
+
+        `generate=N` (a text or input_ids prompt, decoder-only models with a language-modelling
+        head): the model first generates at most N tokens with its own attention and cache
+        (greedy; `do_sample=True`, `temperature`, `top_k`, `top_p`, `seed` and any other
+        `generate` option as given), then one captured forward over prompt + completion gives the
+        trace; `tr.prompt_len` and `tr.generated` describe the split (`trace_generation`).
         """
+        if generate is not None or generate_options:
+            if generate is None:
+                raise ValueError(f"{', '.join(generate_options)}: generation options need generate=N")
+            if inputs is not None or image is not None or pair is not None or target is not None:
+                raise ValueError(
+                    "generate takes a text or input_ids prompt only (no pair, target, inputs or image)"
+                )
+            return self.trace_generation(
+                text,
+                generate,
+                input_ids=input_ids,
+                deadline=deadline,
+                max_tokens=max_tokens,
+                **generate_options,
+            )
         if inputs is not None or image is not None:
             given = [
                 n
@@ -229,6 +269,51 @@ class Extractor:
         elif target is not None:
             raise ValueError("target is only for encoder-decoder models")
         return self._run([item], targets, deadline)[0]
+
+    def trace_generation(
+        self,
+        text: str | None,
+        new_tokens: int,
+        *,
+        input_ids: torch.Tensor | None = None,
+        deadline: float | None = None,
+        max_tokens: int | None = None,
+        report=None,
+        should_stop=None,
+        **options,
+    ) -> Trace:
+        """Generate at most `new_tokens` after the prompt (`text` or `input_ids`), then trace prompt
+        + completion. `max_tokens` bounds prompt + new tokens before anything runs (InputTooLong);
+        `report(n)` is called after each generated token and `should_stop()` True ends generation
+        early (the service's progress and cancellation); `options` as `trace(generate=...)`."""
+        generation.check_generation(self.model, new_tokens)
+        if (text is None) == (input_ids is None):
+            raise ValueError("pass exactly one of text or input_ids as the prompt")
+        if input_ids is not None:
+            item = encode_ids(self.tokenizer, input_ids, self.model.config.get_text_config().vocab_size)
+        else:
+            item = encode(self._need_tokenizer(), text)
+        need = len(item.ids) + new_tokens
+        if max_tokens is not None and need > max_tokens:
+            raise InputTooLong(need, max_tokens)
+        if self.max_positions is not None and need > self.max_positions:
+            raise ValueError(
+                f"the prompt's {len(item.ids)} tokens + {new_tokens} new ones exceed this model's "
+                f"position table of {self.max_positions}"
+            )
+        new_ids = generation.generate_ids(
+            self.model,
+            item.ids,
+            new_tokens,
+            pad_token_id=self._pad_id(),
+            report=report,
+            should_stop=should_stop,
+            **options,
+        )
+        trace = self._run([generation.extend(item, new_ids, self.tokenizer)], None, deadline)[0]
+        trace.prompt_len = len(item.ids)
+        trace.generated = generation.decoded(self.tokenizer, new_ids)
+        return trace
 
     def trace_batch(
         self, texts: list[str], pairs: list[str | None] | None = None, targets: list[str] | None = None

@@ -19,6 +19,8 @@ class Result:
     info: object  # proto.TraceInfo
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     manifest: object = None  # proto.ViewManifest
+    #: The Progress messages a generation streamed before the trace, in order.
+    progress: list = field(default_factory=list)
 
     @property
     def tokens(self) -> list[str]:
@@ -65,16 +67,18 @@ class Client:
         )
 
     def _collect(self, stream) -> Result:
-        info, manifest, pieces = None, None, []
+        info, manifest, pieces, progress = None, None, [], []
         for message in stream:
             which = message.WhichOneof("piece")
             if which == "info":
                 info = message.info
             elif which == "manifest":
                 manifest = message.manifest
-            else:
+            elif which == "tensor":
                 pieces.append(message.tensor)
-        return Result(info, assemble(pieces), manifest)
+            elif which == "progress":
+                progress.append(message.progress)
+        return Result(info, assemble(pieces), manifest, progress)
 
     def extract(
         self,
@@ -87,10 +91,13 @@ class Client:
         timeout: float | None = None,
         image: bytes = b"",
         renormalize=None,
+        generation=None,
     ) -> Result:
         """Trace `text` (or `image`, an image file's bytes, for a model that takes images) on the
         server; `views` from `attnscope.service.views` (default: stats + pooled); `renormalize`
-        (`views.renormalize(...)`): every view without those keys, rows renormalised."""
+        (`views.renormalize(...)`): every view without those keys, rows renormalised;
+        `generation` (`views.generation(n, ...)`): generate a continuation first, then trace it all
+        (the progress messages are in `Result.progress`)."""
         request = proto.ExtractRequest(
             model=model,
             text=text,
@@ -100,6 +107,7 @@ class Client:
             keep_trace=keep_trace,
             image=image,
             renormalize=renormalize,
+            generation=generation,
         )
         return self._collect(self._call("Extract", request, timeout))
 
@@ -111,14 +119,15 @@ class Client:
         target: str = "",
         timeout: float | None = None,
         image: bytes = b"",
+        generation=None,
     ):
-        """Run the model once (on `text`, or on `image`: an image file's bytes) and keep the trace
-        on the server; returns its TraceInfo (with trace_id)."""
-        return self._call(
-            "CreateTrace",
-            proto.CreateTraceRequest(model=model, text=text, text_pair=pair, target=target, image=image),
-            timeout,
+        """Run the model once (on `text`, or on `image`: an image file's bytes; after generating a
+        continuation of `text` given `generation`) and keep the trace on the server; returns its
+        TraceInfo (with trace_id)."""
+        request = proto.CreateTraceRequest(
+            model=model, text=text, text_pair=pair, target=target, image=image, generation=generation
         )
+        return self._call("CreateTrace", request, timeout)
 
     def views(self, trace_id: str, views=None, timeout: float | None = None, renormalize=None) -> Result:
         """Views of a kept trace, without re-running the model (`renormalize` as in `extract`)."""

@@ -19,16 +19,17 @@ from .. import proto
 from ..extract import Extractor, InputTooLong, Trace
 from ..extract.default_model import display_name, is_path
 from ..extract.extractor import EagerTooLong
+from ..extract.generation import can_generate
 from ..kernels.interrupt import checkpoint
-from . import view_table
+from . import generating, view_table
 from .cache import TraceCache
 from .errors import InvalidArgument, NotFound, ResourceExhausted, shorten
 from .images import decode_image, patch_grid
 from .limits import Limits, server_info
 from .views import default_views
 
-#: What the streaming calls yield: ("info", TraceInfo), ("manifest", ViewManifest), then one
-#: ("tensors", [(name, array), ...]) per view.
+#: What the streaming calls yield: ("progress", Progress) while a generation runs, ("info",
+#: TraceInfo), ("manifest", ViewManifest), then one ("tensors", [(name, array), ...]) per view.
 Item = tuple[str, object]
 
 
@@ -39,6 +40,7 @@ class Collected:
     info: object
     manifest: object
     tensors: dict[str, np.ndarray]
+    progress: list | None = None
 
 
 def collect(items: Iterator[Item]) -> Collected:
@@ -46,9 +48,11 @@ def collect(items: Iterator[Item]) -> Collected:
     for what, value in items:
         if what == "tensors":
             parts["tensors"].update(value)
+        elif what == "progress":
+            parts.setdefault("progress", []).append(value)
         else:
             parts[what] = value
-    return Collected(parts["info"], parts["manifest"], parts["tensors"])
+    return Collected(parts["info"], parts["manifest"], parts["tensors"], parts.get("progress"))
 
 
 def _holds_the_pair(trace: Trace, kind: str) -> bool:
@@ -91,6 +95,9 @@ def trace_info(trace: Trace, model: str, trace_id: str = "", excluded_keys=()):
         kinds=[kind_info(trace, k) for k in kinds],
         method=trace.method,
         excluded_keys=list(excluded_keys),
+        prompt_len=trace.prompt_len or 0,
+        generated_ids=trace.generated.ids if trace.generated is not None else [],
+        generated_text=trace.generated.text if trace.generated is not None else "",
     )
 
 
@@ -141,9 +148,14 @@ class AttentionCore:
             raise InvalidArgument("trace_id is empty: pass the id CreateTrace returned")
         return self.traces.get(trace_id)[1]
 
-    def _trace(self, request, deadline: float | None) -> tuple[str, Trace]:
+    def _trace(self, request, deadline: float | None) -> Iterator[Item]:
+        """Trace the request's input; yields progress while a generation runs and returns (model
+        name, trace): ``name, trace = yield from self._trace(...)``."""
         name = self.model_name(request.model)
+        generation = request.generation if request.HasField("generation") else None
         if request.image:
+            if generation is not None:
+                raise InvalidArgument("generation continues a text: send text, not image")
             return name, self._trace_image(name, request, deadline)
         if not takes_text(self.models[name]):
             has = "takes images, not text: send `image`"
@@ -158,6 +170,13 @@ class AttentionCore:
             raise ResourceExhausted(
                 f"text is {chars:,} characters; this server accepts at most {self.limits.max_text_chars:,}"
             )
+        if generation is not None:
+            if pair or target:
+                raise InvalidArgument("generation continues `text` alone: leave text_pair and target empty")
+            trace = yield from generating.run(
+                self.models[name], text, generation, name, self.limits, deadline
+            )
+            return name, trace
         kwargs = {"target": target} if target else {}
         return name, self._run(
             "text",
@@ -208,7 +227,7 @@ class AttentionCore:
             yield "tensors", view_table.run_view(trace, view, self.limits)
 
     def extract(self, request, deadline: float | None = None) -> Iterator[Item]:
-        name, trace = self._trace(request, deadline)
+        name, trace = yield from self._trace(request, deadline)
         planned, renorm = self._plan(trace, request)  # a request refused here keeps no trace
         trace_id = self.traces.put(trace, name) if request.keep_trace else ""
         try:
@@ -221,7 +240,12 @@ class AttentionCore:
             raise
 
     def create_trace(self, request, deadline: float | None = None):
-        name, trace = self._trace(request, deadline)
+        steps = self._trace(request, deadline)
+        try:
+            while True:
+                next(steps)  # a unary call: progress has nowhere to go
+        except StopIteration as done:
+            name, trace = done.value
         trace.head_stats()  # row statistics now, so later views only pay for themselves
         checkpoint()  # a call abandoned by now (deadline, client gone) keeps no trace
         return trace_info(trace, name, self.traces.put(trace, name))
@@ -262,6 +286,7 @@ class AttentionCore:
             dtype=str(param.dtype).removeprefix("torch."),
             takes_images=ex.processor is not None,
             takes_text=takes_text(ex),
+            can_generate=takes_text(ex) and can_generate(ex.model),
         )
 
     def warm_up(self) -> None:

@@ -29,6 +29,8 @@ class Limits:
     max_image_bytes: int = 4 * 2**20
     #: Pixels of an image, read from its header before it is decoded (no decompression bombs).
     max_image_pixels: int = 4096 * 4096
+    #: New tokens one request may generate before it is traced.
+    max_new_tokens: int = 512
 
     def message(self):
         return proto.Limits(
@@ -43,6 +45,7 @@ class Limits:
             max_pending=self.max_pending,
             max_image_bytes=self.max_image_bytes,
             max_image_pixels=self.max_image_pixels,
+            max_new_tokens=self.max_new_tokens,
         )
 
 

@@ -209,6 +209,8 @@ class AttentionServicer:
                 yield proto.ExtractResponse(info=value)
             elif what == "manifest":
                 yield proto.ExtractResponse(manifest=value)
+            elif what == "progress":
+                yield proto.ExtractResponse(progress=value)
             else:  # one view's tensors: cut into pieces off the event loop and off the model's worker
                 pieces = await loop.run_in_executor(None, _pieces, value)
                 for piece in pieces:

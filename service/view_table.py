@@ -18,40 +18,13 @@ from .. import proto
 from ..extract import analysis
 from ..extract.selection import IndexOutOfRange
 from ..kernels import HEAD_STAT_NAMES, NeuronView
+from . import reading_views as reading
 from .errors import InvalidArgument, ResourceExhausted, shorten
 from .limits import Limits
+from .view_args import count, invalid, range_length, range_slice, selection, self_attention, span_ranges
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 _UNLIMITED = Limits(max_pooled_size=1 << 30, max_result_values=1 << 62, max_scores=1 << 62)
-
-
-def _slice(r, has: bool) -> slice | None:
-    if not has:
-        return None
-    if r.start < 0 or r.stop < 0:
-        raise InvalidArgument(f"ranges take non-negative positions, got [{r.start}, {r.stop})")
-    return slice(r.start, r.stop if r.stop else None)
-
-
-def _length(r, has: bool, total: int) -> int:
-    return len(range(total)[_slice(r, has) or slice(None)])
-
-
-def _selection(sel) -> tuple[list[int] | None, list[int] | None]:
-    """(layers, heads) of a Selection, None = all; a repeated entry is refused, not recomputed."""
-    out = []
-    for what, values in (("layers", list(sel.layers)), ("heads", list(sel.heads))):
-        if len(set(values)) != len(values):
-            repeated = next(v for v in values if values.count(v) > 1)
-            raise InvalidArgument(
-                f"selection {what} lists {repeated} {values.count(repeated)} times; list each once"
-            )
-        out.append(values or None)
-    return out[0], out[1]
-
-
-def _count(selected: list[int] | None, total: int) -> int:
-    return len(selected) if selected else total
 
 
 def _pooled_size(spec, lq: int, lk: int, limits: Limits) -> int:
@@ -73,13 +46,13 @@ def _pooled_size(spec, lq: int, lk: int, limits: Limits) -> int:
 def _pooled_cost(trace, spec, kind, limits) -> int:
     layers, heads, lq, lk = trace.shape(kind)
     size = _pooled_size(spec, lq, lk, limits)
-    sel_l, sel_h = _selection(spec.selection)
-    return _count(sel_l, layers) * _count(sel_h, heads) * min(size, lq) * min(size, lk)
+    sel_l, sel_h = selection(spec.selection)
+    return count(sel_l, layers) * count(sel_h, heads) * min(size, lq) * min(size, lk)
 
 
 def _pooled_run(trace, spec, kind, limits):
     _, _, lq, lk = trace.shape(kind)
-    layers, heads = _selection(spec.selection)
+    layers, heads = selection(spec.selection)
     size = _pooled_size(spec, lq, lk, limits)
     yield "", trace.pooled(size, layers=layers, heads=heads, kind=kind)
 
@@ -95,24 +68,24 @@ def _head_stats_run(trace, spec, kind, limits):
 
 def _received_cost(trace, spec, kind, limits) -> int:
     layers, heads, _, lk = trace.shape(kind)
-    sel_l, sel_h = _selection(spec.selection)
-    return _count(sel_l, layers) * _count(sel_h, heads) * lk
+    sel_l, sel_h = selection(spec.selection)
+    return count(sel_l, layers) * count(sel_h, heads) * lk
 
 
 def _received_run(trace, spec, kind, limits):
-    layers, heads = _selection(spec.selection)
+    layers, heads = selection(spec.selection)
     yield "", trace.received(layers=layers, heads=heads, kind=kind)
 
 
 def _tile_cost(trace, spec, kind, limits) -> int:
     _, _, lq, lk = trace.shape(kind)
-    q = _length(spec.queries, spec.HasField("queries"), lq)
-    return q * _length(spec.keys, spec.HasField("keys"), lk)
+    q = range_length(spec.queries, spec.HasField("queries"), lq)
+    return q * range_length(spec.keys, spec.HasField("keys"), lk)
 
 
 def _tile_run(trace, spec, kind, limits):
-    queries = _slice(spec.queries, spec.HasField("queries"))
-    keys = _slice(spec.keys, spec.HasField("keys"))
+    queries = range_slice(spec.queries, spec.HasField("queries"))
+    keys = range_slice(spec.keys, spec.HasField("keys"))
     yield "", trace.attention(spec.layer, spec.head, queries, keys, kind=kind)
 
 
@@ -120,12 +93,12 @@ def _topk_cost(trace, spec, kind, limits) -> int:
     _, _, lq, lk = trace.shape(kind)
     if not 1 <= spec.k <= lk:
         raise IndexOutOfRange(f"k must be in [1, {lk}] (the keys of this trace), got {spec.k}")
-    return 2 * _length(spec.queries, spec.HasField("queries"), lq) * spec.k
+    return 2 * range_length(spec.queries, spec.HasField("queries"), lq) * spec.k
 
 
 def _topk_run(trace, spec, kind, limits):
     indices, probs = trace.topk(
-        spec.k, spec.layer, spec.head, _slice(spec.queries, spec.HasField("queries")), kind=kind
+        spec.k, spec.layer, spec.head, range_slice(spec.queries, spec.HasField("queries")), kind=kind
     )
     yield "indices", indices
     yield "probs", probs
@@ -133,37 +106,19 @@ def _topk_run(trace, spec, kind, limits):
 
 def _neuron_cost(trace, spec, kind, limits) -> int:
     _, _, _, lk = trace.shape(kind)
-    return _length(spec.keys, spec.HasField("keys"), lk) * (2 * trace.head_dim(kind) + 2)
+    return range_length(spec.keys, spec.HasField("keys"), lk) * (2 * trace.head_dim(kind) + 2)
 
 
 def _neuron_run(trace, spec, kind, limits):
     view = trace.neuron(
-        spec.layer, spec.head, spec.query, _slice(spec.keys, spec.HasField("keys")), kind=kind
+        spec.layer, spec.head, spec.query, range_slice(spec.keys, spec.HasField("keys")), kind=kind
     )
     yield from zip(view._fields, view, strict=True)
 
 
-def _invalid(check, *args):
-    """`check(*args)`, with its ValueError as INVALID_ARGUMENT (positions out of range included)."""
-    try:
-        return check(*args)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from None
-
-
-def _self_attention(trace, kind, what: str) -> None:
-    _, _, lq, lk = trace.shape(kind)
-    resolved = kind or trace.default_kind
-    if resolved == "cross" or lq != lk:
-        raise InvalidArgument(
-            f"{what} needs self-attention (queries and keys the same tokens); {resolved} attention is "
-            f"{lq} queries × {lk} keys: ask for KIND_ENCODER or KIND_DECODER"
-        )
-
-
 def _rollout_args(trace, spec, kind):
     """(queries, residual, layers, heads) of a RolloutView, checked."""
-    _self_attention(trace, kind, "rollout")
+    self_attention(trace, kind, "rollout")
     lq = trace.shape(kind)[2]
     if not spec.queries:
         raise InvalidArgument("rollout names no query: list at least one query position")
@@ -171,8 +126,8 @@ def _rollout_args(trace, spec, kind):
     if bad:
         raise IndexOutOfRange(f"rollout query positions must be in [0, {lq}), got {bad[:5]}")
     residual = spec.residual if spec.HasField("residual") else 0.5
-    _invalid(analysis.check_residual, residual)
-    layers, heads = _selection(spec.selection)
+    invalid(analysis.check_residual, residual)
+    layers, heads = selection(spec.selection)
     return list(spec.queries), residual, layers, heads
 
 
@@ -191,34 +146,25 @@ def _rollout_work(trace, spec, kind) -> int:
     return len(spec.queries) * _pass_work(trace, spec, kind)
 
 
-def _spans(ranges, length: int, what: str) -> list[tuple[int, int]]:
-    spans = []
-    for r in ranges:
-        if r.start < 0 or r.stop < 0:
-            raise InvalidArgument(f"{what} take non-negative positions, got [{r.start}, {r.stop})")
-        spans.append((r.start, r.stop or length))
-    return _invalid(analysis.check_spans, spans, length, what)
-
-
 def _span_args(trace, spec, kind):
     _, _, lq, lk = trace.shape(kind)
-    spans = _spans(spec.spans, lq, "spans")
-    key_spans = _spans(spec.key_spans, lk, "key_spans") if spec.key_spans else None
+    spans = span_ranges(spec.spans, lq, "spans")
+    key_spans = span_ranges(spec.key_spans, lk, "key_spans") if spec.key_spans else None
     if key_spans is None:
-        _spans(spec.spans, lk, "spans (as key spans)")
+        span_ranges(spec.spans, lk, "spans (as key spans)")
     return spans, key_spans
 
 
 def _span_pooled_cost(trace, spec, kind, limits) -> int:
     layers, heads, _, _ = trace.shape(kind)
     spans, key_spans = _span_args(trace, spec, kind)
-    sel_l, sel_h = _selection(spec.selection)
-    return _count(sel_l, layers) * _count(sel_h, heads) * len(spans) * len(key_spans or spans)
+    sel_l, sel_h = selection(spec.selection)
+    return count(sel_l, layers) * count(sel_h, heads) * len(spans) * len(key_spans or spans)
 
 
 def _span_pooled_run(trace, spec, kind, limits):
     spans, key_spans = _span_args(trace, spec, kind)
-    layers, heads = _selection(spec.selection)
+    layers, heads = selection(spec.selection)
     yield "", trace.span_pooled(spans, layers=layers, heads=heads, kind=kind, key_spans=key_spans)
 
 
@@ -241,7 +187,7 @@ def _head_classes_run(trace, spec, kind, limits):
 def _threshold(spec, field: str, default: float | None) -> float | None:
     if not spec.HasField(field):
         return default
-    return _invalid(analysis.check_threshold, getattr(spec, field))
+    return invalid(analysis.check_threshold, getattr(spec, field))
 
 
 def _sinks_cost(trace, spec, kind, limits) -> int:
@@ -262,8 +208,8 @@ def _sinks_run(trace, spec, kind, limits):
 def _pass_work(trace, spec, kind) -> int:
     """One pass over every selected head's L×L scores (pooled maps, received attention)."""
     layers, heads, lq, lk = trace.shape(kind)
-    sel_l, sel_h = _selection(spec.selection)
-    return _count(sel_l, layers) * _count(sel_h, heads) * lq * lk
+    sel_l, sel_h = selection(spec.selection)
+    return count(sel_l, layers) * count(sel_h, heads) * lq * lk
 
 
 def _head_stats_work(trace, spec, kind) -> int:
@@ -274,7 +220,7 @@ def _head_stats_work(trace, spec, kind) -> int:
 def _rows_work(trace, spec, kind) -> int:
     """Every key of the requested query rows of one head (tiles, top-k)."""
     _, _, lq, lk = trace.shape(kind)
-    return _length(spec.queries, spec.HasField("queries"), lq) * lk
+    return range_length(spec.queries, spec.HasField("queries"), lq) * lk
 
 
 def _neuron_work(trace, spec, kind) -> int:
@@ -305,6 +251,13 @@ VIEW_TYPES: dict[str, ViewType] = {
     "span_pooled": ViewType((), _span_pooled_cost, _span_pooled_run, _pass_work, False),
     "head_classes": ViewType((), _head_classes_cost, _head_classes_run, _head_stats_work, True),
     "sinks": ViewType(("positions", "shares"), _sinks_cost, _sinks_run, _head_stats_work, True),
+    "attention_from": ViewType(
+        (), reading.attention_from_cost, reading.attention_from_run, reading.attention_from_work, False
+    ),
+    "retrieval": ViewType((), reading.retrieval_cost, reading.retrieval_run, reading.retrieval_work, True),
+    "query_focus": ViewType(
+        (), reading.query_focus_cost, reading.query_focus_run, reading.query_focus_work, False
+    ),
 }
 assert set(VIEW_TYPES) == {f.name for f in proto.ViewRequest.DESCRIPTOR.oneofs_by_name["view"].fields}
 

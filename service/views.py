@@ -144,6 +144,60 @@ def renormalize(exclude_keys: Iterable[int] = (), sinks_threshold: float | None 
     return spec
 
 
+def attention_from(
+    queries: Iterable[int],
+    layers: Iterable[int] = (),
+    heads: Iterable[int] = (),
+    kind: str = "",
+    name: str = "",
+):
+    """What the query positions `queries` read: [Lk], the mean of their attention rows over the
+    selected layers and heads (empty = all)."""
+    return proto.ViewRequest(
+        name=name,
+        kind=kind_number(kind),
+        attention_from=proto.AttentionFromView(queries=list(queries), selection=_selection(layers, heads)),
+    )
+
+
+def retrieval(queries: Iterable[int] = (), kind: str = "", name: str = ""):
+    """Retrieval scores [layers, heads] at the query positions `queries` (empty = the positions that
+    produced a generation trace's generated tokens)."""
+    return proto.ViewRequest(
+        name=name, kind=kind_number(kind), retrieval=proto.RetrievalView(queries=list(queries))
+    )
+
+
+def query_focus(
+    question: tuple[int, int], context_spans: Iterable[tuple[int, int]], kind: str = "", name: str = ""
+):
+    """Mass from the question's tokens to each context span, [layers, heads, len(context_spans)]."""
+    return proto.ViewRequest(
+        name=name,
+        kind=kind_number(kind),
+        query_focus=proto.QueryFocusView(
+            question=_range(question), context_spans=[_range(s) for s in context_spans]
+        ),
+    )
+
+
+def generation(
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+):
+    """A request's Generation: generate at most `max_new_tokens` after the text (greedy unless
+    `do_sample`), then trace prompt + completion; pass it to `Client.extract(generation=...)`."""
+    spec = proto.Generation(max_new_tokens=max_new_tokens, do_sample=do_sample)
+    for field, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed)):
+        if value is not None:
+            setattr(spec, field, value)
+    return spec
+
+
 def default_views() -> list:
     """What Extract returns when no view is named."""
     return [head_stats(), pooled()]

@@ -240,6 +240,21 @@ def build(family: str, dtype=torch.float64, attn: str = "eager", seed: int = 0) 
     if family == "gpt_oss":
         extra["experts_implementation"] = "eager"  # the grouped-mm experts refuse float64
     model = tf.AutoModel.from_config(config, attn_implementation=attn, dtype=dtype, **extra)
+    return _peaked(model)
+
+
+def build_lm(family: str, dtype=torch.float64, attn: str = "eager", seed: int = 0) -> torch.nn.Module:
+    """`build`'s model with its language-modelling head (AutoModelForCausalLM), for generation."""
+    torch.manual_seed(seed)
+    config = {**_configs(), **_extra_configs()}[family]()
+    model = _peaked(tf.AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype))
+    # A random model writes the end-of-sequence id by chance; the tests ask for completions of the
+    # length they name.
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def _peaked(model: torch.nn.Module) -> torch.nn.Module:
     # Random init leaves attention nearly uniform; widen the weights so heads are peaked and
     # masking mistakes show up as large differences.
     with torch.no_grad():
