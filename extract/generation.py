@@ -127,7 +127,10 @@ def extend(item: Encoded, new_ids: list[int], tokenizer) -> Encoded:
     """The prompt's encoding followed by the generated ids: their tokens from the tokenizer, the
     prompt's sentence starts kept and the completion starting a sentence of its own."""
     ids = item.ids + new_ids
-    names = tokenizer.convert_ids_to_tokens(new_ids) if new_ids and tokenizer is not None else new_ids
+    if tokenizer is None:  # as encode_ids labels ids without a tokenizer
+        names = [str(i) for i in new_ids]
+    else:
+        names = tokenizer.convert_ids_to_tokens(new_ids) if new_ids else []
     # An id the tokenizer has no entry for (a model's vocabulary may be padded past it) still needs a label.
     tokens = item.tokens + [
         t if isinstance(t, str) else f"<id {i}>" for t, i in zip(names, new_ids, strict=True)
