@@ -474,7 +474,8 @@ def test_views_stream_in_with_progress(stack, page):
     assert counts, f"no streaming progress shown: {seen}"
     total = counts[-1][1]
     stats = page.evaluate("import('/data.js').then((d) => d.serverInfo()).then((s) => s.headStats.length)")
-    assert total == 2 + stats, counts  # thumbnails, each head statistic, the heatmap's pooled map
+    # The thumbnails, each head statistic, the head classes and the heatmap's pooled map.
+    assert total == 3 + stats, counts
     assert any(0 < done < total for done, _ in counts), f"no progress between first and last: {counts}"
     assert (total, total) in counts
     assert seen[-1] == "running the model…", "the line is reset once the stream has ended"

@@ -224,7 +224,7 @@ def test_model_view_axes_table_and_stats_from_the_server(stack, page, exact):
         "import('/data.js').then((d) => d.serverInfo()).then((s) => s.headStats.map((h) => h.name))"
     )
     headers = page.locator("#pane-a .stats-panel th").all_inner_texts()
-    assert headers == ["layer", "head", *names]
+    assert headers == ["layer", "head", "class", *names]
     lay = json.loads(page.locator("#pane-a canvas.grid").get_attribute("data-layout"))
     shot = np.array(
         Image.open(io.BytesIO(page.locator("#pane-a canvas.grid").screenshot())).convert("L")
@@ -243,7 +243,8 @@ def test_model_view_axes_table_and_stats_from_the_server(stack, page, exact):
     assert first.get_attribute("data-layer") == "0" and first.get_attribute("data-head") == "2"
     stat = float(exact.head_stats()["previous_token"][0, 2])
     cells = first.locator("td").all_inner_texts()
-    assert abs(float(cells[2 + names.index("previous_token")]) - stat) < 0.01
+    assert cells[2] == "previous-token"
+    assert abs(float(cells[3 + names.index("previous_token")]) - stat) < 0.01
     page.locator("#pane-a .stats-panel tr.head-row").nth(3).click()
     picked = page.locator("#pane-a .stats-panel tr.head-row.selected")
     page.wait_for_function("location.search.includes('head=')")
@@ -260,9 +261,13 @@ def test_head_and_neuron_views_show_the_shown_heads_statistics(stack, page, exac
     open_view(page, stack, f"model=minilm&text={TEXT}&layer=0&head=2", HEAD_READY)
     rows = page.locator("#pane-a .view-body[data-view=head] .head-stats tr.head-row")
     assert rows.count() == 1
-    names = page.locator("#pane-a .view-body[data-view=head] .head-stats th").all_inner_texts()[1:]
+    headers = page.locator("#pane-a .view-body[data-view=head] .head-stats th").all_inner_texts()
+    assert headers[:2] == ["head", "class"]
+    names = headers[2:]
+    cells = rows.first.locator("td").all_inner_texts()
+    assert cells[:2] == ["2", exact.head_classes()[(0, 2)]]
     stats = exact.head_stats()
-    for name, text in zip(names, rows.first.locator("td").all_inner_texts()[1:], strict=True):
+    for name, text in zip(names, cells[2:], strict=True):
         v = float(stats[name][0, 2])
         assert abs(float(text) - v) <= 0.005 * abs(v) + 1e-6, (name, text, v)
     page.click("#tabs button[data-view='neuron']")

@@ -344,6 +344,13 @@ export const views = {
   neuron: (name, layer, head, query, keys, kind = "") => request(name, kind, { neuron: { layer, head, query, keys: range(keys) } }),
   headClasses: (name, kind = "") => request(name, kind, { headClasses: {} }),
   sinks: (name, threshold, kind = "") => request(name, kind, { sinks: { threshold } }),
+  received: (name, kind = "", layers = [], heads = []) => request(name, kind, { received: { selection: { layers, heads } } }),
+  rollout: (name, queries, kind = "", layers = [], heads = [], residual = undefined) =>
+    request(name, kind, { rollout: { queries, residual, selection: { layers, heads } } }),
+  // `spans`, `keySpans`: [[start, stop], ...] token ranges (keySpans [] = the same as spans).
+  spanPooled: (name, spans, kind = "", layers = [], heads = [], keySpans = []) =>
+    request(name, kind, { spanPooled: { spans: spans.map(range), keySpans: keySpans.map(range), selection: { layers, heads } } }),
+  attentionFrom: (name, queries, kind = "", layers = [], heads = []) => request(name, kind, { attentionFrom: { queries, selection: { layers, heads } } }),
 };
 
 // The Renormalize every GetViews call carries (proto3 JSON, e.g. `{sinksThreshold: 0.2}`), or null

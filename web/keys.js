@@ -1,10 +1,10 @@
 // Keyboard navigation and token search, for every view: arrows move the query token (↑/← back,
-// ↓/→ on), PageUp/PageDown a layer, h/m/n switch to the head/model/neuron view, "/" goes to the
+// ↓/→ on), PageUp/PageDown a layer, h/m/n/t switch to the head/model/neuron/text view, "/" goes to the
 // search box, Escape unpins the query. The search box's word is highlighted in every view; Enter
 // (Shift+Enter: back) pins its next occurrence as the query.
 import { matches } from "./format.js";
 
-const VIEW_KEYS = { h: "head", m: "model", n: "neuron" };
+const VIEW_KEYS = { h: "head", m: "model", n: "neuron", t: "text" };
 
 function typing(target) {
   return target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement;

@@ -14,6 +14,9 @@ import { installKeys } from "./keys.js";
 import { framePending, generations, invalidate, loadFromUrl, state, subscribe, update } from "./state.js";
 
 const VIEWS = { head: headView, model: modelView, neuron: neuronView };
+// The text view reads the service's analysis views, which standalone files cannot answer: it is
+// imported when first shown (files embed only the modules of the views they show).
+const LAZY_VIEWS = { text: () => import("./views/text.js") };
 const $ = (id) => document.getElementById(id);
 const renders = generations();
 let busyCount = 0;
@@ -225,6 +228,9 @@ async function renderNow() {
       title.hidden = !comparing;
       if (trace) title.textContent = trace === a ? state.text : state.compare;
     }
+    if (!VIEWS[state.view] && LAZY_VIEWS[state.view] && app.analysis()) VIEWS[state.view] = await track(LAZY_VIEWS[state.view]());
+    if (!VIEWS[state.view]) throw new Error(`this page has no ${state.view} view`);
+    if (!fresh()) return;
     await viewOf(panes.a, state.view).render(a, fresh);
     if (comparing && fresh()) {
       await viewOf(panes.b, state.view).render(b, fresh);
@@ -308,6 +314,8 @@ async function init() {
     // A file without neuron views (bertviz's head_view and model_view) shows no Neuron tab.
     const neuron = Object.values(window.attnscopeEmbedded.neuronQueries || {}).some((q) => q.length);
     document.querySelector("#tabs button[data-view=neuron]").hidden = !neuron;
+    // The text view reads the service's analysis views (received, rollout, spans), which a file lacks.
+    document.querySelector("#tabs button[data-view=text]").hidden = true;
   }
   document.documentElement.dataset.theme = state.theme;
   try {

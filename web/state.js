@@ -6,7 +6,7 @@ const DEFAULTS = {
   model: "",
   text: "The doctor asked the nurse a question. She said she would help.",
   pair: "",
-  view: "head", // head | model | neuron
+  view: "head", // head | model | neuron | text
   kind: "", // encoder | decoder | cross ("" = the model's default)
   layer: 0,
   head: -1, // -1 = all heads
@@ -17,9 +17,15 @@ const DEFAULTS = {
   compare: "", // a second text to compare with
   search: "", // a word whose occurrences every view highlights
   sinks: 0, // 1: every view with the trace's attention sinks left out, rows renormalised
+  maps: "", // model view: "" pooled attention maps | "spans" each head's span map
+  spans: 8, // model view's span maps: equal spans of the text
+  shade: "received", // text view: received | rollout | from | spans (views/text-data.js)
+  sel: "", // text view: the selected tokens, comma-separated positions
+  layers: "", // text view: the layer range "first-last" ("" = all layers)
+  passage: 32, // text view: tokens per passage (the top passages and the span mass)
   theme: "light",
 };
-const NUMBERS = new Set(["layer", "head", "query", "sinks"]);
+const NUMBERS = new Set(["layer", "head", "query", "sinks", "spans", "passage"]);
 
 export const state = { ...DEFAULTS };
 const listeners = new Set();

@@ -4,13 +4,15 @@
 // selected head outlined. Click a head to open its detail beside the grid (heatmap.js: tokens,
 // zoom, exact values); double-click opens it in the head view. Beside them, every head's
 // statistics in a sortable table (names, descriptions and which end is notable from the
-// service's GetServerInfo); sorting orders and colours the grid too.
+// service's GetServerInfo), each head's class among them; sorting orders and colours the grid too.
+// The "span maps" mode shows each head's mass between spans of the text instead (SpanPooledView):
+// equal spans chosen here, since the wire carries no sentence spans yet.
 import { picture, sizeCanvas } from "../canvas.js";
-import { getViews, views } from "../data.js";
+import { getViews, HEAD_CLASS_LABELS, views } from "../data.js";
 import { escapeHtml, formatValue, themeColor, tokenLabel } from "../format.js";
 import { keyHeadOf } from "./head-data.js";
 import { mountHeatmap, paintMatrix, weightLegend } from "./heatmap.js";
-import { renderStatsTable } from "./stats-table.js";
+import { CLASS_SORT, renderStatsTable } from "./stats-table.js";
 
 export { paintMatrix };
 const LEFT = 46; // "Layers" and the layer numbers
@@ -18,6 +20,13 @@ const TOP = 36; // "Heads", the head numbers and the key-head groups
 const GAP = 4;
 const DETAIL = 640; // CSS pixels the detail takes beside the grid (on screens wide enough for both)
 const BESIDE = 1500; // from this width of the view on, the detail sits beside the grid, else below
+export const SPAN_COUNTS = [4, 8, 16, 32]; // the span maps' choices of equal spans
+
+// `n` equal spans [start, stop) of `length` positions (fewer when the text is shorter).
+export function equalSpans(length, n) {
+  const count = Math.max(1, Math.min(n, length));
+  return Array.from({ length: count }, (_, i) => [Math.floor((i * length) / count), Math.floor(((i + 1) * length) / count)]);
+}
 
 // The thumbnail blocks [r0, r1) × [c0, c1) a sentence filter keeps (all of them without a pair).
 export function cropOf(filter, bStart, rows, cols, lq, lk) {
@@ -97,7 +106,7 @@ export function drawGrid(ctx, m) {
     }
   }
   ctx.font = "bold 12px system-ui, sans-serif";
-  const headsTitle = stat ? `Heads, sorted by ${stat} (notable first)` : m.keyHead(0) !== null ? "Heads (bracketed: sharing a key head)" : "Heads";
+  const headsTitle = m.title || (stat ? `Heads, sorted by ${stat} (notable first)` : m.keyHead(0) !== null ? "Heads (bracketed: sharing a key head)" : "Heads");
   ctx.fillText(headsTitle, LEFT + (heads * (cell + GAP)) / 2, 8);
   ctx.save();
   ctx.translate(10, TOP + (layers * m.rowH) / 2);
@@ -113,8 +122,12 @@ export function mount(root, app) {
   const notableLow = new Set(stats.filter((s) => s.notable === "low").map((s) => s.name));
   root.innerHTML = `
     <div class="controls">
-      <label>Sort and colour by <select class="sort"><option value="">— (head order)</option>
+      <label>Sort and colour by <select class="sort"><option value="">— (head order)</option><option value="${CLASS_SORT}">class</option>
         ${stats.map((s) => `<option value="${escapeHtml(s.name)}" title="${escapeHtml(s.description)}">${escapeHtml(s.name)}</option>`).join("")}</select></label>
+      <label title="pooled attention maps, or each head's mass between equal spans of the text">Maps <select class="maps">
+        <option value="">pooled attention</option><option value="spans">span maps</option></select></label>
+      <label class="spans-label" hidden title="the text cut into this many equal spans (the service sends no sentence spans yet)">Spans <select class="spans">
+        ${SPAN_COUNTS.map((n) => `<option value="${n}">${n} equal spans</option>`).join("")}</select></label>
       <label class="kind-label" hidden>Attention <select class="kind"></select></label>
       <label class="filter-label" hidden>Sentences <select class="filter">
         <option value="all">all</option><option value="AA">A → A</option><option value="AB">A → B</option>
@@ -131,17 +144,36 @@ export function mount(root, app) {
   const grid = $(".grid");
   const tip = $(".grid-tip");
   const detail = mountHeatmap($(".detail"), app);
-  let current = null; // { key, k: KindInfo, rows, cols, pooled, stats }
+  let current = null; // { key, k: KindInfo, rows, cols, pooled, stats, classes (or null) }
+  let spanMaps = null; // { key, spans, keySpans, data: Float32Array [layers, heads, n, nk] }: the span maps mode's
   let layoutInfo = null;
   let pointer = null;
 
   $(".sort").addEventListener("change", (e) => app.update({ sort: e.target.value }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
   $(".filter").addEventListener("change", (e) => app.update({ filter: e.target.value }));
+  $(".maps").addEventListener("change", (e) => app.update({ maps: e.target.value }));
+  $(".spans").addEventListener("change", (e) => app.update({ spans: Number(e.target.value) }));
+
+  // The span maps shown (the mode on and loaded), else null.
+  function spansShown() {
+    return app.state.maps === "spans" && spanMaps?.key === spanKey(current.key) ? spanMaps : null;
+  }
+
+  function spanKey(key) {
+    return `${key}/spans${spanCount()}`;
+  }
+
+  function spanCount() {
+    return SPAN_COUNTS.includes(app.state.spans) ? app.state.spans : 8;
+  }
+
+  const classOf = (l, h) => HEAD_CLASS_LABELS[current.classes?.[l * current.k.numHeads + h]] || "";
 
   function order(k, values, stat) {
     return [...Array(k.numLayers).keys()].map((l) => {
       const idx = [...Array(k.numHeads).keys()];
+      if (app.state.sort === CLASS_SORT && current.classes) return idx.sort((a, b) => classOf(l, a).localeCompare(classOf(l, b)));
       if (!stat || !values) return idx;
       const sign = notableLow.has(stat) ? 1 : -1; // the notable end first
       return idx.sort((a, b) => sign * (values[l * k.numHeads + a] - values[l * k.numHeads + b]));
@@ -167,10 +199,15 @@ export function mount(root, app) {
     let lo = Infinity;
     let hi = -Infinity;
     if (values) for (const v of values) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    const maps = spansShown();
+    const [rows, cols, pooled] = maps ? [maps.spans.length, maps.keySpans.length, maps.data] : [current.rows, current.cols, current.pooled];
+    const byClass = s.sort === CLASS_SORT && current.classes;
+    const spansTitle = maps ? ` · span maps, ${rows} equal spans` : "";
     return {
-      layers: k.numLayers, heads: k.numHeads, cell, rowH, width, height, detailWidth: beside ? avail - width - 16 : avail, rows: current.rows, cols: current.cols, pooled: current.pooled,
+      layers: k.numLayers, heads: k.numHeads, cell, rowH, width, height, detailWidth: beside ? avail - width - 16 : avail, rows, cols, pooled,
       order: order(k, values, stat), stat, stats: current.stats, dark: s.theme === "dark", background,
-      crop: cropOf(s.filter, k.sentenceBStart, current.rows, current.cols, k.queryLen, k.keyLen),
+      title: byClass ? `Heads, grouped by class${spansTitle}` : spansTitle && `Heads${spansTitle}`,
+      crop: maps ? [0, rows, 0, cols] : cropOf(s.filter, k.sentenceBStart, current.rows, current.cols, k.queryLen, k.keyLen),
       selected: selectedHead(), selectedColor: themeColor("--selected", "#d62728"), textColor: themeColor("--fg", "#222"),
       layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
       notability: (v) => {
@@ -223,20 +260,26 @@ export function mount(root, app) {
     const { k } = current;
     const g = keyHeadOf(k, hit.head);
     const lines = stats.map((st) => `${escapeHtml(st.name)} ${formatValue(current.stats[st.name][hit.layer * k.numHeads + hit.head])}`);
+    const cls = classOf(hit.layer, hit.head);
+    const maps = spansShown();
     let cellLine = "";
     if (hit.fx < 1 && hit.fy < 1) {
       const [r0, r1, c0, c1] = layoutInfo.crop;
       const r = r0 + Math.floor(hit.fy * (r1 - r0));
       const c = c0 + Math.floor(hit.fx * (c1 - c0));
-      const v = current.pooled[(hit.layer * k.numHeads + hit.head) * current.rows * current.cols + r * current.cols + c];
-      if (current.rows === k.queryLen && current.cols === k.keyLen) {
+      const [rows, cols, values] = maps ? [maps.spans.length, maps.keySpans.length, maps.data] : [current.rows, current.cols, current.pooled];
+      const v = values[(hit.layer * k.numHeads + hit.head) * rows * cols + r * cols + c];
+      if (maps) {
+        const span = ([a, b]) => `${a}–${b - 1}`;
+        cellLine = `span ${r} (tokens ${span(maps.spans[r])}) → span ${c} (keys ${span(maps.keySpans[c])}): <b>${formatValue(v)}</b> (mean per query row)`;
+      } else if (current.rows === k.queryLen && current.cols === k.keyLen) {
         cellLine = `${escapeHtml(tokenLabel(k.queryTokens, r))} (${r}) → ${escapeHtml(tokenLabel(k.keyTokens, c))} (${c}): <b>${formatValue(v)}</b>`;
       } else {
         const span = (i, n, len) => `${Math.floor((i * len) / n)}–${Math.floor(((i + 1) * len) / n) - 1}`;
         cellLine = `queries ${span(r, current.rows, k.queryLen)} → keys ${span(c, current.cols, k.keyLen)}: <b>${formatValue(v)}</b> (block mean)`;
       }
     }
-    tip.innerHTML = `<div>layer ${escapeHtml(app.layerName(hit.layer, k.kind))}, head ${hit.head}${g === null ? "" : ` (key head ${g})`}</div><div>${cellLine}</div><div class="muted">${lines.join(" · ")}</div>`;
+    tip.innerHTML = `<div>layer ${escapeHtml(app.layerName(hit.layer, k.kind))}, head ${hit.head}${g === null ? "" : ` (key head ${g})`}${cls ? ` · <span class="head-class">${escapeHtml(cls)}</span>` : ""}</div><div>${cellLine}</div><div class="muted">${lines.join(" · ")}</div>`;
     tip.style.left = `${pointer.clientX + 12}px`;
     tip.style.top = `${pointer.clientY + 12}px`;
     tip.hidden = false;
@@ -261,9 +304,9 @@ export function mount(root, app) {
 
   function drawTable(k) {
     renderStatsTable($(".stats-panel"), {
-      stats, values: current.stats, numHeads: k.numHeads,
+      stats, values: current.stats, classes: current.classes, numHeads: k.numHeads,
       rows: [...Array(k.numLayers * k.numHeads).keys()].map((i) => ({ layer: Math.floor(i / k.numHeads), head: i % k.numHeads })),
-      sort: current.stats[app.state.sort] ? app.state.sort : "", selected: selectedHead(),
+      sort: current.stats[app.state.sort] || (app.state.sort === CLASS_SORT && current.classes) ? app.state.sort : "", selected: selectedHead(),
       layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
     }, { onSort: (sort) => app.update({ sort }), onPick: ({ layer, head }) => app.update({ layer, head }) });
   }
@@ -282,11 +325,16 @@ export function mount(root, app) {
     const zoomKey = `${key}/${layer}/${head}`;
     const needGrid = current?.key !== key;
     const needZoom = detail.shown()?.key !== zoomKey;
+    const wantSpans = s.maps === "spans" && spanMaps?.key !== spanKey(key);
     const requested = [];
     if (needGrid) {
       requested.push(views.pooled("thumbs", Math.min(viewer.thumbnailSize, Math.max(lq, lk)), k.kind));
       requested.push(views.headStats("stats", k.kind));
+      if (app.analysis()) requested.push(views.headClasses("classes", k.kind));
     }
+    const spans = equalSpans(lq, spanCount());
+    const keySpans = equalSpans(lk, spanCount());
+    if (wantSpans) requested.push(views.spanPooled("spanmaps", spans, k.kind, [], [], keySpans));
     if (needZoom) requested.push(views.pooled("heatmap", Math.min(viewer.tileSize, Math.max(lq, lk)), k.kind, [layer], [head]));
     let tensors = {};
     if (requested.length) {
@@ -296,15 +344,20 @@ export function mount(root, app) {
     if (needGrid) {
       const thumbs = tensors.thumbs;
       current = { key, k, rows: thumbs.shape[2], cols: thumbs.shape[3], pooled: thumbs.data,
-        stats: Object.fromEntries(stats.map((st) => [st.name, tensors[`stats/${st.name}`].data])) };
+        stats: Object.fromEntries(stats.map((st) => [st.name, tensors[`stats/${st.name}`].data])), classes: tensors.classes?.data || null };
     }
+    if (wantSpans) spanMaps = { key: spanKey(key), spans, keySpans, data: tensors.spanmaps.data };
     const base = tensors.heatmap;
     detail.show(needZoom ? { key: zoomKey, traceId: info.traceId, k, layer, head, base: base.data, rows: base.shape[2], cols: base.shape[3] } : detail.shown(), app.layerName(layer, k.kind));
     $(".kind-label").hidden = info.kinds.length < 2;
     $(".kind").replaceChildren(...info.kindNames.map((n) => new Option(n, n, false, n === k.kind)));
-    $(".filter-label").hidden = k.sentenceBStart < 0;
+    $(".filter-label").hidden = k.sentenceBStart < 0 || s.maps === "spans"; // span maps are of the whole text
     $(".filter").value = s.filter;
     $(".sort").value = s.sort;
+    $(".maps").value = s.maps === "spans" ? "spans" : "";
+    $(".maps").closest("label").hidden = !app.analysis();
+    $(".spans-label").hidden = s.maps !== "spans";
+    $(".spans").value = String(spanCount());
     drawTable(k);
     frame();
   }
@@ -318,10 +371,12 @@ export function mount(root, app) {
   return {
     render,
     exportPicture,
-    exportTitle: () => current && `${current.k.numLayers} layers × ${current.k.numHeads} heads · ${current.k.kind}${app.state.filter !== "all" ? ` · sentences ${app.state.filter}` : ""}`,
+    exportTitle: () => current && `${current.k.numLayers} layers × ${current.k.numHeads} heads · ${current.k.kind}${spansShown() ? ` · span maps, ${spansShown().spans.length} equal spans` : app.state.filter !== "all" ? ` · sentences ${app.state.filter}` : ""}`,
     exportLegend: () => weightLegend(app.state.theme === "dark"),
     exportJson: () => current && { kind: current.k.kind, rows: current.rows, cols: current.cols, layers: current.k.numLayers,
       heads: current.k.numHeads, pooled: [...current.pooled],
-      stats: Object.fromEntries(Object.entries(current.stats).map(([n, v]) => [n, [...v]])) },
+      stats: Object.fromEntries(Object.entries(current.stats).map(([n, v]) => [n, [...v]])),
+      ...(current.classes ? { classes: [...current.classes].map((c) => HEAD_CLASS_LABELS[c]) } : {}),
+      ...(spansShown() ? { spans: spansShown().spans, keySpans: spansShown().keySpans, spanMaps: [...spansShown().data] } : {}) },
   };
 }

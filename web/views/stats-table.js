@@ -5,35 +5,39 @@ import { HEAD_CLASS_LABELS } from "../data.js";
 import { escapeHtml, formatValue } from "../format.js";
 
 // `el`: the element to fill. m: { stats: [{name, description, notable}], values: {name: Float32Array
-// [layers × heads]}, classes (Int32Array [layers × heads] of HeadClass numbers, named beside each
-// head's number; null: none), numHeads, rows: [{layer, head}], sort (a statistic's name or ""), selected:
+// [layers × heads]}, classes (Int32Array [layers × heads] of HeadClass numbers, a "class" column;
+// null: none), numHeads, rows: [{layer, head}], sort (a statistic's name, CLASS_SORT or ""), selected:
 // {layer, head} | null, layerName(l), keyHead(h) (null without grouped-query attention), caption
 // (when set, the rows' one layer is named there instead of in a column) }.
 // Handlers: onSort(name), onPick({layer, head}).
+export const CLASS_SORT = "class"; // the sort key of the class column (URL state sort=class)
+
 export function renderStatsTable(el, m, { onSort, onPick } = {}) {
   const value = (name, r) => m.values[name]?.[r.layer * m.numHeads + r.head];
+  const classOf = (r) => (m.classes ? HEAD_CLASS_LABELS[m.classes[r.layer * m.numHeads + r.head]] || "" : "");
   const rows = [...m.rows];
   const sortBy = m.stats.find((s) => s.name === m.sort);
   if (sortBy) {
     const sign = sortBy.notable === "low" ? 1 : -1;
     rows.sort((a, b) => sign * (value(sortBy.name, a) - value(sortBy.name, b)));
+  } else if (m.sort === CLASS_SORT && m.classes) {
+    rows.sort((a, b) => classOf(a).localeCompare(classOf(b))); // stable: heads of a class stay in order
   }
-  // The head's class beside its number (what its statistics say it does).
-  const cls = (r) => {
-    const label = m.classes ? HEAD_CLASS_LABELS[m.classes[r.layer * m.numHeads + r.head]] : "";
-    return label ? ` <span class="head-class" title="the head's class (HeadClass, from its statistics)">${escapeHtml(label)}</span>` : "";
-  };
+  const sortable = (name, title, label) =>
+    `<th scope="col" class="sortable${name === m.sort ? " sorted" : ""}" data-stat="${escapeHtml(name)}" title="${escapeHtml(title)}${onSort ? " (click to sort)" : ""}">${label}</th>`;
   const grouped = rows.some((r) => m.keyHead(r.head) !== null);
   const layerCol = !m.caption;
-  const head = `<tr>${layerCol ? '<th scope="col">layer</th>' : ""}<th scope="col">head</th>${grouped ? '<th scope="col" title="the key head this query head shares (grouped-query attention)">kv</th>' : ""}${m.stats
-    .map((s) => `<th scope="col" class="sortable${s.name === m.sort ? " sorted" : ""}" data-stat="${escapeHtml(s.name)}" title="${escapeHtml(s.description)}${onSort ? " (click to sort)" : ""}">${escapeHtml(s.name).replace(/_/g, "_<wbr>")}</th>`)
+  const classCol = m.classes ? sortable(CLASS_SORT, "what the head's statistics say it does (HeadClass)", "class") : "";
+  const head = `<tr>${layerCol ? '<th scope="col">layer</th>' : ""}<th scope="col">head</th>${grouped ? '<th scope="col" title="the key head this query head shares (grouped-query attention)">kv</th>' : ""}${classCol}${m.stats
+    .map((s) => sortable(s.name, s.description, escapeHtml(s.name).replace(/_/g, "_<wbr>")))
     .join("")}</tr>`;
   const body = rows
     .map((r) => {
       const sel = m.selected && m.selected.layer === r.layer && m.selected.head === r.head ? " selected" : "";
       const kv = grouped ? `<td>${m.keyHead(r.head)}</td>` : "";
       const layer = layerCol ? `<td>${escapeHtml(m.layerName(r.layer))}</td>` : "";
-      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}">${layer}<td>${r.head}${cls(r)}</td>${kv}${m.stats
+      const cls = m.classes ? `<td class="head-class">${escapeHtml(classOf(r))}</td>` : "";
+      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}">${layer}<td>${r.head}</td>${kv}${cls}${m.stats
         .map((s) => `<td>${formatValue(value(s.name, r))}</td>`)
         .join("")}</tr>`;
     })

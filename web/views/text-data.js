@@ -1,0 +1,88 @@
+// The text view's numbers: one value per token of the quantity chosen, read from one GetViews
+// call, and the passages ranked by it. A passage is a window of `size` consecutive tokens
+// [i·size, (i+1)·size) (the wire carries no sentence spans yet), the same windows for every
+// quantity; its mass is the sum of its tokens' values (span mass: the passage's own value).
+import { getViews, views } from "../data.js";
+
+// What each quantity is, as the legend states it. `selection`: needs selected tokens.
+export const QUANTITIES = {
+  received: {
+    label: "attention received",
+    selection: false,
+    definition: "attention each token receives: Σ over queries q of P[q, token], mean over the chosen layers and heads",
+  },
+  rollout: {
+    label: "rollout of the selected tokens",
+    selection: true,
+    definition:
+      "attention rollout (Abnar & Zuidema 2020) of the selected tokens: each layer's head-mean P mixed with the residual, 0.5·I + 0.5·P̄, multiplied from the last chosen layer down to the first; mean over the selected tokens",
+  },
+  from: {
+    label: "attention from the selected tokens",
+    selection: true,
+    definition: "attention the selected tokens give each token: P[q, token], mean over the selected tokens q and the chosen layers and heads",
+  },
+  spans: {
+    label: "span mass",
+    selection: false,
+    definition:
+      "mass between passages: with tokens selected, the mass the rows of their passages give to each passage's keys (mean over those rows, Σ over the passage's keys); with none, the mean over every query of the mass each passage receives; mean over the chosen layers and heads; every token shows its passage's value",
+  },
+};
+
+// Consecutive windows [start, stop) of `size` tokens over `length` positions.
+export function passagesOf(length, size) {
+  const out = [];
+  for (let start = 0; start < length; start += size) out.push([start, Math.min(length, start + size)]);
+  return out;
+}
+
+// Mean over the leading axes: `data` is [groups × n] row-major -> Float32Array [n].
+function meanRows(data, n) {
+  const groups = data.length / n;
+  const out = new Float32Array(n);
+  for (let g = 0; g < groups; g++) for (let i = 0; i < n; i++) out[i] += data[g * n + i];
+  for (let i = 0; i < n; i++) out[i] /= groups;
+  return out;
+}
+
+// The request for quantity `shade` of `k` (a self-attention KindInfo), or null when it needs
+// selected tokens and none are. o: { selected: [positions], layers: [..] ([] = all), heads, size }.
+export function shadeRequest(shade, k, o) {
+  const q = QUANTITIES[shade];
+  if (!q) throw new Error(`the text view shades by ${Object.keys(QUANTITIES).join(", ")}; got ${shade}`);
+  if (q.selection && !o.selected.length) return null;
+  if (shade === "received") return views.received("shade", k.kind, o.layers, o.heads);
+  if (shade === "rollout") return views.rollout("shade", o.selected, k.kind, o.layers, o.heads);
+  if (shade === "from") return views.attentionFrom("shade", o.selected, k.kind, o.layers, o.heads);
+  const passages = passagesOf(k.keyLen, o.size);
+  const rows = o.selected.length ? [...new Set(o.selected.map((i) => Math.floor(i / o.size)))].sort((a, b) => a - b).map((p) => passages[p]) : [[0, k.queryLen]];
+  return views.spanPooled("shade", rows, k.kind, o.layers, o.heads, passages);
+}
+
+// One GetViews call -> { values: Float32Array [keyLen] (each token's value), passages: [{ start,
+// stop, mass }] in text order, excluded: the keys a renormalisation left out }.
+export async function loadShade(traceId, shade, k, o) {
+  const request = shadeRequest(shade, k, o);
+  if (!request) return null;
+  const { info, tensors } = await getViews(traceId, [request]);
+  const t = tensors.shade;
+  const n = k.keyLen;
+  const windows = passagesOf(n, o.size);
+  let values;
+  let masses;
+  if (shade === "spans") {
+    masses = meanRows(t.data, windows.length);
+    values = new Float32Array(n);
+    windows.forEach(([a, b], p) => values.fill(masses[p], a, b));
+  } else {
+    values = meanRows(t.data, n);
+    masses = windows.map(([a, b]) => values.subarray(a, b).reduce((s, v) => s + v, 0));
+  }
+  return { values, passages: windows.map(([start, stop], p) => ({ start, stop, mass: masses[p] })), excluded: info?.excludedKeys || [] };
+}
+
+// The `count` passages of most mass, the most first (ties: the earlier first).
+export function topPassages(passages, count) {
+  return [...passages].sort((a, b) => b.mass - a.mass || a.start - b.start).slice(0, count);
+}
