@@ -80,11 +80,16 @@ class _DatasetRows:
 class TraceActor:
     """One Extractor per Ray actor; map_batches calls it on batches of document rows."""
 
-    def __init__(self, model: str, device: str | None, max_tokens: int | None, batch_size: int) -> None:
+    def __init__(
+        self, model: str, device: str | None, max_tokens: int | None, batch_size: int, threads: int
+    ) -> None:
+        import torch
+
         from attnscope.extract import Extractor
 
         from .tracer import DocumentTracer
 
+        torch.set_num_threads(threads)  # as many as the actor asked Ray for; see tracer.py on rounding
         extractor = Extractor.from_pretrained(model or None, device=device)
         self.tracer = DocumentTracer(extractor, max_tokens, batch_size)
 
@@ -122,13 +127,14 @@ def _documents(ray, settings: ReportSettings):
     return docs
 
 
-def _pool(ray, device: str | None, workers: int | None) -> tuple[int, dict, str | None]:
+def _pool(ray, device: str | None, workers: int | None, threads: int) -> tuple[int, dict, str | None]:
     """(actors, their resource request, the device each loads its model on)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if gpus and device != "cpu":
         return workers or gpus, {"num_gpus": 1}, "cuda"  # Ray sets each actor's CUDA_VISIBLE_DEVICES
-    return workers or max(1, int(resources.get("CPU", 1))), {"num_cpus": 1}, "cpu"
+    actors = workers or max(1, int(resources.get("CPU", 1)) // threads)
+    return actors, {"num_cpus": threads}, "cpu"
 
 
 def run_on_ray(
@@ -137,9 +143,11 @@ def run_on_ray(
     address: str | None,
     workers: int | None = None,
     device: str | None = None,
+    threads: int = 1,
 ) -> RunSummary:
     """Trace OUT's missing documents on Ray (`address` None: a local Ray, unless one is running in
-    this process already), writing their records into OUT/parts."""
+    this process already), writing their records into OUT/parts. CPU actors ask for `threads`
+    CPUs each and run torch on as many threads."""
     ray = import_ray()
     started_ray = False
     if not ray.is_initialized():
@@ -154,7 +162,7 @@ def run_on_ray(
         if done:
             docs = docs.filter(lambda row: row["doc_id"] not in done).materialize()
         todo = docs.count()
-        actors, request, actor_device = _pool(ray, device, workers)
+        actors, request, actor_device = _pool(ray, device, workers, threads)
         if todo:
             traced = docs.map_batches(
                 TraceActor,
@@ -163,6 +171,7 @@ def run_on_ray(
                     "device": actor_device,
                     "max_tokens": settings.max_tokens,
                     "batch_size": settings.batch_size,
+                    "threads": threads,
                 },
                 batch_size=max(settings.batch_size, 8),
                 batch_format="pyarrow",

@@ -72,7 +72,7 @@ def line_chart(title: str, values: list[float], width: int = 260, height: int = 
     finite = [v for v in values if math.isfinite(v)] or [0.0]
     low, high = min(finite), max(finite)
     span = high - low or 1.0
-    left, right, top, bottom = 44, 8, 20, 22
+    left, right, top, bottom = 50, 8, 20, 30
     n = len(values)
 
     def xy(i: int, v: float) -> tuple[float, float]:
@@ -87,9 +87,13 @@ def line_chart(title: str, values: list[float], width: int = 260, height: int = 
         f'<text x="2" y="12">{escape(title)}</text>',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" class="axis"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" class="axis"/>',
-        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{_num(high)}</text>',
-        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{_num(low)}</text>',
-        f'<text x="{(left + width) / 2}" y="{height - 4}" text-anchor="middle">layer</text>',
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{high:.3g}</text>',
+        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{low:.3g}</text>',
+        f'<text x="{(left + width) / 2}" y="{height - 2}" text-anchor="middle">layer</text>',
+        *[
+            f'<text x="{x}" y="{height - bottom + 12}" text-anchor="middle">{i}</text>'
+            for i, (x, _) in enumerate(points)
+        ],
         '<polyline class="line" points="' + " ".join(f"{x},{y}" for x, y in points) + '"/>',
     ]
     for i, ((x, y), v) in enumerate(zip(points, values, strict=True)):

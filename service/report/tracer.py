@@ -8,15 +8,33 @@ it (a ValueError, e.g. no tokens); any other exception is a bug and propagates.
 `batch_size` > 1 traces documents of similar length together in one padded forward pass
 (`Extractor.trace_batch`), which pays on a GPU; padding changes float rounding a little, so the
 documents' statistics then agree with one-at-a-time traces to about 1e-6, not bit for bit. The
-default (1) traces each document alone: identical records whichever path or worker traces it.
+default (1) traces each document alone: identical records whichever path or worker traces it, as
+long as the device and torch's CPU thread count are the same (matrix products split over another
+number of threads round float32 differently: MiniLM's per-head means moved by up to 2e-7 between
+one and two threads), which is why `--threads` sets both paths alike.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from attnscope.extract.inputs import encode
 from attnscope.kernels.facts import HEAD_STAT_NAMES
 
 from .records import bad_record
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's CPU thread count set to `n` inside, restored after (a calling process keeps its own)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _flat(trace) -> tuple[dict, list[str], int, int]:
