@@ -268,7 +268,7 @@ export function mount(root, app) {
       button.dataset.stop = String(p.stop);
       button.dataset.rank = String(rank + 1);
       button.title = "scroll to this passage and outline it";
-      button.innerHTML = `<b>${formatValue(p.mass)}</b> · tokens ${p.start}–${p.stop - 1} · <span class="muted">${escapeHtml(words)}${p.stop - p.start > 12 ? "…" : ""}</span>`;
+      button.innerHTML = `${rank + 1}. <b>${formatValue(p.mass)}</b> · tokens ${p.start}–${p.stop - 1} · <span class="muted">${escapeHtml(words)}${p.stop - p.start > 12 ? "…" : ""}</span>`;
       li.append(button);
       list.append(li);
     }
