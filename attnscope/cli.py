@@ -66,7 +66,13 @@ def _model_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def _load_models(specs: list[str], device: str | None, dtype: str | None) -> dict:
+def _load_models(
+    specs: list[str],
+    device: str | None,
+    dtype: str | None,
+    device_map: str | None = None,
+    offload: str | None = None,
+) -> dict:
     """The served models by name: an operator's NAME= wins; else the Extractor's own name (the
     Hub id, a local folder's name, or all-MiniLM-L6-v2), never an absolute path."""
     import torch
@@ -76,7 +82,8 @@ def _load_models(specs: list[str], device: str | None, dtype: str | None) -> dic
     torch_dtype = getattr(torch, dtype) if dtype else None
     models: dict = {}
     for given, source in (_model_spec(s) for s in specs or [""]):
-        ex = Extractor.from_pretrained(source or None, device=device, dtype=torch_dtype)
+        placement = {"device_map": device_map, "offload_folder": offload} if device_map else {}
+        ex = Extractor.from_pretrained(source or None, device=device, dtype=torch_dtype, **placement)
         name = given or ex.name
         if name in models:
             raise ValueError(f"two --model options are both named {name!r}; name them with --model NAME=PATH")
@@ -112,7 +119,8 @@ async def _serve(args: argparse.Namespace) -> int:
             max_image_bytes=int(args.max_image_mb * 2**20),
             max_image_pixels=args.max_image_pixels,
         )
-        core = AttentionCore(_load_models(args.model, args.device, args.dtype), limits)
+        models = _load_models(args.model, args.device, args.dtype, args.device_map, args.offload_folder)
+        core = AttentionCore(models, limits)
         server = Server(
             core,
             args.host,
@@ -356,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--grpc-tls", action="store_true", help="the --grpc server speaks TLS (system CA roots)")
     sv.add_argument("--grpc-ca", default=None, help="PEM CA certificate that signed the --grpc server's")
     sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    sv.add_argument(
+        "--device-map",
+        default=None,
+        help="spread each model over devices as accelerate does: auto, balanced, sequential (needs "
+        "accelerate; --device is then not used); TraceInfo.device_memory reports each device's share",
+    )
+    sv.add_argument(
+        "--offload-folder", default=None, help="with --device-map: where weights offloaded to disk go"
+    )
     sv.add_argument(
         "--dtype",
         default=None,

@@ -214,6 +214,10 @@ class DenseTrace(TokensByKind):
         """Memory the kept probabilities take."""
         return sum(p.numel() * p.element_size() for p in self._p.values())
 
+    def bytes_by_device(self) -> dict[str, int]:
+        """The kept probabilities' bytes, all on the CPU."""
+        return {"cpu": self.nbytes()}
+
     def neuron(self, *args, **kwargs):
         raise ValueError(
             "attention tensors hold no query/key vectors: use attnscope.neuron_view(model, tokenizer, ...)"

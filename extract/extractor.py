@@ -86,6 +86,24 @@ def _auto_class(path):
     return AutoModel
 
 
+def _placement(device_map, offload_folder) -> dict:
+    """from_pretrained's keyword arguments for a device map (accelerate's dispatch), or none."""
+    if device_map is None:
+        if offload_folder is not None:
+            raise ValueError("offload_folder needs a device_map")
+        return {}
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "device_map needs accelerate: pip install 'attnscope[offload]' (or pip install accelerate)"
+        ) from None
+    out: dict = {"device_map": device_map}
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
 def _derives_positions_from_padding(model: torch.nn.Module) -> bool:
     # RoBERTa-style embeddings compute positions from input_ids and padding_idx themselves.
     return any(type(m).__name__.endswith("Embeddings") and hasattr(m, "padding_idx") for m in model.modules())
@@ -138,7 +156,13 @@ class Extractor:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path | None = None, device: str | torch.device | None = None, dtype=None
+        cls,
+        name_or_path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype=None,
+        *,
+        device_map: str | dict | None = None,
+        offload_folder: str | Path | None = None,
     ) -> Extractor:
         """Load a model and tokenizer (and its image processor, when the checkpoint has one, for
         `trace(image=...)`; a vision checkpoint without a tokenizer loads too; or its audio feature
@@ -152,6 +176,12 @@ class Extractor:
 
         device None -> "cuda" if available else "cpu". dtype None -> float32 on CPU, the
         checkpoint's own dtype on a GPU. Remote code is never trusted.
+
+        `device_map` ("auto", "balanced", or a dict module name -> device, "cpu" or "disk"; needs
+        accelerate) spreads a model larger than one device over several, as transformers loads it
+        (`offload_folder` holds what goes to "disk"); `device` is then not used. Each layer's Q
+        and K stay on the device that layer ran on and every view of that layer is computed there
+        (`Trace.bytes_by_device`).
         """
         from transformers import AutoTokenizer
 
@@ -161,7 +191,7 @@ class Extractor:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         if dtype is None:
-            dtype = torch.float32 if device.type == "cpu" else "auto"
+            dtype = torch.float32 if device.type == "cpu" and device_map is None else "auto"
         tokenizer = processor = None
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -176,16 +206,23 @@ class Extractor:
                 processor = _feature_extractor_from(path)
                 if tokenizer is None and processor is None:
                     raise refused from None
-        model = (
-            _auto_class(path)
-            .from_pretrained(path, dtype=dtype, attn_implementation=IMPLEMENTATION, trust_remote_code=False)
-            .to(device)
+        placement = _placement(device_map, offload_folder)
+        model = _auto_class(path).from_pretrained(
+            path, dtype=dtype, attn_implementation=IMPLEMENTATION, trust_remote_code=False, **placement
         )
+        if device_map is None:
+            model = model.to(device)
         return cls(model, tokenizer, processor=processor, name=display_name(name_or_path))
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first parameter's device; with a device map whose first modules are
+        offloaded (their weights on "meta" until accelerate's hooks bring them in), the first real
+        device among the model's parameters, else the CPU."""
+        for p in self.model.parameters():
+            if p.device.type != "meta":
+                return p.device
+        return torch.device("cpu")
 
     # ---- public entry points -----------------------------------------------------------------
     def trace(

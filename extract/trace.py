@@ -214,6 +214,16 @@ class Trace(TokensByKind):
             for lqk in layers
         )
 
+    def bytes_by_device(self) -> dict[str, int]:
+        """Device name -> bytes of Q and K held there: with a device map each layer's stay on the
+        device the layer ran on (and its views are computed there)."""
+        out: dict[str, int] = {}
+        for layers in self._layers.values():
+            for lqk in layers:
+                for t in (lqk.q, lqk.k):
+                    out[str(t.device)] = out.get(str(t.device), 0) + t.numel() * t.element_size()
+        return out
+
     def layer_qk(self, layer: int, kind: str | None = None) -> LayerQK:
         """The captured Q/K and mask of one layer (on the model's device)."""
         layers = self._layers[self._kind(kind)]

@@ -98,6 +98,10 @@ def trace_info(trace: Trace, model: str, trace_id: str = "", excluded_keys=()):
         prompt_len=trace.prompt_len or 0,
         generated_ids=trace.generated.ids if trace.generated is not None else [],
         generated_text=trace.generated.text if trace.generated is not None else "",
+        device_memory=[
+            proto.DeviceMemory(device=device, trace_bytes=n)
+            for device, n in sorted(trace.bytes_by_device().items())
+        ],
     )
 
 
