@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import torch
 
+from .inputs import SENTENCE_CLOSERS, SENTENCE_ENDERS
 from .selection import IndexOutOfRange, choose, index
 
 # ---- token ids ----------------------------------------------------------------------------------
@@ -458,9 +459,9 @@ def span_pooled(
 #: Word-piece markers a token's text may carry (GPT-2's Ġ/Ċ, SentencePiece's ▁, WordPiece's ##).
 _MARKERS = re.compile(r"^(?:Ġ|Ċ|▁|##)+")
 #: A token that ends a sentence: ., !, ?, …, or their CJK forms, optionally followed by quotes or brackets.
-_SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’)\]»]*$")
+_SENTENCE_END = re.compile(f"[{re.escape(SENTENCE_ENDERS)}]+[{re.escape(SENTENCE_CLOSERS)}]*$")
 #: A token of closing quotes or brackets only, which stays with the sentence it follows.
-_CLOSING = re.compile(r"^[\"'”’)\]»]+$")
+_CLOSING = re.compile(f"^[{re.escape(SENTENCE_CLOSERS)}]+$")
 #: Special tokens ([CLS], <s>, <|endoftext|>): they join the sentence next to them, never make one.
 _SPECIAL = re.compile(r"^(?:\[[A-Za-z_]+\]|<[^<>\s]*>|<\|[^|]*\|>)$")
 

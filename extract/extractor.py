@@ -86,6 +86,17 @@ def _auto_class(path):
     return AutoModel
 
 
+def _layer(call: CapturedCall, b: int, rows: range, keys: range) -> LayerQK:
+    """One captured call's query rows and key columns of batch item `b`, its mask description
+    cut to those keys."""
+    cols = slice(keys.start, keys.stop)
+    return LayerQK(
+        q=call.query[b, :, rows.start : rows.stop],
+        k=call.key[b, :, cols],
+        spec=call.spec.for_batch_item(b, cols),
+    )
+
+
 def _placement(device_map, offload_folder) -> dict:
     """from_pretrained's keyword arguments for a device map (accelerate's dispatch), or none."""
     if device_map is None:
@@ -471,14 +482,7 @@ class Extractor:
             kind = self._kind(call)
             q_keep = keep if kind == "encoder" else range(call.query.shape[2])
             k_keep = keep if kind in ("encoder", "cross") else range(call.key.shape[2])
-            keys = slice(k_keep.start, k_keep.stop)
-            layers.setdefault(kind, []).append(
-                LayerQK(
-                    q=call.query[0, :, q_keep.start : q_keep.stop],
-                    k=call.key[0, :, keys],
-                    spec=call.spec.for_batch_item(0, keys),
-                )
-            )
+            layers.setdefault(kind, []).append(_layer(call, 0, q_keep, k_keep))
             q_labels = labels if kind == "encoder" else dec_labels
             k_labels = labels if kind in ("encoder", "cross") else dec_labels
             tokens[kind] = (q_labels, k_labels)
@@ -501,12 +505,7 @@ class Extractor:
             kind = self._kind(call)
             n = lengths[kind]
             span = keep if labels is not None and n == full else range(n)
-            keys = slice(span.start, span.stop)
-            layers.setdefault(kind, []).append(
-                LayerQK(
-                    q=call.query[0, :, keys], k=call.key[0, :, keys], spec=call.spec.for_batch_item(0, keys)
-                )
-            )
+            layers.setdefault(kind, []).append(_layer(call, 0, span, span))
         return Trace(layers, tokens)
 
     def _need_tokenizer(self):
@@ -634,14 +633,7 @@ class Extractor:
         for call in calls:
             kind = self._kind(call)
             q_span, k_span = spans[kind]
-            keys = slice(k_span.start, k_span.stop)
-            layers.setdefault(kind, []).append(
-                LayerQK(
-                    q=call.query[b, :, q_span.start : q_span.stop],
-                    k=call.key[b, :, keys],
-                    spec=call.spec.for_batch_item(b, keys),
-                )
-            )
+            layers.setdefault(kind, []).append(_layer(call, b, q_span, k_span))
         src_tokens = items[b].tokens
         tgt_tokens = targets[b].tokens if targets is not None else src_tokens
         tokens = {

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
-#: Where a sentence of the text ends: its closing punctuation, any closing quotes or brackets, and
-#: the white space before the next sentence (the next sentence starts at the match's end).
-SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]]*\s+")
+#: The one rule of where a sentence ends, for texts (here) and for token strings (analysis'
+#: sentence_spans): a closing punctuation mark, then any closing quotes or brackets.
+SENTENCE_ENDERS = ".!?…。！？"
+SENTENCE_CLOSERS = "\"'”’)]»"
+#: Where a sentence of the text ends: the rule above and the white space before the next sentence
+#: (the next sentence starts at the match's end).
+SENTENCE_END = re.compile(f"[{re.escape(SENTENCE_ENDERS)}][{re.escape(SENTENCE_CLOSERS)}]*\\s+")
 
 
 @dataclass
