@@ -113,10 +113,14 @@ def direct_statistics(extractor, texts: list[str]) -> tuple[dict, list]:
     return {name: np.stack(v) for name, v in stats.items()}, classes
 
 
-def interrupted_run(model: Path | None, corpus: dict, out: Path, after: int, checkpoint_every: int) -> None:
+def interrupted_run(
+    model: Path | None, corpus: dict, out: Path, after: int, checkpoint_every: int, limit: int | None = None
+) -> None:
     """An in-process run into `out` (model None: the bundled one) stopped by Ctrl-C once `after`
     documents are traced."""
-    settings = ReportSettings(model=str(model or ""), data=corpus["paths"], max_tokens=MAX_TOKENS)
+    settings = ReportSettings(
+        model=str(model or ""), data=corpus["paths"], max_tokens=MAX_TOKENS, limit=limit
+    )
     claim(out, settings)
     tracer = DocumentTracer(Extractor.from_pretrained(model), MAX_TOKENS)
     seen = []

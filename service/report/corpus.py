@@ -59,8 +59,9 @@ def _is_dataset_dir(path: Path) -> bool:
 
 
 def find_sources(paths: list[str]) -> list[Source]:
-    """The sources `--data` names, in the order given; a folder (not a saved dataset) adds its
-    files of known formats, sorted by path. Raises FileNotFoundError / ValueError naming the path."""
+    """The sources `--data` names: its files in the order given (a folder, not a saved dataset,
+    adds its files of known formats sorted by path), then its saved datasets. Raises
+    FileNotFoundError / ValueError naming the path."""
     found: list[Source] = []
     for given in paths:
         path = Path(given).resolve()
@@ -86,7 +87,9 @@ def find_sources(paths: list[str]) -> list[Source]:
         if s.path not in seen:
             seen.add(s.path)
             unique.append(s)
-    return unique
+    # Files, then saved datasets (each in the order given): the order Ray Data's union reads them
+    # in too, so --limit picks the same documents on both paths.
+    return [s for s in unique if s.format != "dataset"] + [s for s in unique if s.format == "dataset"]
 
 
 def _decode(data: bytes) -> tuple[str | None, str | None]:

@@ -36,9 +36,10 @@ def import_ray():
     return ray
 
 
-def _doc_row(source: str, index: int, text: str | None, error: str | None) -> dict:
+def _doc_row(rank: int, source: str, index: int, text: str | None, error: str | None) -> dict:
     # "" rather than None: every block then has the same string columns (no null-typed blocks).
     return {
+        "rank": rank,  # the source's place in reading order (find_sources): what --limit counts in
         "doc_id": document_id(source, index),
         "source": source,
         "index": index,
@@ -52,29 +53,43 @@ class _SplitFiles:
 
     def __init__(self, formats: dict[str, str], text_field: str, txt_per: str) -> None:
         self.formats, self.text_field, self.txt_per = formats, text_field, txt_per
+        self.ranks = {path: rank for rank, path in enumerate(formats)}
 
     def __call__(self, row: dict) -> list[dict]:
         path = row["path"]
         source = path if path in self.formats else os.path.abspath(os.sep + path.lstrip(os.sep))
         docs = split_file(source, self.formats[source], row["bytes"], self.text_field, self.txt_per)
-        return [_doc_row(d.source, d.index, d.text, d.error) for d in docs]
+        return [_doc_row(self.ranks[source], d.source, d.index, d.text, d.error) for d in docs]
 
 
 class _DatasetRows:
     """map_batches: rows of a saved dataset's split (with their row numbers) -> documents."""
 
-    def __init__(self, source: str, text_field: str) -> None:
-        self.source, self.text_field = source, text_field
+    def __init__(self, rank: int, source: str, text_field: str) -> None:
+        self.rank, self.source, self.text_field = rank, source, text_field
 
     def __call__(self, batch):
         from .corpus import field_text
 
         rows = []
         for index, value in zip(batch[_INDEX].to_pylist(), batch[self.text_field].to_pylist(), strict=True):
-            rows.append(_doc_row(self.source, int(index), *field_text(value, self.text_field)))
+            rows.append(_doc_row(self.rank, self.source, int(index), *field_text(value, self.text_field)))
         import pyarrow as pa
 
         return pa.Table.from_pylist(rows)
+
+
+class _Skip:
+    """map_batches: drop the documents whose records OUT already holds (resuming)."""
+
+    def __init__(self, done: set[str]) -> None:
+        self.done = sorted(done)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        return batch.filter(pc.invert(pc.is_in(batch["doc_id"], value_set=pa.array(self.done, pa.string()))))
 
 
 class TraceActor:
@@ -106,6 +121,7 @@ def _documents(ray, settings: ReportSettings):
     if files:
         read = ray.data.read_binary_files(list(files), include_paths=True)
         pieces.append(read.flat_map(_SplitFiles(files, settings.text_field, settings.txt_per)))
+    rank = len(files)  # the datasets' splits come after the files, in reading order
     for s in sources:
         if s.format != "dataset":
             continue
@@ -118,13 +134,44 @@ def _documents(ray, settings: ReportSettings):
             rows = ray.data.from_huggingface(ds)
             pieces.append(
                 rows.map_batches(
-                    _DatasetRows(dataset_source(s.path, split), settings.text_field), batch_format="pyarrow"
+                    _DatasetRows(rank, dataset_source(s.path, split), settings.text_field),
+                    batch_format="pyarrow",
                 )
             )
-    docs = pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
-    if settings.limit is not None:
-        docs = docs.limit(settings.limit)
-    return docs
+            rank += 1
+    return pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
+
+
+class _First:
+    """map_batches: keep the documents before the cut, {rank: documents kept of that source}."""
+
+    def __init__(self, cut: dict[int, int]) -> None:
+        self.cut = cut
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        keep = [
+            index < self.cut.get(rank, 0)
+            for rank, index in zip(batch["rank"].to_pylist(), batch["index"].to_pylist(), strict=True)
+        ]
+        return batch.filter(pa.array(keep, pa.bool_()))
+
+
+def _limit(docs, limit: int):
+    """The first `limit` documents in reading order (sources by rank, then index), as the
+    in-process path takes them. Not Dataset.limit: a union streams its inputs interleaved."""
+    import pyarrow.compute as pc
+
+    counts: dict[int, int] = {}
+    for batch in docs.select_columns(["rank"]).iter_batches(batch_format="pyarrow", batch_size=65536):
+        for entry in pc.value_counts(batch["rank"]).to_pylist():  # a few bytes per document, no shuffle
+            counts[entry["values"]] = counts.get(entry["values"], 0) + entry["counts"]
+    cut, left = {}, limit
+    for rank in sorted(counts):
+        cut[rank] = min(left, counts[rank])
+        left -= cut[rank]
+    return docs.map_batches(_First(cut), batch_format="pyarrow")
 
 
 def _pool(ray, device: str | None, workers: int | None, threads: int) -> tuple[int, dict, str | None]:
@@ -155,12 +202,13 @@ def run_on_ray(
         started_ray = True
     try:
         started = time.perf_counter()
-        ray.data.DataContext.get_current().execution_options.preserve_order = True  # --limit: the first N
         docs = _documents(ray, settings).materialize()
+        if settings.limit is not None:
+            docs = _limit(docs, settings.limit).materialize()
         total = docs.count()
         done = rec.done_ids(out)
         if done:
-            docs = docs.filter(lambda row: row["doc_id"] not in done).materialize()
+            docs = docs.map_batches(_Skip(done), batch_format="pyarrow").materialize()
         todo = docs.count()
         actors, request, actor_device = _pool(ray, device, workers, threads)
         if todo:
