@@ -82,6 +82,9 @@ def kind_info(trace: Trace, kind: str):
         key_len=lk,
         sentence_b_start=b_start if _holds_the_pair(trace, kind) else -1,
         patch_grid=grid,
+        sentences=[]
+        if grid is not None
+        else [proto.Range(start=a, stop=b) for a, b in trace.sentence_spans(kind)],
     )
 
 

@@ -164,3 +164,11 @@ def test_a_generation_stops_at_its_deadline_or_when_the_call_ends(extractors):
     items.close()  # the call ended (client gone): generation stops at its next token, thread joined
     got = collect(core.extract(request))  # and the model is free for the next call
     assert len(got.info.generated_ids) == 20 and [p.done for p in got.progress] == list(range(21))
+
+
+def test_kind_info_carries_the_texts_sentences(client, extractors):
+    text = "w1 w2 w3. w4 w5! w6 w7 w8? w9"
+    got = client.extract(text, model="bert", views=[views.head_stats()])
+    sentences = [(r.start, r.stop) for r in got.info.kinds[0].sentences]
+    assert sentences == extractors["bert"].trace(text).sentence_spans()
+    assert len(sentences) == 4 and sentences[0][0] == 0 and sentences[-1][1] == got.info.kinds[0].query_len
