@@ -73,7 +73,12 @@ def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
     assert {r["method"] for r in raw} == {"attnscope", "sdpa", "eager"}
     assert all(r["status"] == "ok" and r["seconds"] > 0 for r in raw)
     views = {r["view"]: r for r in data["views"]["rows"]}
-    assert views["issue 6's view"]["status"] == "not built yet"
+    generation = views["generation traced (32 new tokens, + retrieval + passages)"]
+    assert generation["status"] == "ok" and generation["issue"] == 6
+    assert 0 < generation["generate_s"] and generation["vs_generate"] > 0
+    split = views["device-map split vs one device"]
+    assert split["status"] == "ok" and split["split"] == "CPU + disk offload" and split["devices"]
+    assert split["max_abs_diff_attention"] < 1e-5 and split["max_abs_diff_head_stats"] < 1e-4
     measured = [r for r in views.values() if r["issue"] == 5]
     assert len(measured) == 3 and all(r["status"] == "ok" and r["seconds"] > 0 for r in measured)
     assert {r["backend"] for r in measured} == {"triton"}  # interpreted in the dry run

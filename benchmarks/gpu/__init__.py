@@ -12,7 +12,8 @@ an import from another folder), pytest (``pytest -m cuda``: the compiled Triton 
 any model test marked cuda), kernels (benchmarks/kernels.py: every family at L = 4k/16k/32k, d 64
 and 128, causal and not, TFLOP/s and ratio to the floor), e2e (benchmarks/e2e.py's measurement:
 GPT-2-small shapes to 32k, Llama-3-8B shapes to 128k, eager recorded as out of memory where it
-fails) and views (the cost of each view in `measures.VIEWS`; those not built yet say so).
+fails) and views (the cost of each view in `measures.VIEWS`: issue 15's passes, a generation traced
+against generating, a model split over devices against one device; those not built yet say so).
 
 A stage that runs past its budget is killed with its whole process group and reported as
 'timeout'; what it had written so far is kept and the next stage runs. Each stage writes
@@ -25,7 +26,7 @@ variable OUT is set (the device tool brings that folder back, at most 8 files), 
 from git, else from ATTNSCOPE_COMMIT (the device machine has no .git), else 'unknown'.
 
 Budgets of the real run (seconds; benchmarks/gpu/stages.py): env 15, install 30, pytest 150,
-kernels 100, e2e 170 plus whatever the earlier stages left unused, views 40: 505 within the default
+kernels 100, e2e 150 plus whatever the earlier stages left unused, views 60: 505 within the default
 ``--budget 510``, so the whole run fits a 9-minute device call (540 s) with time for Python to start
 and the archive to be written. A device call for it, in the repository root there:
 

@@ -153,7 +153,7 @@ def e2e_headline(data: dict) -> str:
     return text
 
 
-# ---- views (issues 5-6) --------------------------------------------------------------------------
+# ---- views (issues 5-7) --------------------------------------------------------------------------
 @dataclass
 class View:
     """A view whose cost the run reports: `measure(dry_run)` returns its row's figures (seconds,
@@ -182,13 +182,77 @@ def _analysis(pass_name: str) -> Callable[[bool], dict]:
     return run
 
 
+def _generation(dry_run: bool) -> dict:
+    """benchmarks.generation at one prompt length: GPT-2 small generating 32 tokens after a 4k
+    prompt, alone and traced (+ retrieval scores, + the passages read); a tiny model in the dry run."""
+    from ..generation import _model, measure
+
+    device, length = ("cpu", 40) if dry_run else ("cuda", 4096)
+    rows = {r["step"]: r for r in measure(length, _model(dry_run, device, length), repeats=1)}
+    alone = rows["generate (model alone)"]["seconds"]
+    return {
+        "length": length,
+        "generate_s": alone,
+        "traced_s": rows["generate + trace"]["seconds"],
+        "read_s": rows["+ retrieval + passages read"]["seconds"],
+        "vs_generate": rows["+ retrieval + passages read"]["vs_generate"],
+    }
+
+
+def _device_split(dry_run: bool) -> dict:
+    """A model spread over devices (issue 7): its trace against the same model on one device.
+    With two GPUs or more, a 4-layer GPT-2 split by device_map="balanced" over them (each layer's
+    Q/K and views on its own GPU); with one GPU, or in the dry run, layers offloaded to CPU/disk."""
+    import tempfile
+
+    import torch
+    import transformers as tf
+
+    from attnscope import Extractor
+
+    gpus = 0 if dry_run else torch.cuda.device_count()
+    config = tf.GPT2Config(
+        n_layer=4, n_head=4, n_embd=64 if dry_run else 256, n_positions=4096, vocab_size=1000
+    )
+    torch.manual_seed(0)
+    length = 40 if dry_run else 2048
+    ids = torch.randint(0, 1000, (1, length))
+    with tempfile.TemporaryDirectory() as folder:
+        tf.GPT2LMHeadModel(config).save_pretrained(folder)
+        one = Extractor.from_pretrained(folder, device="cpu" if gpus == 0 else "cuda:0", dtype=torch.float32)
+        if gpus >= 2:
+            split = Extractor.from_pretrained(folder, device_map="balanced", dtype=torch.float32)
+        else:
+            layout = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.h.0": "cpu",
+                      "transformer.h.1": "cpu", "transformer.h.2": "disk", "transformer.h.3": "disk",
+                      "transformer.ln_f": "cpu", "lm_head": "cpu"}  # fmt: skip
+            split = Extractor.from_pretrained(folder, device_map=layout, offload_folder=folder + "/off")
+        ref, got = one.trace(input_ids=ids), split.trace(input_ids=ids)
+        diff = max(
+            float(
+                (got.attention(layer, 0, slice(0, 256)) - ref.attention(layer, 0, slice(0, 256))).abs().max()
+            )
+            for layer in range(ref.num_layers)
+        )
+        stats = max(float((got.head_stats()[n] - v).abs().max()) for n, v in ref.head_stats().items())
+    return {
+        "gpus": gpus,
+        "split": "balanced over GPUs" if gpus >= 2 else "CPU + disk offload",
+        "devices": got.bytes_by_device(),
+        "max_abs_diff_attention": diff,
+        "max_abs_diff_head_stats": stats,
+    }
+
+
 #: Issue 5 of 8 (issue 15, head analysis): its passes, timed by benchmarks.analysis; issue 6 of 8
-#: (generation traces) does not exist yet and gets its `measure` here once built.
+#: (issue 16, generation traces): tracing a generation against generating; issue 7 of 8 (issue 17):
+#: a model spread over devices against the same model on one.
 VIEWS = [
     View(5, "duplicate-token and induction terms", _analysis("terms + token ids (duplicate, induction)")),
     View(5, "rollout step (one query, one layer)", _analysis("rollout step (one query)")),
     View(5, "span sums (32 uneven spans)", _analysis("span sums (32 uneven spans)")),
-    View(6, "issue 6's view"),
+    View(6, "generation traced (32 new tokens, + retrieval + passages)", _generation),
+    View(7, "device-map split vs one device", _device_split),
 ]
 
 

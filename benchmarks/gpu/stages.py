@@ -53,12 +53,13 @@ STAGES = {
             kernels_headline,
             dry_env={"TRITON_INTERPRET": "1", "ATTNSCOPE_BACKEND": "triton"},
         ),
-        Stage("e2e", "end-to-end benchmark", 170, e2e_stage, e2e_headline, takes_slack=True),
-        # 40 s: the digest kernel's variants with token ids, row weights and blocks compile first.
+        Stage("e2e", "end-to-end benchmark", 150, e2e_stage, e2e_headline, takes_slack=True),
+        # 60 s: the digest kernel's variants with token ids, row weights and blocks compile first,
+        # then a generation traced (GPT-2 small, 4k prompt) and a model split over devices.
         Stage(
             "views",
-            "costs of issues 5-6's views",
-            40,
+            "costs of issues 5-7's views",
+            60,
             views_stage,
             views_headline,
             dry_env={"TRITON_INTERPRET": "1", "ATTNSCOPE_BACKEND": "triton"},
