@@ -20,7 +20,7 @@ from attnscope.service import AttentionCore
 from attnscope.service.background import BackgroundServer
 from attnscope.service.gateway import Gateway
 
-from tiny_models import build, word_tokenizer
+from tiny_models import build_lm, word_tokenizer
 
 HERE = Path(__file__).parent / "connect"
 TOKEN = "connect-test-token"
@@ -39,7 +39,8 @@ def node_client():
 
 @pytest.fixture(scope="module")
 def stack():
-    core = AttentionCore({"tiny": Extractor(build("llama", dtype=torch.float32), word_tokenizer())})
+    # A language model: its generation is traced too (Progress, the split in TraceInfo).
+    core = AttentionCore({"tiny": Extractor(build_lm("llama", dtype=torch.float32), word_tokenizer())})
     server = BackgroundServer(core, token=TOKEN)
     gateway = Gateway(server.address, port=0, token=TOKEN)
     gateway.start()
@@ -64,13 +65,14 @@ def answers(node_client, stack):
 def direct(stack):
     with Client(stack[0], token=TOKEN) as client:
         result = client.extract(TEXT, views=[views.head_stats(name="stats"), views.pooled(3, name="map")])
-        return result, client.server_info(), client.list_models()
+        generated = client.extract(TEXT, generation=views.generation(3), views=[views.retrieval(name="read")])
+        return result, client.server_info(), client.list_models(), generated
 
 
 @pytest.mark.parametrize("codec", ["binary", "json"])
 def test_connect_es_streams_extract_with_the_same_bytes(answers, direct, codec):
     got = answers[codec]["extract"]
-    result, _, _ = direct
+    result, _, _, _ = direct
     assert got["tokens"] == list(result.tokens)
     assert got["manifest"] == [{"name": v.name, "tensors": list(v.tensors)} for v in result.manifest.views]
     assert set(got["tensors"]) == set(result.tensors) and "map" in got["tensors"]
@@ -85,7 +87,7 @@ def test_connect_es_streams_extract_with_the_same_bytes(answers, direct, codec):
 @pytest.mark.parametrize("codec", ["binary", "json"])
 def test_connect_es_unary_calls_and_errors(answers, direct, codec):
     got = answers[codec]
-    _, info, models = direct
+    _, info, models, _ = direct
     assert got["serverInfo"] == {
         "version": info.version,
         "maxTokens": info.limits.max_tokens,
@@ -102,3 +104,14 @@ def test_connect_es_unary_calls_and_errors(answers, direct, codec):
     assert errors["noToken"]["code"] == "Unauthenticated" and "token" in errors["noToken"]["message"]
     assert errors["wrongToken"]["code"] == "Unauthenticated"
     assert got["cancelled"] == "Canceled"  # an aborted stream ends as cancelled on the client
+
+
+@pytest.mark.parametrize("codec", ["binary", "json"])
+def test_connect_es_reads_a_generation_its_progress_and_the_split(answers, direct, codec):
+    got = answers[codec]["generation"]
+    *_, generated = direct
+    assert got["progress"] == [p.done for p in generated.progress] == [0, 1, 2, 3]
+    assert got["promptLen"] == generated.info.prompt_len > 0
+    assert got["generatedIds"] == list(generated.info.generated_ids) and len(got["generatedIds"]) == 3
+    assert got["generatedText"] == generated.info.generated_text
+    assert base64.b64decode(got["tensors"]["read"]) == generated["read"].astype("<f4").tobytes()

@@ -71,6 +71,20 @@ async function run(useBinaryFormat) {
     if (bytes.length !== Number(list[0].totalBytes)) throw new Error(`${name}: ${bytes.length} of ${list[0].totalBytes} bytes`);
     tensors[name] = { dtype: list[0].dtype, shape: list[0].shape.map(Number), data: bytes.toString("base64") };
   }
+  // A generation: Progress messages while the model generates, then the trace of prompt + answer.
+  const progress = [];
+  let generated = null;
+  const reading = {};
+  const generation = {
+    text,
+    generation: { maxNewTokens: 3 },
+    views: [{ name: "read", view: { case: "retrieval", value: {} } }],
+  };
+  for await (const m of client.extract(generation)) {
+    if (m.piece.case === "progress") progress.push(Number(m.piece.value.done));
+    else if (m.piece.case === "info") generated = m.piece.value;
+    else if (m.piece.case === "tensor") reading[m.piece.value.name] = Buffer.from(m.piece.value.data).toString("base64");
+  }
   // Cancelled after the first message: the stream ends with Canceled on this side.
   const abort = new AbortController();
   let cancelled = null;
@@ -87,6 +101,13 @@ async function run(useBinaryFormat) {
       tokens: trace.kinds[0].queryTokens,
       manifest: manifest.views.map((v) => ({ name: v.name, tensors: v.tensors })),
       tensors,
+    },
+    generation: {
+      progress,
+      promptLen: generated.promptLen,
+      generatedIds: generated.generatedIds.map(Number),
+      generatedText: generated.generatedText,
+      tensors: reading,
     },
     cancelled,
     errors: {
