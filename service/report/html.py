@@ -15,7 +15,8 @@ svg text { font-size: 11px; fill: #333; }
 svg .axis { stroke: #999; } svg .line { fill: none; stroke: #1f77b4; stroke-width: 2; }
 svg circle { fill: #1f77b4; } svg .bar { fill: #1f77b4; }
 table { border-collapse: collapse; font-size: 12px; }
-td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
+td.w { white-space: normal; min-width: 14em; }
 td.l, th.l { text-align: left; } .muted { color: #777; }
 """
 #: One color per head class (svg cells of the class map).
@@ -95,7 +96,9 @@ def report_page(report: dict) -> str:
         body.append(
             '<div class="grid">'
             + svg.head_map("most frequent class per head", colors, tips)
-            + svg.bar_chart("heads per class", classes["heads_per_class"])
+            + svg.bar_chart(
+                "heads per class (the map's colors)", classes["heads_per_class"], colors=CLASS_COLORS
+            )
             + svg.value_map(
                 "class consistency",
                 classes["consistency"],
@@ -130,7 +133,7 @@ def _head_table(report: dict) -> str:
             rows.append(
                 f"<tr><td>{layer}</td><td>{h}</td><td class='l'>{escape(classes['modal'][layer][h])}</td>"
                 f"<td>{classes['consistency'][layer][h]:.0%}</td>{cells}"
-                f"<td class='l'>{ext['statistic']}: {ends[0]}</td><td class='l'>{ends[1]}</td></tr>"
+                f"<td class='l w'>{ext['statistic']}: {ends[0]}</td><td class='l w'>{ends[1]}</td></tr>"
             )
     rows.append("</table>")
     return "".join(rows)

@@ -102,8 +102,10 @@ def line_chart(title: str, values: list[float], width: int = 260, height: int = 
     return "".join(out)
 
 
-def bar_chart(title: str, counts: dict[str, int], width: int = 420) -> str:
-    """One horizontal bar per label."""
+def bar_chart(
+    title: str, counts: dict[str, int], width: int = 420, colors: dict[str, str] | None = None
+) -> str:
+    """One horizontal bar per label (in `colors[label]` when given: the bars then key a map's colors)."""
     row, left = 20, 120
     height = 24 + row * len(counts)
     top = max(counts.values(), default=0) or 1
@@ -115,9 +117,10 @@ def bar_chart(title: str, counts: dict[str, int], width: int = 420) -> str:
     for i, (label, count) in enumerate(counts.items()):
         y = 20 + i * row
         w = max(1.0, (width - left - 40) * count / top)  # a zero count keeps a visible sliver
+        fill = f' style="fill: {colors[label]}"' if colors else ""
         out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{escape(label)}</text>')
         out.append(
-            f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 6}" class="bar">'
+            f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 6}" class="bar"{fill}>'
             f"<title>{escape(label)}: {count}</title></rect>"
         )
         out.append(f'<text x="{left + w + 4:.1f}" y="{y + 13}">{count}</text>')
