@@ -1,8 +1,9 @@
-"""Issue 15's viewer items in a real browser (Debian's Chromium via Playwright, a real gRPC server
+"""Issues 15 and 16's viewer items in a real browser (Debian's Chromium via Playwright, a real gRPC server
 + HTTP gateway): the text view (the input as running text shaded by a quantity, virtualised, the
 top passages with a jump to each, the sinks toggle), the head class as a column of the statistics
-tables and in the model view's hover, and the model view's span maps. Shown values are compared
-with the Python trace of the same model and text.
+tables and in the model view's hover, the model view's span maps, and generation traces (the
+generated tokens marked in every view, the text view reading what they attended to). Shown
+values are compared with the Python trace of the same model and text.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from attnscope.service.background import BackgroundServer
 from attnscope.service.gateway import Gateway
 from attnscope.service.limits import Limits
 
-from tiny_models import COMMON, build, random_text, word_tokenizer
+from tiny_models import COMMON, build, build_lm, random_text, word_tokenizer
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 browser, page = test_viewer.browser, test_viewer.page  # fixtures: Chromium once per module, a page per test
@@ -56,6 +57,7 @@ def models():
         "minilm": Extractor.from_pretrained(),
         "tiny": Extractor(build("llama", dtype=torch.float32), word_tokenizer()),
         "long": long_model(),
+        "lm": Extractor(build_lm("llama", dtype=torch.float32), word_tokenizer()),
     }
 
 
@@ -330,3 +332,100 @@ def test_span_maps_mode_shows_each_heads_mass_between_equal_spans(stack, page, m
     page.wait_for_function("!location.search.includes('maps=')")
     settle(page)
     assert model_view.locator(".spans-label").is_hidden()
+
+
+def accent_ink(page, y: float) -> int:
+    """Pixels of the head view's accent colour (light theme #1f77b4) in the key column's row at y."""
+    return page.evaluate(
+        """(y) => { const c = document.querySelector('#pane-a canvas.lines');
+             const lay = JSON.parse(c.dataset.layout); const d = c.getContext('2d').getImageData(lay.keyX, y - 6, lay.textWidth, 12).data;
+             let n = 0; for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 31) < 30 && Math.abs(d[i + 1] - 119) < 30 && Math.abs(d[i + 2] - 180) < 30 && d[i + 3] > 200) n++;
+             return n; }""",
+        y,
+    )
+
+
+def test_generated_tokens_are_marked_and_the_text_view_reads_what_they_attended_to(stack, page, models):
+    prompt = random_text(60, torch.Generator().manual_seed(13))
+    tr = models["lm"].trace(prompt, generate=8)
+    n, p = tr.seq_len, tr.prompt_len
+    assert n - p == 8
+    open_view(
+        page,
+        stack,
+        f"model=lm&text={prompt}&view=neuron&layer=1&head=0&query=3",
+        "document.querySelector('#pane-a .query-tokens .token')",
+    )
+    assert page.locator("#generate").is_visible() and page.locator("#generate").input_value() == ""
+    page.locator("#model").select_option("minilm")
+    assert page.locator("#generate").is_hidden(), "only for models that can generate"
+    page.locator("#model").select_option("lm")
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('62 tokens')", timeout=60_000
+    )  # the prompt traced as it is: [CLS] + 60 words + [SEP]
+    page.fill("#generate", "8")
+    page.click("#run")
+    page.wait_for_function("location.search.includes('generate=8')")
+    page.wait_for_function(
+        f"document.getElementById('status').textContent.startsWith('{n} tokens ({p} prompt + 8 generated')",
+        timeout=120_000,
+    )
+    settle(page)
+    written = tr.generated.text if len(tr.generated.text) <= 40 else f"{tr.generated.text[:40]}…"
+    assert f"generated: “{written}”" in page.locator("#status").inner_text()
+    tokens = page.locator("#pane-a .query-tokens .token").all_inner_texts()
+    assert tokens == tr.tokens, "the page traced what the Python API generates (greedy)"
+    gen = page.locator("#pane-a .query-tokens .token.gen").evaluate_all(
+        "els => els.map((e) => Number(e.dataset.index))"
+    )
+    assert gen == list(range(p, n)), "the neuron view marks the generated tokens"
+    page.click("#tabs button[data-view='head']")
+    page.wait_for_function("window.attnscopeTimings && window.attnscopeTimings.headDrawMs !== undefined")
+    settle(page)
+    scroll = page.evaluate(
+        "() => { const s = document.querySelector('#pane-a .scroller'); s.scrollTop = s.scrollHeight; return s.scrollTop; }"
+    )
+    page.wait_for_function(
+        "JSON.parse(document.querySelector('#pane-a canvas.lines').dataset.drawn).first > 0"
+    )
+    settle(page)
+
+    def row(i: int) -> float:  # the middle of row i on the canvas
+        return 18 * i + 9 - scroll
+
+    assert accent_ink(page, row(n - 1)) > 10 and accent_ink(page, row(p - 2)) == 0, (
+        "the head view writes generated tokens in the accent colour, the prompt's in the text colour"
+    )
+
+    page.click("#tabs button[data-view='text']")
+    page.wait_for_function(TEXT_READY)
+    settle(page)
+    marked = page.locator("#pane-a .tok.gen").evaluate_all("els => els.map((e) => Number(e.dataset.i))")
+    assert marked == list(range(p, n))
+    view = page.locator("#pane-a .view-body[data-view=text]")
+    view.locator("select.layer-from").select_option("1")
+    view.locator("select.passage").select_option("8")
+    view.locator("select.head").select_option("-1")  # the mean of all heads (the neuron view had head 0)
+    page.wait_for_function(
+        "location.search.includes('layers=1-1') && location.search.includes('passage=8') && !location.search.includes('head=')"
+    )
+    settle(page)
+    view.locator("button.read").click()
+    page.wait_for_function(f"new URLSearchParams(location.search).get('sel') === '{p}-{n - 1}'")
+    wait_shaded(page, "from")
+    read = tr.attention_from(list(range(p, n)), layers=[1]).double()
+    shown = shown_values(page)
+    assert all(shown[i] == pytest.approx(float(read[i]), rel=1e-4, abs=1e-6) for i in range(n))
+    # The top passages are the prompt's: windows of 8 tokens cut at the prompt's end.
+    windows = [(a, min(p, a + 8)) for a in range(0, p, 8)]
+    masses = [float(read[a:b].sum()) for a, b in windows]
+    order = sorted(range(len(windows)), key=lambda w: -masses[w])
+    buttons = page.locator("#pane-a .passages button.passage")
+    starts = [int(v) for v in buttons.evaluate_all("els => els.map((e) => e.dataset.start)")]
+    assert starts == [windows[w][0] for w in order[: len(starts)]] and len(starts) == min(10, len(windows))
+    assert all(int(b) <= p for b in buttons.evaluate_all("els => els.map((e) => e.dataset.stop)"))
+    buttons.nth(1).click()
+    a, b = windows[order[1]]
+    page.wait_for_function(f"document.querySelectorAll('#pane-a .tok.hl').length === {b - a}")
+    outlined = page.locator("#pane-a .tok.hl").evaluate_all("els => els.map((e) => Number(e.dataset.i))")
+    assert outlined == list(range(a, b))

@@ -281,7 +281,7 @@ function normalizeKind(k) {
 // ModelInfo, with what it takes: servers from before images are text-only.
 function normalizeModel(m) {
   const takesImages = Boolean(m.takesImages);
-  return { ...m, takesImages, takesText: m.takesText === undefined ? !takesImages : Boolean(m.takesText) };
+  return { ...m, takesImages, takesText: m.takesText === undefined ? !takesImages : Boolean(m.takesText), canGenerate: Boolean(m.canGenerate) };
 }
 
 // TraceInfo -> { traceId, model, method, kinds: [KindInfo...] (the default first), kindNames, kind(name) }:
@@ -299,6 +299,11 @@ function normalizeInfo(info) {
     kind: (name) => byName.get(name) || kinds[0],
     // The keys a request's Renormalize left out of the views (GetViews' info), ascending.
     excludedKeys: (info.excludedKeys || []).map(Number),
+    // Generation traces: positions [0, promptLen) are the prompt, the rest was generated (0: not one).
+    promptLen: info.promptLen || 0,
+    generatedText: info.generatedText || "",
+    // Where the generated tokens start on the axes of `kind` (0: none there; cross attention's keys are the prompt's).
+    generatedFrom: (kind) => (kind === "cross" ? 0 : info.promptLen || 0),
   };
 }
 
@@ -372,9 +377,11 @@ export function serverInfo() {
   return serverInfoPromise;
 }
 
-// A trace of `text` (and `pair`), or of `image` (an image file's bytes, base64) instead.
-export async function createTrace({ model, text, pair, image }) {
+// A trace of `text` (and `pair`), or of `image` (an image file's bytes, base64) instead;
+// `generate` > 0: of the text and that many new tokens the model generates first (greedy).
+export async function createTrace({ model, text, pair, image, generate = 0 }) {
   const body = image ? { model, image } : { model, text, textPair: pair };
+  if (!image && generate > 0) body.generation = { maxNewTokens: generate };
   return normalizeInfo(await transport.unary("CreateTrace", body));
 }
 

@@ -137,6 +137,7 @@ function showInputs() {
   $("image").hidden = !m?.takesImages;
   $("image-clear").hidden = !(m?.takesImages && picked);
   for (const id of ["text", "pair", "compare"]) $(id).hidden = imageOnly;
+  $("generate").hidden = !m?.canGenerate;
 }
 
 async function readPick(file) {
@@ -148,9 +149,10 @@ async function readPick(file) {
   picked = { key: picks, name: file.name, url: URL.createObjectURL(file), base64: base64Of(bytes) };
 }
 
-function tracesFor(model, text, pair, compare) {
+// `generate` new tokens after each text first, where the model can generate (0: none).
+function tracesFor(model, text, pair, compare, generate) {
   const image = imageFor(model);
-  const key = JSON.stringify(image ? [model, "image", image.key] : [model, text, pair, compare]);
+  const key = JSON.stringify(image ? [model, "image", image.key] : [model, text, pair, compare, generate]);
   if (traceRun?.key === key) return traceRun.promise;
   const old = traceRun;
   const promise = (async () => {
@@ -158,8 +160,8 @@ function tracesFor(model, text, pair, compare) {
       const a = await busy(createTrace({ model, image: image.base64 }));
       return { a: Object.assign(a, { image }), b: null }; // the head view draws it under the patches
     }
-    const a = await busy(createTrace({ model, text, pair }));
-    const b = compare ? await busy(createTrace({ model, text: compare, pair })) : null;
+    const a = await busy(createTrace({ model, text, pair, generate }));
+    const b = compare ? await busy(createTrace({ model, text: compare, pair, generate })) : null;
     return { a, b };
   })();
   traceRun = { key, promise };
@@ -184,6 +186,7 @@ async function renderNow() {
   $("text").value = state.text;
   $("pair").value = state.pair;
   $("compare").value = state.compare;
+  $("generate").value = state.generate > 0 ? String(state.generate) : "";
   $("sinks").checked = Boolean(state.sinks);
   if (state.model) $("model").value = state.model;
   showInputs();
@@ -200,7 +203,8 @@ async function renderNow() {
   try {
     app.server = app.server || (await serverInfo());
     if (!fresh()) return;
-    const traced = await tracesFor(state.model, state.text, state.pair, state.compare);
+    const generate = model?.canGenerate && state.generate > 0 ? state.generate : 0;
+    const traced = await tracesFor(state.model, state.text, state.pair, state.compare, generate);
     if (!fresh()) return;
     // With the sinks toggle on, every view reads the attention with the trace's sinks left out and
     // each row renormalised (the request's Renormalize); `variant` keeps the views' caches apart.
@@ -219,7 +223,8 @@ async function renderNow() {
     const method = a.method === "eager" ? " · eager attention (fallback)" : "";
     const grid = k.patchGrid ? ` (${k.patchGrid.rows}×${k.patchGrid.cols} patches of ${a.image ? a.image.name : "an image"})` : "";
     const versus = b ? ` · compared with “${clip(state.compare)}” (${b.kinds[0].queryLen} tokens)` : "";
-    $("status").textContent = `${k.queryLen} tokens${grid} · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}${versus}${excluded ? sinksText(k, excluded) : ""}`;
+    const split = a.promptLen ? ` (${a.promptLen} prompt + ${k.queryLen - a.promptLen} generated: “${clip(a.generatedText)}”)` : "";
+    $("status").textContent = `${k.queryLen} tokens${split}${grid} · ${k.numLayers} layers × ${k.numHeads} heads · ${a.model}${method}${versus}${excluded ? sinksText(k, excluded) : ""}`;
     const comparing = Boolean(b);
     $("pane-b").hidden = !comparing;
     $("difference").hidden = !comparing;
@@ -345,7 +350,8 @@ async function init() {
     } catch {
       return; // its error is shown already
     }
-    update({ model: $("model").value, text: $("text").value, pair: $("pair").value, compare: $("compare").value, query: -1 });
+    const generate = Math.max(0, Number.parseInt($("generate").value, 10) || 0);
+    update({ model: $("model").value, text: $("text").value, pair: $("pair").value, compare: $("compare").value, generate, query: -1, sel: "" });
   });
   for (const tab of document.querySelectorAll("#tabs button")) tab.addEventListener("click", () => update({ view: tab.dataset.view }));
   $("theme").addEventListener("click", () => update({ theme: state.theme === "dark" ? "light" : "dark" }));

@@ -6,6 +6,7 @@ const DEFAULTS = {
   model: "",
   text: "The doctor asked the nurse a question. She said she would help.",
   pair: "",
+  generate: 0, // new tokens the model generates after the text before it is traced (0 = none)
   view: "head", // head | model | neuron | text
   kind: "", // encoder | decoder | cross ("" = the model's default)
   layer: 0,
@@ -25,7 +26,7 @@ const DEFAULTS = {
   passage: 32, // text view: tokens per passage (the top passages and the span mass)
   theme: "light",
 };
-const NUMBERS = new Set(["layer", "head", "query", "sinks", "spans", "passage"]);
+const NUMBERS = new Set(["layer", "head", "query", "sinks", "spans", "passage", "generate"]);
 
 export const state = { ...DEFAULTS };
 const listeners = new Set();

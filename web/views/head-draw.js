@@ -1,6 +1,7 @@
 // The head view's picture (pure: everything it needs comes in `m`): two columns of tokens, the
 // lines between them (opacity = weight, one colour per head), the weight boxes of a focused
-// query, search matches and the pinned query. The columns sit close (bertviz's compact layout).
+// query, search matches and the pinned query; generated tokens (positions from m.promptLen on, when
+// set) in the accent colour. The columns sit close (bertviz's compact layout).
 import { headColor } from "../colors.js";
 import { inFilter, weightOf } from "./head-data.js";
 
@@ -72,8 +73,10 @@ export function draw(ctx, m) {
   // Tokens; the pinned query underlined in the accent colour.
   ctx.fillStyle = m.textColor;
   ctx.textAlign = "right";
+  const ink = (i) => (m.promptLen && i >= m.promptLen ? m.accent : m.textColor);
   for (let q = first; q < last; q++) {
     ctx.font = q === focusQuery ? BOLD : FONT;
+    ctx.fillStyle = ink(q);
     ctx.fillText(m.queryTokens[q], lay.leftX - 6, y(q), lay.textWidth - 8);
   }
   if (m.pinned >= first && m.pinned < last) {
@@ -85,6 +88,7 @@ export function draw(ctx, m) {
   ctx.textAlign = "left";
   for (let k = m.firstKey; k < m.lastKey; k++) {
     ctx.font = k === focusKey ? BOLD : FONT;
+    ctx.fillStyle = ink(k);
     ctx.fillText(m.keyTokens[k], lay.keyX, y(k), lay.textWidth - 4);
   }
 }

@@ -82,7 +82,7 @@ export function mount(root, app) {
     return {
       lay, first, last, firstKey: first, lastKey, scroll, height, hover, pinned: s.query,
       heads: headsShown(k), data: current.data, filter: s.filter, bStart: k.sentenceBStart,
-      queryTokens: k.queryTokens, keyTokens: k.keyTokens,
+      queryTokens: k.queryTokens, keyTokens: k.keyTokens, promptLen: current.promptLen,
       found: [...new Set([...matches(k.queryTokens, s.search), ...matches(k.keyTokens, s.search)])],
       textColor: themeColor("--fg", "#222"), accent: themeColor("--accent", "#1f77b4"), matchColor: themeColor("--match", "#ffe08a"),
     };
@@ -255,7 +255,7 @@ export function mount(root, app) {
     if (!shown) {
       const data = await app.busy(loadLayer(info.traceId, k, layer, viewer, app.server.headStats.map((st) => st.name), app.analysis()));
       if (!fresh()) return;
-      shown = { key, data, k, layer, image: info.image || null };
+      shown = { key, data, k, layer, image: info.image || null, promptLen: info.generatedFrom(k.kind) };
     }
     current = shown;
     $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(app.layerName(l, k.kind), l, false, l === layer)));

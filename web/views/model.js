@@ -62,6 +62,12 @@ export function drawGrid(ctx, m) {
       const x = cellX(col);
       const y = cellY(l);
       ctx.drawImage(tile, c0, r0, Math.max(1, c1 - c0), Math.max(1, r1 - r0), x, y, cell, cell);
+      if (m.split) {
+        // Where generation starts: queries below the line, keys right of it were generated.
+        ctx.fillStyle = m.selectedColor;
+        ctx.fillRect(x, y + m.split * cell, cell, 1);
+        ctx.fillRect(x + m.split * cell, y, 1, cell);
+      }
       if (stat) {
         const v = m.stats[stat][l * heads + h];
         ctx.fillStyle = `rgba(214, 39, 40, ${m.notability(v).toFixed(3)})`;
@@ -208,6 +214,7 @@ export function mount(root, app) {
       order: order(k, values, stat), stat, stats: current.stats, dark: s.theme === "dark", background,
       title: byClass ? `Heads, grouped by class${spansTitle}` : spansTitle && `Heads${spansTitle}`,
       crop: maps ? [0, rows, 0, cols] : cropOf(s.filter, k.sentenceBStart, current.rows, current.cols, k.queryLen, k.keyLen),
+      split: current.promptLen && current.promptLen < k.queryLen ? current.promptLen / k.queryLen : 0,
       selected: selectedHead(), selectedColor: themeColor("--selected", "#d62728"), textColor: themeColor("--fg", "#222"),
       layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
       notability: (v) => {
@@ -343,7 +350,7 @@ export function mount(root, app) {
     }
     if (needGrid) {
       const thumbs = tensors.thumbs;
-      current = { key, k, rows: thumbs.shape[2], cols: thumbs.shape[3], pooled: thumbs.data,
+      current = { key, k, rows: thumbs.shape[2], cols: thumbs.shape[3], pooled: thumbs.data, promptLen: info.generatedFrom(k.kind),
         stats: Object.fromEntries(stats.map((st) => [st.name, tensors[`stats/${st.name}`].data])), classes: tensors.classes?.data || null };
     }
     if (wantSpans) spanMaps = { key: spanKey(key), spans, keySpans, data: tensors.spanmaps.data };

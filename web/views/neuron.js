@@ -162,7 +162,7 @@ export function mount(root, app) {
   }
 
   // The query tokens (wrapping lines): the query outlined, search matches highlighted, queries
-  // outside the sentence filter's query sentence dimmed.
+  // outside the sentence filter's query sentence dimmed, generated tokens marked.
   function tokensBar(query) {
     const s = app.state;
     const key = `${current.key}/${query}/${s.search}/${s.filter}`;
@@ -178,7 +178,9 @@ export function mount(root, app) {
       span.title = `${tokenLabel(current.k.queryTokens, i)} (position ${i})`;
       const outside = (s.filter !== "all" && b >= 0 && (s.filter[0] === "A") !== (i < b)) || (held && !held.has(i));
       if (held && !held.has(i)) span.title += ": not in this file's neuron views";
-      span.className = `token${i === query ? " pinned" : ""}${found.has(i) ? " match" : ""}${outside ? " filtered" : ""}`;
+      const generated = current.promptLen && i >= current.promptLen;
+      if (generated) span.title += ", generated";
+      span.className = `token${i === query ? " pinned" : ""}${found.has(i) ? " match" : ""}${outside ? " filtered" : ""}${generated ? " gen" : ""}`;
       return span;
     }));
   }
@@ -288,7 +290,7 @@ export function mount(root, app) {
     const k = info.kind(s.kind);
     const key = `${info.traceId}${info.variant || ""}/${k.kind}`;
     if (current?.key !== key) {
-      current = { key, traceId: info.traceId, k };
+      current = { key, traceId: info.traceId, k, promptLen: info.generatedFrom(k.kind) };
       cache.clear();
       windowStart = null;
       barKey = "";

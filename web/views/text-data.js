@@ -46,6 +46,12 @@ function meanRows(data, n) {
   return out;
 }
 
+function sumOf(values, start, stop) {
+  let total = 0;
+  for (let i = start; i < stop; i++) total += values[i];
+  return total;
+}
+
 // The request for quantity `shade` of `k` (a self-attention KindInfo), or null when it needs
 // selected tokens and none are. o: { selected: [positions], layers: [..] ([] = all), heads, size }.
 export function shadeRequest(shade, k, o) {
@@ -61,7 +67,9 @@ export function shadeRequest(shade, k, o) {
 }
 
 // One GetViews call -> { values: Float32Array [keyLen] (each token's value), passages: [{ start,
-// stop, mass }] in text order, excluded: the keys a renormalisation left out }.
+// stop, mass }] in text order, ranked: the passages the top list ranks (o.within > 0: those of
+// tokens [0, within) only, cut there: the prompt of an answer being read), excluded: the keys a
+// renormalisation left out }.
 export async function loadShade(traceId, shade, k, o) {
   const request = shadeRequest(shade, k, o);
   if (!request) return null;
@@ -77,9 +85,16 @@ export async function loadShade(traceId, shade, k, o) {
     windows.forEach(([a, b], p) => values.fill(masses[p], a, b));
   } else {
     values = meanRows(t.data, n);
-    masses = windows.map(([a, b]) => values.subarray(a, b).reduce((s, v) => s + v, 0));
+    masses = windows.map(([a, b]) => sumOf(values, a, b));
   }
-  return { values, passages: windows.map(([start, stop], p) => ({ start, stop, mass: masses[p] })), excluded: info?.excludedKeys || [] };
+  const passages = windows.map(([start, stop], p) => ({ start, stop, mass: masses[p] }));
+  const ranked = !o.within
+    ? passages
+    : passages.filter((p) => p.start < o.within).map((p) => {
+      const stop = Math.min(p.stop, o.within);
+      return { start: p.start, stop, mass: shade === "spans" ? p.mass : sumOf(values, p.start, stop) };
+    });
+  return { values, passages, ranked, excluded: info?.excludedKeys || [] };
 }
 
 // The `count` passages of most mass, the most first (ties: the earlier first).

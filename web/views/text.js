@@ -6,6 +6,8 @@
 // lines are laid out once per width (text-layout.js) and only the lines in view are in the page,
 // so a 100k-token document scrolls as fast as a short one. With the sinks toggle on, the sinks
 // the service left out are struck through (their values are 0 in the renormalised attention).
+// A generation trace marks its generated tokens; "Read" selects them and shades the text by the
+// attention they gave, the top passages then ranked over the prompt alone.
 import { picture } from "../canvas.js";
 import { heat } from "../colors.js";
 import { escapeHtml, formatValue, matches, themeColor } from "../format.js";
@@ -20,12 +22,14 @@ const TOP_PASSAGES = 10;
 const PASSAGE_SIZES = [8, 16, 32, 64, 128, 256];
 const PAD = 8; // the text's padding inside the scroller (style.css .text-scroller)
 
-// The selection of the URL state: "3,17" -> [3, 17] inside [0, n), ascending, each once.
+// The selection of the URL state: "3,17,40-44" -> [3, 17, 40, 41, 42, 43, 44] inside [0, n),
+// ascending, each once (a range "a-b" holds both ends: the generated tokens of a long answer).
 export function selectionOf(text, n) {
   const out = new Set();
   for (const part of String(text || "").split(",")) {
-    const i = Number.parseInt(part, 10);
-    if (Number.isInteger(i) && i >= 0 && i < n) out.add(i);
+    const [a, b = a] = part.split("-").map((v) => Number.parseInt(v, 10));
+    if (!Number.isInteger(a) || !Number.isInteger(b)) continue;
+    for (let i = Math.max(0, a); i <= Math.min(b, n - 1); i++) out.add(i);
   }
   return [...out].sort((a, b) => a - b);
 }
@@ -63,6 +67,7 @@ export function mount(root, app) {
         <canvas class="text-legend"></canvas>
         <p class="definition"></p>
         <p class="text-note muted"></p>
+        <p class="reading" hidden><button type="button" class="read" title="select the generated tokens and shade the text by the attention they gave">Read: what the answer attended to</button></p>
         <h3>Top passages</h3>
         <ol class="passages"></ol>
       </aside>
@@ -115,6 +120,9 @@ export function mount(root, app) {
     app.invalidate(showTip);
   });
   scroller.addEventListener("scroll", () => app.invalidate(frame));
+  $(".read").addEventListener("click", () => {
+    if (doc?.promptLen) app.update({ sel: `${doc.promptLen}-${doc.k.keyLen - 1}`, shade: "from" });
+  });
   $(".passages").addEventListener("click", (event) => {
     const item = event.target.closest("button[data-start]");
     if (item) jump(Number(item.dataset.start), Number(item.dataset.stop));
@@ -160,6 +168,7 @@ export function mount(root, app) {
     if (highlight && i >= highlight.start && i < highlight.stop) classes.push("hl");
     if (shade?.excluded.has(i)) classes.push("sink");
     if (p.special) classes.push("special");
+    if (doc.promptLen && i >= doc.promptLen) classes.push("gen");
     if (found.has(i)) classes.push("match");
     let style = "";
     if (shade) {
@@ -221,6 +230,7 @@ export function mount(root, app) {
       line += `: <b>${formatValue(shade.values[i])}</b> · passage ${passage.start}–${passage.stop - 1}: ${formatValue(passage.mass)}`;
       if (shade.excluded.has(i)) line += " · a sink, left out (rows renormalised)";
     }
+    if (doc.promptLen && i >= doc.promptLen) line += " · generated";
     tip.innerHTML = line;
     tip.style.left = `${hover.x + 12}px`;
     tip.style.top = `${hover.y + 12}px`;
@@ -252,7 +262,9 @@ export function mount(root, app) {
       canvas.dataset.hi = String(l.hi);
     }
     const scope = `${describeLayers(st.layers, k)}, ${st.head >= 0 && st.head < k.numHeads ? `head ${st.head}` : "all heads"}`;
-    $(".definition").innerHTML = `<b>${escapeHtml(q.label)}</b> (${escapeHtml(scope)}): ${escapeHtml(q.definition)}. Passages: windows of ${shade?.size ?? st.passage} tokens.`;
+    const within = shade?.within ? `; reading the answer: only the prompt's passages (tokens 0–${shade.within - 1}) are ranked` : "";
+    $(".definition").innerHTML = `<b>${escapeHtml(q.label)}</b> (${escapeHtml(scope)}): ${escapeHtml(q.definition)}. Passages: windows of ${shade?.size ?? st.passage} tokens${escapeHtml(within)}.`;
+    $(".reading").hidden = !doc.promptLen;
     const chosen = selectionOf(st.sel, k.keyLen);
     $(".text-note").textContent = q.selection && !chosen.length ? "select tokens to shade by this: click a token, shift-click to add more" : "";
     const list = $(".passages");
@@ -316,8 +328,12 @@ export function mount(root, app) {
     const k = kindOf(info);
     const docKey = `${info.traceId}/${k.kind}`;
     const size = passageSize();
+    const selected = selectionOf(st.sel, k.keyLen);
+    const promptLen = info.generatedFrom(k.kind);
     const o = {
-      selected: selectionOf(st.sel, k.keyLen),
+      selected,
+      // Generated tokens selected (reading an answer): rank the prompt's passages only.
+      within: promptLen && selected.length && selected[0] >= promptLen ? promptLen : 0,
       layers: layersOf(st.layers, k.numLayers),
       heads: st.head >= 0 && st.head < k.numHeads ? [st.head] : [],
       size,
@@ -331,11 +347,12 @@ export function mount(root, app) {
       if (loaded) {
         let hi = 0;
         for (const v of loaded.values) hi = Math.max(hi, v);
-        shade = { key: shadeKey, ...loaded, hi, size, quantity: QUANTITIES[quantity], excluded: new Set(loaded.excluded), top: topPassages(loaded.passages, TOP_PASSAGES) };
+        shade = { key: shadeKey, ...loaded, hi, size, within: o.within, quantity: QUANTITIES[quantity], excluded: new Set(loaded.excluded), top: topPassages(loaded.ranked, TOP_PASSAGES) };
       } else shade = null;
     }
     if (doc?.key !== docKey) doc = null;
     relayout(k, docKey);
+    doc.promptLen = promptLen;
     drawControls(info, k);
     drawSelection(k);
     drawSide(k);
