@@ -14,13 +14,21 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     ex = Extractor.from_pretrained(args.model, device=args.device)
     loaded = time.perf_counter()
-    tr = ex.trace(args.text, pair=args.pair)
+    options = {"generate": args.generate} if args.generate else {"pair": args.pair}
+    tr = ex.trace(args.text, **options)
     stats = tr.head_stats()
     done = time.perf_counter()
     name = ex.name if args.model else f"bundled {ex.name}"
     print(f"model: {name} on {ex.device}  ({tr.num_layers} layers × {tr.num_heads} heads)")
     print(f"tokens ({tr.seq_len}): {' '.join(tr.tokens)}")
-    print(f"loaded in {loaded - started:.2f} s, traced + head statistics in {done - loaded:.3f} s")
+    if tr.generated is not None:
+        print(
+            f"generated ({len(tr.generated.ids)} after {tr.prompt_len} prompt tokens): {tr.generated.text!r}"
+        )
+    what = "generated, traced" if tr.generated is not None else "traced"
+    print(f"loaded in {loaded - started:.2f} s, {what} + head statistics in {done - loaded:.3f} s")
+    if tr.generated is not None and tr.generated.ids:
+        _print_reading(ex, tr, args.top)
     for stat, values in stats.items():
         flat = values.flatten()
         high = HEAD_STATS[stat][1] == "high"  # which end marks a notable head
@@ -28,6 +36,16 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         heads = ", ".join(f"L{int(i) // tr.num_heads}.H{int(i) % tr.num_heads}={flat[i]:.3f}" for i in order)
         print(f"{stat:>15} ({'highest' if high else 'lowest'}): {heads}")
     return 0
+
+
+def _print_reading(ex, tr, top: int) -> None:
+    """The heads that copied what was generated and the passages the answer read."""
+    scores = tr.retrieval_scores().flatten()
+    order = scores.argsort(descending=True)[:top]
+    heads = ", ".join(f"L{int(i) // tr.num_heads}.H{int(i) % tr.num_heads}={scores[i]:.2f}" for i in order)
+    print(f"{'retrieval':>15} (highest): {heads}")
+    for start, stop, mass in tr.passages(top=min(top, 3)):
+        print(f"{'read':>15}: [{start}, {stop}) mass {mass:.3f}  {' '.join(tr.tokens[start:stop])[:70]}")
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -311,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default=None, help="model name or local path (default: the bundled MiniLM)")
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     tr.add_argument("--top", type=int, default=5, help="heads to list per statistic (default 5)")
+    tr.add_argument(
+        "--generate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="generate N tokens after the text first (a causal language model), then trace it all "
+        "and print the top retrieval heads and the passages the answer read",
+    )
     tr.set_defaults(func=_cmd_trace)
 
     sv = sub.add_parser("serve", help="run the gRPC service and the viewer's HTTP port")

@@ -146,3 +146,20 @@ def test_from_pretrained_loads_a_causal_lm_checkpoint_with_its_head(tmp_path):
     build("bert", dtype=torch.float32).save_pretrained(tmp_path / "bert")
     tok.save_pretrained(tmp_path / "bert")
     assert type(attnscope.Extractor.from_pretrained(tmp_path / "bert").model).__name__ == "BertModel"
+
+
+def test_cli_trace_generate_prints_the_answer_its_retrieval_heads_and_what_it_read(tmp_path, capsys):
+    from attnscope.cli import main as cli_main
+
+    model, tok = build_lm("gpt2", dtype=torch.float32), word_tokenizer()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prompt = "w1 w2 w3. w4 w5 w6. w1 w2"
+    assert cli_main(["trace", prompt, "--model", str(tmp_path), "--generate", "4", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    tr = attnscope.Extractor.from_pretrained(tmp_path).trace(prompt, generate=4)
+    assert f"generated (4 after {tr.prompt_len} prompt tokens): {tr.generated.text!r}" in out
+    retrieval = next(line for line in out.splitlines() if line.strip().startswith("retrieval"))
+    assert retrieval.count("=") == 2
+    (start, stop, mass), *_ = tr.passages(top=1)
+    assert f"read: [{start}, {stop}) mass {mass:.3f}" in out
