@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,3 +309,20 @@ def test_compare_finds_the_planted_head_and_fails_ci_only_where_a_rule_holds(tmp
 
     assert cli_main([*compare, "--fail-if", "entropy dips > 0.1"]) == 2  # a typo is an error, not a pass
     assert cli_main([*compare, "--fail-if", "loudness drop > 0.1"]) == 2
+
+
+def test_missing_extras_and_bad_arguments_are_errors_that_say_what_to_do(
+    tiny, corpus, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert cli_main(report_args(tiny, corpus, tmp_path / "r", "--ray")) == 2
+    assert "pip install 'attnscope[report]'" in capsys.readouterr().err
+    assert cli_main(["report", "--out", str(tmp_path / "x")]) == 2  # no --data
+    assert cli_main(["report", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "y")]) == 2
+    assert (
+        cli_main(
+            ["report", "--compare", str(tmp_path / "no"), str(tmp_path / "pe"), "--out", str(tmp_path / "z")]
+        )
+        == 2
+    )
+    assert "no report.json" in capsys.readouterr().err

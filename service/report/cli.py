@@ -122,6 +122,16 @@ def _run_here(args: argparse.Namespace, out: Path, settings):
 
 
 def run_report_command(args: argparse.Namespace) -> int:
+    try:
+        return _report(args)
+    except ImportError as exc:  # an optional dependency (Ray Data, datasets) that is not installed
+        import sys
+
+        print(f"attnscope: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args)
     if args.fail_if:
