@@ -23,6 +23,7 @@ from attnscope.cli import main as cli_main
 from attnscope.extract.analysis import HEAD_CLASSES
 from attnscope.kernels.facts import HEAD_STAT_NAMES
 from attnscope.service.report import records
+from attnscope.service.report.aggregate import SIGNATURE
 from attnscope.service.report.run import ReportSettings, claim, run_in_process
 from attnscope.service.report.tracer import DocumentTracer, torch_threads
 
@@ -151,8 +152,10 @@ def corpus(tmp_path, rng) -> dict:
 # ---- tests --------------------------------------------------------------------------------------
 
 
-def check_against_direct(report: dict, extractor, texts: list[str]) -> None:
-    direct, classes = direct_statistics(extractor, texts)
+def check_against_direct(report: dict, extractor, texts: list[str], ids: list[str]) -> None:
+    """The report's aggregates against the traces of `texts` (documents `ids`, in report order)."""
+    with torch_threads(1):  # as the CLI's default --threads
+        direct, classes = direct_statistics(extractor, texts)
     n = len(texts)
     assert report["documents"]["traced"] == n
     for name, x in direct.items():
@@ -169,6 +172,20 @@ def check_against_direct(report: dict, extractor, texts: list[str]) -> None:
             modal = max(HEAD_CLASSES, key=lambda label: (counts[label], -HEAD_CLASSES.index(label)))
             assert report["classes"]["modal"][layer][head] == modal
             assert report["classes"]["consistency"][layer][head] == pytest.approx(counts[modal] / n)
+            # The documents where the head is most / least its class, by its signature statistic.
+            ends = report["extremes"][layer][head]
+            stat, high_is_more = SIGNATURE[modal]
+            assert ends["statistic"] == stat
+            values = direct[stat][:, layer, head]
+            ascending = np.sort(values)
+            highest_first = ascending[::-1]
+            most, least = (highest_first, ascending) if high_is_more else (ascending, highest_first)
+            for side, expected in (("most", most), ("least", least)):
+                listed = ends[side]
+                assert len(listed) == min(3, n)
+                np.testing.assert_allclose([d["value"] for d in listed], expected[: len(listed)], atol=1e-6)
+                for d in listed:
+                    assert values[ids.index(d["doc_id"])] == pytest.approx(d["value"], abs=1e-6)
 
 
 def test_report_means_equal_head_stats_over_documents_and_bad_documents_are_skipped(
@@ -179,7 +196,7 @@ def test_report_means_equal_head_stats_over_documents_and_bad_documents_are_skip
     report = json.loads((out / "report.json").read_text())
     good, bad = corpus["good"], corpus["bad"]
     ordered = sorted(good, key=lambda d: (d.rsplit(":", 1)[0], int(d.rsplit(":", 1)[1])))
-    check_against_direct(report, Extractor.from_pretrained(tiny), [good[d] for d in ordered])
+    check_against_direct(report, Extractor.from_pretrained(tiny), [good[d] for d in ordered], ordered)
 
     listed = {d["doc_id"]: d["reason"] for d in report["bad_documents"]}
     assert sorted(listed) == sorted(bad)
@@ -210,7 +227,8 @@ def test_report_on_the_bundled_minilm_equals_head_stats(tmp_path):
     assert cli_main(["report", "--data", str(data), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "all-MiniLM-L6-v2" and (report["layers"], report["heads"]) == (6, 12)
-    check_against_direct(report, Extractor.from_pretrained(), ENGLISH)
+    ids = [f"{data.resolve()}:{i}" for i in range(len(ENGLISH))]
+    check_against_direct(report, Extractor.from_pretrained(), ENGLISH, ids)
 
 
 def test_parquet_and_a_saved_dataset_are_read_with_stable_ids(tiny, tmp_path, rng):
@@ -228,9 +246,29 @@ def test_parquet_and_a_saved_dataset_are_read_with_stable_ids(tiny, tmp_path, rn
     assert report["bad_documents"] == [
         {"doc_id": f"{tmp_path.resolve()}/docs.parquet:3", "reason": "no 'body' field"}
     ]
-    check_against_direct(report, Extractor.from_pretrained(tiny), texts)
-    ids = pq.read_table(out / "heads.parquet").column("doc_id").to_pylist()
-    assert f"{tmp_path.resolve()}/saved:1" in ids
+    ids = [f"{tmp_path.resolve()}/docs.parquet:{i}" for i in range(3)] + [
+        f"{tmp_path.resolve()}/saved:{i}" for i in range(2)
+    ]
+    check_against_direct(report, Extractor.from_pretrained(tiny), texts, ids)
+    assert pq.read_table(out / "heads.parquet").column("doc_id").unique().to_pylist() == ids
+
+    # .txt files as one document each (a folder of them, read in path order).
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i, text in enumerate(texts[:3]):
+        (folder / f"doc{i}.txt").write_text(text.replace(" ", "\n", 1) + "\n")  # a line break inside
+    out = tmp_path / "per-file"
+    assert (
+        cli_main(
+            ["report", "--model", str(tiny), "--data", str(folder), "--txt-per", "file", "--out", str(out)]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    ids = [f"{(folder / f'doc{i}.txt').resolve()}:0" for i in range(3)]
+    check_against_direct(
+        report, Extractor.from_pretrained(tiny), [t.replace(" ", "\n", 1) + "\n" for t in texts[:3]], ids
+    )
 
 
 def test_an_interrupted_run_resumes_to_the_same_report(tiny, corpus, tmp_path):
@@ -326,3 +364,37 @@ def test_missing_extras_and_bad_arguments_are_errors_that_say_what_to_do(
         == 2
     )
     assert "no report.json" in capsys.readouterr().err
+
+
+def test_fail_if_rules_select_the_heads_they_name(rng):
+    from attnscope.service.report.rules import evaluate, parse_rule
+
+    a = (torch.rand(3, 4, generator=rng, dtype=torch.float64) + 0.5).tolist()
+    b = [row[:] for row in a]
+    b[2][1] = a[2][1] * 0.5  # a 50 % drop on L2.H1
+    b[0][3] = a[0][3] + 0.3  # a rise of 0.3 on L0.H3
+    classes = [["mixed"] * 4 for _ in range(3)]
+    classes[2][1] = "induction"
+    names = ("induction", "mixed")
+    holds = lambda rule: evaluate(parse_rule(rule, names), a, b, classes)  # noqa: E731
+    assert holds("induction drop > 40%") == ["L2.H1"] and holds("induction drop > 60%") == []
+    assert holds("induction rise >= 0.29 on any head") == ["L0.H3"]
+    assert holds("induction change > 0.001 on layer 0") == ["L0.H3"]
+    assert (
+        holds("induction change > 0.001 on head 2.1") == ["L2.H1"] == holds("induction drop > 0.001 on L2.H1")
+    )
+    assert holds("induction drop > 0.001 on induction heads") == ["L2.H1"]
+    assert holds("induction drop > 0.001 on mixed heads") == []
+    assert holds("induction change > 0.001 on all heads") == []
+    assert holds("induction change >= 0 on all heads") == [f"L{i}.H{j}" for i in range(3) for j in range(4)]
+    mean_change = abs(sum(map(sum, b)) - sum(map(sum, a))) / 12
+    assert holds(f"induction change > {mean_change * 0.9} on mean") == ["mean"]
+    assert holds(f"induction change > {mean_change * 1.1} on mean") == []
+    for bad in (
+        "induction drop 0.2",
+        "induction fall > 0.2",
+        "entropy drop > 0.2 on layer 9",
+        "self drop > x",
+    ):
+        with pytest.raises(ValueError, match="--fail-if"):
+            holds(bad)
