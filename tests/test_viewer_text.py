@@ -247,7 +247,10 @@ def test_a_20000_token_document_scrolls_and_jumps_to_its_top_passage(stack, brow
             f"{layout_ms[0]:.0f} ms ({layout_ms[1]} lines)"
         )
         assert all(0 < t < 1000 for t in latencies), "every scroll step drew its lines"
-        assert draws[-1] < 100, f"a scroll frame's draw took {draws[-1]:.1f} ms"
+        # A loose bound (the machine is shared and loaded): typical frames take 5-11 ms here.
+        assert statistics.median(draws) < 50, (
+            f"a scroll frame's work takes {statistics.median(draws):.1f} ms (median)"
+        )
         assert layout_ms[0] < 2000 and layout_ms[1] > 2000
 
         # One click on the top passage: it is in view and outlined.
