@@ -400,7 +400,8 @@ def test_generated_tokens_are_marked_and_the_text_view_reads_what_they_attended_
         "the head view writes generated tokens in the accent colour, the prompt's in the text colour"
     )
 
-    page.click("#tabs button[data-view='text']")
+    page.locator("body").press("t")  # the keyboard's way to the text view
+    page.wait_for_function("location.search.includes('view=text')")
     page.wait_for_function(TEXT_READY)
     settle(page)
     marked = page.locator("#pane-a .tok.gen").evaluate_all("els => els.map((e) => Number(e.dataset.i))")
