@@ -48,6 +48,21 @@ def _doc_row(rank: int, source: str, index: int, text: str | None, error: str | 
     }
 
 
+def _doc_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("rank", pa.int64()),
+            ("doc_id", pa.string()),
+            ("source", pa.string()),
+            ("index", pa.int64()),
+            ("text", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
+
+
 class _SplitFiles:
     """flat_map: one row of read_binary_files (bytes, path) -> its documents."""
 
@@ -69,14 +84,17 @@ class _DatasetRows:
         self.rank, self.source, self.text_field = rank, source, text_field
 
     def __call__(self, batch):
-        from .corpus import field_text
-
-        rows = []
-        for index, value in zip(batch[_INDEX].to_pylist(), batch[self.text_field].to_pylist(), strict=True):
-            rows.append(_doc_row(self.rank, self.source, int(index), *field_text(value, self.text_field)))
         import pyarrow as pa
 
-        return pa.Table.from_pylist(rows)
+        from .corpus import field_text
+
+        rows = [
+            _doc_row(self.rank, self.source, int(index), *field_text(value, self.text_field))
+            for index, value in zip(
+                batch[_INDEX].to_pylist(), batch[self.text_field].to_pylist(), strict=True
+            )
+        ]
+        return pa.Table.from_pylist(rows, schema=_doc_schema())  # typed even when a batch is empty
 
 
 class _Skip:
