@@ -61,21 +61,38 @@ def median_seconds(fn: Callable[[], object], warmup: int = 2, repeats: int = 7) 
     """Median wall time of `fn`; CUDA events on the GPU, perf_counter elsewhere."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_timed(fn) for _ in range(repeats))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(stop) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def paired_seconds(
+    fn: Callable[[], object], other: Callable[[], object], warmup: int = 1, repeats: int = 5
+) -> tuple[float, float, float]:
+    """(median time of `fn`, median time of `other`, median of the pairwise ratios fn / other),
+    the two run in turn in this process: on a shared machine whose speed drifts, each ratio
+    compares runs made under the same load."""
+    for _ in range(warmup):
+        fn()
+        other()
+    pairs = [(_timed(fn), _timed(other)) for _ in range(repeats)]
+    return (
+        statistics.median(a for a, _ in pairs),
+        statistics.median(b for _, b in pairs),
+        statistics.median(a / b for a, b in pairs),
+    )
 
 
 def write(

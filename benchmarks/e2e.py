@@ -1,19 +1,23 @@
 """End-to-end benchmark: attnscope's digest against eager attention and the model's own forward.
 
     python -m benchmarks              # full run: CUDA if present (GPT-2-small and Llama-3-8B shapes,
-                                      # L = 512 ... 128k), else CPU (MiniLM, 4-layer GPT-2, L <= 8k)
+                                      # L = 512 ... 128k), else CPU (MiniLM, 4- and 2-layer GPT-2,
+                                      # L <= 8k)
     python -m benchmarks --quick      # a few small sizes on the CPU: checks the whole pipeline
 
 Per (model, length), each in its own process (so host peaks do not leak between runs):
-* attnscope: trace (forward with capture) + row statistics + pooled maps at 256 + head statistics,
-  then one 512 × 512 exact tile and one neuron view;
+* attnscope: trace (forward with capture) + row statistics + pooled maps at 256 + head statistics
+  + received attention (on the torch backend one pass per layer gives all four), then one
+  512 × 512 exact tile and one neuron view;
 * eager: transformers' eager attention with output_attentions=True (the L×L tensors every other
   viewer needs); past what fits it is recorded as out of memory (or skipped on the CPU when its
   attentions alone would not fit in memory, since the kernel would kill the process);
 * sdpa: the model's own forward with attn_implementation="sdpa" (and FlashAttention 2 when the
   flash_attn package is installed), the cost of simply running the model.
 Reported: median wall time after a warm-up (CUDA events on the GPU), peak device memory, peak host
-memory (VmHWM), bytes brought to the host, and attnscope / sdpa and attnscope / eager ratios.
+memory (VmHWM), bytes brought to the host, and attnscope / sdpa and attnscope / eager ratios;
+attnscope/sdpa_paired is the median ratio of attnscope's runs to the model's own sdpa forward run
+in turn in attnscope's process (the figure that holds on a shared machine whose load drifts).
 Models have random weights built from configs (nothing is downloaded); MiniLM is the bundled one.
 """
 
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS, environment, median_seconds, proc_status, write
+from .common import RESULTS, environment, median_seconds, paired_seconds, proc_status, write
 
 CUDA = torch.cuda.is_available()
 
@@ -38,6 +42,8 @@ def _config(name: str):
 
     if name == "gpt2-small":  # 12 layers × 12 heads, d 64
         return tf.GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=131072, vocab_size=50257)
+    if name == "gpt2-2layer":  # issue 18's GPT-2-shaped model: 2 layers × 12 heads, d 64, width 768
+        return tf.GPT2Config(n_layer=2, n_head=12, n_embd=768, n_positions=8192, vocab_size=50257)
     if name == "gpt2-4layer":
         return tf.GPT2Config(n_layer=4, n_head=12, n_embd=768, n_positions=8192, vocab_size=50257)
     if name == "gpt2-tiny":  # --quick
@@ -100,11 +106,13 @@ def run_one(spec: dict) -> dict:
             tr = ex.trace(input_ids=ids)
             pooled = tr.pooled(256)
             stats = tr.head_stats()
+            received = tr.received()
             tile = tr.attention(tr.num_layers - 1, 0, slice(length - 512, length), slice(0, 512))
             neuron = tr.neuron(tr.num_layers - 1, 0, length - 1)
             out["host_bytes"] = int(
                 pooled.nbytes
                 + sum(v.nbytes for v in stats.values())
+                + received.nbytes
                 + tile.nbytes
                 + sum(t.nbytes for t in neuron)
             )
@@ -131,7 +139,17 @@ def run_one(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     base_host = _host_peak_reset()
     try:
-        seconds = median_seconds(work, warmup=1, repeats=spec["repeats"])
+        if method == "attnscope":  # beside the model's own forward, in turn (after the trace, sdpa again)
+
+            def forward():
+                with torch.no_grad():
+                    model(ids, use_cache=False)
+
+            seconds, out["paired_sdpa_seconds"], out["paired_ratio"] = paired_seconds(
+                work, forward, warmup=1, repeats=spec["repeats"]
+            )
+        else:
+            seconds = median_seconds(work, warmup=1, repeats=spec["repeats"])
     except torch.cuda.OutOfMemoryError:
         return {**spec, "status": "out of memory"}
     result = {
@@ -193,6 +211,7 @@ def plan(quick: bool) -> tuple[list[dict], str]:
     runs += [
         {"model": "gpt2-4layer", "length": n, "repeats": 3, "dtype": "float32"} for n in (512, 2048, 8192)
     ]
+    runs += [{"model": "gpt2-2layer", "length": n, "repeats": 5, "dtype": "float32"} for n in (2048, 8192)]
     return runs, "e2e-cpu"
 
 
@@ -215,6 +234,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                 row[f"{method}_device_MiB"] = m["peak_device_bytes"] / 2**20
         if ours.get("status") == "ok":
             row["to_host_MiB"] = ours["host_bytes"] / 2**20
+            if "paired_ratio" in ours:  # same process, in turn: the figure to trust on a busy machine
+                row["attnscope/sdpa_paired"] = ours["paired_ratio"]
             for other in ("sdpa", "eager"):
                 m = methods.get(other)
                 if m and m["status"] == "ok":

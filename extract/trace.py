@@ -188,9 +188,10 @@ class Trace(TokensByKind):
         self.default_kind = next(k for k in KINDS if k in layers)
         self._row_stats: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._head_stats: dict[str, dict[str, torch.Tensor]] = {}
-        # Head-statistic row terms (terms [4, Hq, Lq], token terms [4, Hq, Lq]) left by a pooled
-        # pass, until head_stats() uses them.
-        self._row_terms: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # (kind, layer) -> a layer's standard views over every head, from the one pass that also
+        # gives its row statistics (`_layer_views`): "pooled" at the default size and "received"
+        # (float32, CPU), head-statistic "terms" and "token_terms" (on the device).
+        self._views: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self._visible: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def shape(self, kind: str | None = None) -> tuple[int, int, int, int]:
@@ -231,13 +232,43 @@ class Trace(TokensByKind):
 
     # ---- row statistics ----------------------------------------------------------------------
     def row_stats(self, layer: int, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-sum-exp [Hq, Lq], entropy [Hq, Lq]) on the device; computed once per layer."""
+        """(log-sum-exp [Hq, Lq], entropy [Hq, Lq]) on the device; computed once per layer, in the
+        pass that also gives the layer's standard views (`_layer_views`)."""
         kind = self._kind(kind)
-        key = (kind, layer)
+        key = (kind, index(layer, len(self._layers[kind]), "layer"))
         if key not in self._row_stats:
-            lqk = self.layer_qk(layer, kind)
-            self._row_stats[key] = backend.row_stats(lqk.q, lqk.k, lqk.spec)
+            self._layer_views(key[1], kind)
         return self._row_stats[key]
+
+    def _layer_views(self, layer: int, kind: str) -> dict[str, torch.Tensor]:
+        """The standard views of one layer over every head, computed once: pooled at the default
+        size, received attention and the head statistics' row terms, with the row statistics
+        when they are not known yet, all from one pass over the layer's logits (`backend.digest`
+        with lse=None), so `pooled(); head_stats(); received()` costs one pass per layer."""
+        key = (kind, layer)
+        if key not in self._views:
+            lqk = self.layer_qk(layer, kind)
+            known = self._row_stats.get(key)
+            lq, lk = lqk.q.shape[1], lqk.k.shape[1]
+            got = backend.digest(
+                lqk.q,
+                lqk.k,
+                lqk.spec,
+                None if known is None else known[0],
+                pooled_size=(min(DEFAULT_POOLED_SIZE, lq), min(DEFAULT_POOLED_SIZE, lk)),
+                received=True,
+                terms=True,
+                token_ids=self.token_ids(kind),
+            )
+            if known is None:
+                self._row_stats[key] = (got["lse"], got["entropy"])
+            self._views[key] = {
+                "pooled": got["pooled"].cpu(),
+                "received": got["received"].cpu(),
+                "terms": got["terms"],
+                "token_terms": got["token_terms"],
+            }
+        return self._views[key]
 
     # ---- views -------------------------------------------------------------------------------
     def attention(
@@ -264,31 +295,22 @@ class Trace(TokensByKind):
             raise ValueError(f"size must be an int >= 1, got {size!r}")
         chosen_layers = choose(layers, len(self._layers[kind]), "layer")
         chosen_heads = choose(heads, self.shape(kind)[1], "head")
-        # A selection of every head costs a full pass anyway: run that, and keep its row terms.
         every_head = set(chosen_heads) == set(range(self.shape(kind)[1]))
         maps = []
         for layer in chosen_layers:
             lqk = self.layer_qk(layer, kind)
-            lse, _ = self.row_stats(layer, kind)
             sq, sk = min(size, lqk.q.shape[1]), min(size, lqk.k.shape[1])
-            if not every_head:  # only the chosen heads are computed
-                got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, pooled_size=(sq, sk), heads=chosen_heads)
-                maps.append(got["pooled"].cpu())
+            if (sq, sk) == (
+                min(DEFAULT_POOLED_SIZE, lqk.q.shape[1]),
+                min(DEFAULT_POOLED_SIZE, lqk.k.shape[1]),
+            ):
+                maps.append(self._layer_views(layer, kind)["pooled"][chosen_heads])
                 continue
-            # The pass over P that pools also yields the head statistics' row terms: keep them.
-            want_terms = (kind, layer) not in self._row_terms and kind not in self._head_stats
+            lse, _ = self.row_stats(layer, kind)
             got = backend.digest(
-                lqk.q,
-                lqk.k,
-                lqk.spec,
-                lse,
-                pooled_size=(sq, sk),
-                terms=want_terms,
-                token_ids=self.token_ids(kind) if want_terms else None,
+                lqk.q, lqk.k, lqk.spec, lse, pooled_size=(sq, sk), heads=None if every_head else chosen_heads
             )
-            if want_terms:
-                self._row_terms[(kind, layer)] = (got["terms"], got["token_terms"])
-            maps.append(got["pooled"][chosen_heads].cpu())
+            maps.append((got["pooled"][chosen_heads] if every_head else got["pooled"]).cpu())
         return torch.stack(maps)
 
     def received(
@@ -301,13 +323,9 @@ class Trace(TokensByKind):
         kind = self._kind(kind)
         chosen_layers = choose(layers, len(self._layers[kind]), "layer")
         chosen_heads = choose(heads, self.shape(kind)[1], "head")
-        out = []
-        for layer in chosen_layers:
-            lqk = self.layer_qk(layer, kind)
-            lse, _ = self.row_stats(layer, kind)
-            got = backend.digest(lqk.q, lqk.k, lqk.spec, lse, received=True, heads=chosen_heads)
-            out.append(got["received"].cpu())
-        return torch.stack(out)
+        return torch.stack(
+            [self._layer_views(layer, kind)["received"][chosen_heads] for layer in chosen_layers]
+        )
 
     def topk(
         self, k: int, layer: int, head: int, queries: Span = None, kind: str | None = None
@@ -346,15 +364,10 @@ class Trace(TokensByKind):
         kind = self._kind(kind)
         if kind not in self._head_stats:
             per_layer = []
-            for layer, lqk in enumerate(self._layers[kind]):
+            for layer in range(len(self._layers[kind])):
+                views = self._layer_views(layer, kind)
                 lse, ent = self.row_stats(layer, kind)
-                terms = self._row_terms.pop((kind, layer), None)
-                if terms is None:
-                    got = backend.digest(
-                        lqk.q, lqk.k, lqk.spec, lse, terms=True, token_ids=self.token_ids(kind)
-                    )
-                    terms = (got["terms"], got["token_terms"])
-                per_layer.append(reduce_head_stats(lse, ent, *terms))
+                per_layer.append(reduce_head_stats(lse, ent, views["terms"], views["token_terms"]))
             self._head_stats[kind] = {
                 name: torch.stack([s[name] for s in per_layer]).cpu() for name in HEAD_STAT_NAMES
             }

@@ -138,7 +138,7 @@ def digest(
     q,
     k,
     spec: MaskSpec,
-    lse,
+    lse: torch.Tensor | None,
     pooled_size: tuple[int, int] | None = None,
     received: bool = False,
     terms: bool = False,
@@ -157,7 +157,26 @@ def digest(
     `row_weights` [len(heads), Lq] holds one row per selected head, in the order of `heads` (all
     Hq heads when `heads` is None); a full [Hq, Lq] for every query head of the layer is also
     taken when `heads` has another length, and its rows of `heads` are used.
+
+    ``lse=None`` (every head): the row statistics too, "lse" and "entropy" [Hq, Lq]; the torch
+    twin takes them from the same evaluation of each chunk's logits, the Triton path runs its
+    row-statistics kernel first.
     """
+    if lse is None:  # the row statistics from the same pass (the torch twin) or just before it
+        if heads is not None:
+            raise ValueError("row statistics (lse=None) come with every query head: heads must be None")
+        args = (pooled_size, received, terms)
+        extras = {"token_ids": token_ids, "row_weights": row_weights, "blocks": blocks}
+
+        def triton_fn() -> dict[str, torch.Tensor]:
+            lse2, ent = rowstats.row_stats_triton(q, k, spec)
+            return {
+                **digest_pass.digest_triton(q, k, spec, lse2, *args, **extras),
+                "lse": lse2,
+                "entropy": ent,
+            }
+
+        return _run(q, spec, triton_fn, lambda: digest_pass.digest_torch(q, k, spec, None, *args, **extras))
     if row_weights is not None and heads is not None:
         heads = list(heads)
         if row_weights.shape[0] != len(heads) and row_weights.shape[0] == q.shape[0]:

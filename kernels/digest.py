@@ -3,9 +3,14 @@ and its head statistics' row terms (definitions in `pooled` and `headstats`, whi
 fuses and neither of which imports it).
 
 Torch twin (`digest_torch`): query chunks holding every visible key of their rows
-(`scores.query_chunks`); each chunk's probabilities go to `pooled.add_blocks`, to the column
-sums and to `headstats.chunk_terms`, accumulated in float64 for the pooled map and received
-attention.
+(`scores.query_chunks`), so that without a log-sum-exp (``lse=None``) the row statistics come
+from the same evaluation of each chunk's logits (`rowstats.chunk_row_stats`): one pass per layer
+gives the row statistics, the pooled map, received attention and every head-statistic term
+(issue 18). Each chunk's probabilities are pooled by key-block sums without scatters where the
+block layout allows (`pooled.key_block_sums`), summed by column, and reduced to row terms
+(`headstats.chunk_terms`, `chunk_token_terms`); pooled and received accumulate in float64. The
+chunks are split between worker threads of one core each (`scores.map_chunks`), and their
+logits and exponentials reuse two buffers per worker.
 
 Triton path (`digest_triton`): a program per (query block, head, or group of heads sharing a key
 head when `triton_common.gqa_pack` packs them) loops over its visible key blocks and adds
@@ -37,9 +42,11 @@ from __future__ import annotations
 import torch
 
 from .headstats import chunk_terms, chunk_token_terms, reduce_head_stats
+from .interrupt import checkpoint
 from .masking import MaskSpec
-from .pooled import add_blocks, block_of, finish_blocks
-from .scores import compute_dtype, masked_logits, probs_from_logits, query_chunks
+from .pooled import add_blocks, block_of, finish_blocks, key_block_sums
+from .rowstats import chunk_row_stats
+from .scores import compute_dtype, keys_major, map_chunks, masked_logits, query_chunks
 from .triton_common import (
     DOT_MIN,
     HAS_TRITON,
@@ -101,7 +108,7 @@ def digest_torch(
     q: torch.Tensor,
     k: torch.Tensor,
     spec: MaskSpec,
-    lse: torch.Tensor,
+    lse: torch.Tensor | None,
     pooled_size: tuple[int, int] | None = None,
     received: bool = False,
     terms: bool = False,
@@ -115,63 +122,121 @@ def digest_torch(
     with `token_ids` (and `terms`), "token_terms" [4, Hq, Lq] (headstats.TOKEN_ROW_TERMS, compute
     dtype); with `row_weights` [Hq, Lq], "weighted_received" [Hq, Lk] (float32,
     ``Σ_q w[h, q]·P[h, q, k]``); with `blocks`, "span_sums" [Hq, n_q, n_k] (float32, the mass of
-    each pair of blocks; id -1 = in no block)."""
+    each pair of blocks; id -1 = in no block).
+
+    ``lse=None``: the row statistics come from the same pass, "lse" and "entropy" [Hq, Lq]
+    (compute dtype, as `rowstats.row_stats_torch`): a chunk holds every visible key of its rows,
+    so its logits are evaluated once for the statistics and every result (`chunk_row_stats`)."""
     check_extras(q, k, terms, token_ids, row_weights, blocks)
     hq, lq, _ = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
     dev = q.device
-    heads = torch.arange(hq, device=dev)
+    dt = compute_dtype(q)
     out: dict[str, torch.Tensor] = {}
+    if lse is None:
+        out["lse"] = torch.empty(hq, lq, dtype=dt, device=dev)
+        out["entropy"] = torch.empty(hq, lq, dtype=dt, device=dev)
+    stat_dtype = dt if lse is None else lse.dtype
+    align = 1
     if pooled_size is not None:
         sq, sk = pooled_size
-        qb, kb = block_of(lq, sq, dev), block_of(lk, sk, dev)
-        acc = torch.zeros(hq, sq, sk, dtype=torch.float64, device=dev)
-    if received:
-        rec = torch.zeros(hq, lk, dtype=torch.float64, device=dev)
+        qb = block_of(lq, sq, dev)
+        if lq % sq == 0:  # chunks of whole query blocks
+            align = lq // sq
     if terms:
-        out["terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=dev)
+        out["terms"] = torch.zeros(4, hq, lq, dtype=stat_dtype, device=dev)
     if token_ids is not None:
         q_ids, k_ids = (t.to(device=dev, dtype=torch.int64) for t in token_ids)
-        out["token_terms"] = torch.zeros(4, hq, lq, dtype=lse.dtype, device=dev)
-        nonempty = ~torch.isneginf(lse)
+        out["token_terms"] = torch.zeros(4, hq, lq, dtype=stat_dtype, device=dev)
     if row_weights is not None:
-        weights = row_weights.to(device=dev, dtype=compute_dtype(q))
-        wrec = torch.zeros(hq, lk, dtype=torch.float64, device=dev)
+        weights = row_weights.to(device=dev, dtype=dt)
     if blocks is not None:  # id -1 goes to one extra block on each axis, dropped at the end
         n_q, n_k = blocks[2], blocks[3]
         span_q, span_k = (
             torch.where(b < 0, n, b).to(device=dev, dtype=torch.int64)
             for b, n in zip(blocks[:2], (n_q, n_k), strict=True)
         )
-        spans = torch.zeros(hq, n_q + 1, n_k + 1, dtype=torch.float64, device=dev)
-    for q0, q1, k0, k1 in query_chunks(q, k, spec):
-        if k1 == k0:
-            continue
-        p = probs_from_logits(masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1), lse[:, q0:q1])
+
+    def sums() -> dict[str, torch.Tensor]:
+        """One part's accumulators (float64); rows of `out` are written in place, each by one chunk."""
+        f64 = {"dtype": torch.float64, "device": dev}
+        acc = {}
         if pooled_size is not None:
-            add_blocks(acc, p, qb[q0:q1], kb[k0:k1])
+            acc["pooled"] = torch.zeros(hq, sq, sk, **f64)
         if received:
-            rec[:, k0:k1] += p.sum(1)
+            acc["received"] = torch.zeros(hq, lk, **f64)
+        if row_weights is not None:
+            acc["weighted_received"] = torch.zeros(hq, lk, **f64)
+        if blocks is not None:
+            acc["span_sums"] = torch.zeros(hq, n_q + 1, n_k + 1, **f64)
+        return acc
+
+    chunks = list(query_chunks(q, k, spec, align=align))
+    biggest = max((hq * (q1 - q0) * (k1 - k0) for q0, q1, k0, k1 in chunks), default=0)
+    keys_t = keys_major(k)
+
+    def part(chunks: list[tuple[int, int, int, int]]) -> dict[str, torch.Tensor]:
+        acc = sums()
+        # The chunk's logits and exponentials in buffers reused chunk after chunk: fresh memory
+        # for each would cost page faults (about half of the exp pass, measured on one core).
+        buffers = torch.empty(2, biggest, dtype=dt, device=dev)
+        for q0, q1, k0, k1 in chunks:
+            checkpoint()  # between chunks: an abandoned call stops here (kernels/interrupt.py)
+            add_chunk(q0, q1, k0, k1, acc, buffers)
+        return acc
+
+    def add_chunk(q0: int, q1: int, k0: int, k1: int, acc: dict[str, torch.Tensor], buffers) -> None:
+        if k1 == k0:  # rows with no visible key: zeros everywhere, statistics of empty rows
+            if lse is not None:
+                return
+            s = torch.empty(hq, q1 - q0, 0, dtype=dt, device=dev)
+        else:  # [Hq, c, n]
+            s = masked_logits(q[:, q0:q1], k, spec, None, group, q0, k0, k1, keys_t=keys_t, out=buffers[0])
+        j0, j1 = spec.masked_columns(q0, q1, k0, k1)
+        if lse is None:  # P = e · r[..., None], made in place
+            e, r, out["lse"][:, q0:q1], out["entropy"][:, q0:q1] = chunk_row_stats(
+                s, (j0 - k0, j1 - k0), spec.sinks, out=buffers[1]
+            )
+            if k1 == k0:
+                return
+            chunk_lse = out["lse"][:, q0:q1]
+            p = e.mul_(r[..., None])
+        else:  # P itself, in place
+            chunk_lse = lse[:, q0:q1]
+            safe = torch.where(torch.isneginf(chunk_lse), torch.full_like(chunk_lse, float("inf")), chunk_lse)
+            p = s.sub_(safe[..., None].to(s.dtype)).exp_()
+        if pooled_size is not None:
+            first, by_key = key_block_sums(p, k0, lk, sk)
+            pooled = acc["pooled"][:, :, first : first + by_key.shape[2]]
+            pooled.index_add_(1, qb[q0:q1], by_key.to(torch.float64))
+        if received:
+            acc["received"][:, k0:k1] += p.sum(1)
         if terms:
             out["terms"][:, :, q0:q1] = chunk_terms(p, q0, k0)
         if token_ids is not None:
-            visible = spec.allowed(torch.arange(q0, q1, device=dev), torch.arange(k0, k1, device=dev))
+            visible = None  # only the columns the mask may touch (MaskSpec.masked_columns)
+            if j1 > j0:
+                visible = spec.allowed(torch.arange(q0, q1, device=dev), torch.arange(j0, j1, device=dev))
             out["token_terms"][:, :, q0:q1] = chunk_token_terms(
-                p, visible, q_ids, k_ids, q0, k0, nonempty[:, q0:q1]
+                p, visible, q_ids, k_ids, q0, k0, ~torch.isneginf(chunk_lse), visible_from=j0 - k0
             )
-        if row_weights is not None:
-            wrec[:, k0:k1] += torch.bmm(weights[:, None, q0:q1], p)[:, 0]
-        if blocks is not None:
-            add_blocks(spans, p, span_q[q0:q1], span_k[k0:k1])
+        if row_weights is not None or blocks is not None:
+            if row_weights is not None:
+                acc["weighted_received"][:, k0:k1] += torch.bmm(weights[:, None, q0:q1], p)[:, 0]
+            if blocks is not None:
+                add_blocks(acc["span_sums"], p, span_q[q0:q1], span_k[k0:k1])
+
+    parts = map_chunks(chunks, part)
+    total = {name: sum(p[name] for p in parts[1:]) + parts[0][name] for name in parts[0]}
     if pooled_size is not None:
-        out["pooled"] = finish_blocks(acc, lq, sq)
+        out["pooled"] = finish_blocks(total["pooled"], lq, sq)
     if received:
-        out["received"] = rec.to(torch.float32)
+        out["received"] = total["received"].to(torch.float32)
     if row_weights is not None:
-        out["weighted_received"] = wrec.to(torch.float32)
+        out["weighted_received"] = total["weighted_received"].to(torch.float32)
     if blocks is not None:
-        out["span_sums"] = spans[:, :n_q, :n_k].to(torch.float32)
+        out["span_sums"] = total["span_sums"][:, :n_q, :n_k].to(torch.float32)
     return out
 
 

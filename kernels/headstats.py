@@ -53,7 +53,8 @@ def _diagonal(p: torch.Tensor, q0: int, k0: int, offset: int) -> torch.Tensor:
 
 
 def chunk_terms(p: torch.Tensor, q0: int, k0: int) -> torch.Tensor:
-    """Row terms [4, H, c] (ROW_TERMS order) of a probability chunk p [H, c, n] at (q0, k0)."""
+    """Row terms [4, H, c] (ROW_TERMS order) of a probability chunk p [H, c, n] at (q0, k0): the
+    diagonals and the first column gathered, the distance from `_distance` (one pass over p)."""
     h, c, n = p.shape
     terms = torch.zeros(4, h, c, dtype=p.dtype, device=p.device)
     if n == 0:
@@ -62,12 +63,47 @@ def chunk_terms(p: torch.Tensor, q0: int, k0: int) -> torch.Tensor:
     terms[1] = _diagonal(p, q0, k0, 0)
     if k0 == 0:
         terms[2] = p[:, :, 0]
-    dist = (
-        torch.arange(q0, q0 + c, device=p.device)[:, None]
-        - torch.arange(k0, k0 + n, device=p.device)[None, :]
-    )
-    terms[3] = (p * dist.abs().to(p.dtype)).sum(-1)
+    terms[3] = _distance(p, q0, k0)
     return terms
+
+
+def _distance(e: torch.Tensor, q0: int, k0: int) -> torch.Tensor:
+    """Σ_k e[h, q, k]·|q - k| [H, c] of a chunk at (q0, k0) in one pass over e: keys left of every
+    row (k <= q0) and right of every row (k >= q0 + c) by one matrix product each against
+    (1, distance to the chunk's edge), both terms non-negative so nothing cancels; the few keys
+    between the rows' positions by |q - k| itself."""
+    h, c, n = e.shape
+    dt, dev = e.dtype, e.device
+    a = min(n, max(0, q0 + 1 - k0))  # columns [0, a): k <= q0 <= q
+    b = min(n, max(a, q0 + c - k0))  # columns [b, n): k >= q0 + c > q
+    rows = torch.arange(c, dtype=dt, device=dev)  # q - q0
+    dist = torch.zeros(h, c, dtype=dt, device=dev)
+    if a > 0:  # q - k = (q - q0) + (q0 - k)
+        w = torch.stack(
+            [
+                torch.ones(a, dtype=dt, device=dev),
+                torch.arange(q0 - k0, q0 - k0 - a, -1, dtype=dt, device=dev),
+            ],
+            1,
+        )
+        both = torch.matmul(e[..., :a], w)
+        dist += rows * both[..., 0] + both[..., 1]
+    if b < n:  # k - q = (q0 + c - q) + (k - q0 - c)
+        w = torch.stack(
+            [
+                torch.ones(n - b, dtype=dt, device=dev),
+                torch.arange(k0 + b - q0 - c, k0 + n - q0 - c, dtype=dt, device=dev),
+            ],
+            1,
+        )
+        both = torch.matmul(e[..., b:], w)
+        dist += (c - rows) * both[..., 0] + both[..., 1]
+    if b > a:
+        rel = (
+            torch.arange(q0, q0 + c, device=dev)[:, None] - torch.arange(k0 + a, k0 + b, device=dev)[None, :]
+        )
+        dist += (e[..., a:b] * rel.abs().to(dt)).sum(-1)
+    return dist
 
 
 def token_matches(
@@ -89,21 +125,30 @@ def token_matches(
 
 def chunk_token_terms(
     p: torch.Tensor,  # [H, c, n] probabilities of queries [q0, q0 + c), keys [k0, k0 + n)
-    visible: torch.Tensor | None,  # [c, n] bool visible pairs (MaskSpec.allowed), None = all
+    visible: torch.Tensor | None,  # [c, m] bool visible pairs (MaskSpec.allowed), None = all
     q_ids: torch.Tensor,  # [Lq] int64 token ids of every query position
     k_ids: torch.Tensor,  # [Lk] int64 token ids of every key position
     q0: int,
     k0: int,
     nonempty: torch.Tensor,  # [H, c] bool rows with lse > -inf
+    visible_from: int = 0,  # `visible` covers the chunk's columns [visible_from, visible_from + m); others are visible
 ) -> torch.Tensor:
-    """Token terms [4, H, c] (TOKEN_ROW_TERMS order) of rows whose visible keys all lie in the chunk."""
+    """Token terms [4, H, c] (TOKEN_ROW_TERMS order) of rows whose visible keys all lie in the
+    chunk. The matching pairs are few (a token's other occurrences): their mass is gathered pair
+    by pair unless they are many, so the chunk is not multiplied by a dense match matrix."""
     h, c, n = p.shape
     dup, ind = token_matches(q_ids, k_ids, q0, q0 + c, k0, k0 + n)
     if visible is not None:
-        dup, ind = dup & visible, ind & visible
+        cols = slice(visible_from, visible_from + visible.shape[1])
+        dup[:, cols] &= visible
+        ind[:, cols] &= visible
     out = torch.zeros(4, h, c, dtype=p.dtype, device=p.device)
     for i, match in enumerate((dup, ind)):
-        out[2 * i] = (p * match.to(p.dtype)).sum(-1)
+        rows, cols = match.nonzero(as_tuple=True)
+        if rows.numel() * 8 <= match.numel():
+            out[2 * i].index_add_(1, rows, p[:, rows, cols])
+        else:
+            out[2 * i] = (p * match.to(p.dtype)).sum(-1)
         out[2 * i + 1] = (match.any(-1)[None, :] & nonempty).to(p.dtype)
     return out
 

@@ -32,3 +32,8 @@ def checkpoint() -> None:
     check = getattr(_local, "check", None)
     if check is not None:
         check()
+
+
+def current_check() -> Callable[[], None] | None:
+    """The check of this thread, to hand to threads that compute a part of its work."""
+    return getattr(_local, "check", None)

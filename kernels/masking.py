@@ -189,6 +189,21 @@ class MaskSpec:
             hi = min(hi, int(seg_hi[:, q_stop - 1].max()))
         return lo, max(lo, hi)
 
+    def masked_columns(self, q_start: int, q_stop: int, k_start: int, k_stop: int) -> tuple[int, int]:
+        """A key interval [j0, j1) inside [k_start, k_stop) outside which every key is visible to
+        every query of [q_start, q_stop): a chunk's mask need only be applied there. Empty when
+        nothing is masked; for a plain causal mask, the keys after q_start (the diagonal block)."""
+        if not (self.causal or self.window is not None or self.chunk is not None) and (
+            self.segments is None and self.key_padding is None
+        ):
+            return k_start, k_start  # groups alone widen a mask; without one they change nothing
+        plain_causal = self.causal and all(
+            getattr(self, name) is None for name in ("window", "chunk", "segments", "key_padding", "groups")
+        )
+        if plain_causal:  # keys k <= q_start are visible to every row q >= q_start
+            return min(k_stop, max(k_start, q_start + 1)), k_stop
+        return k_start, k_stop
+
     @cached_property
     def _group_reach(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _extent(self.groups, zero_is_alone=True)
@@ -208,10 +223,12 @@ class MaskSpec:
         heads: torch.Tensor | None = None,
         q_idx: torch.Tensor | None = None,
         k_idx: torch.Tensor | None = None,
+        scaled: bool = False,
     ) -> torch.Tensor:
         """Scaled (and soft-capped) logits from raw q·k [h, cq, ck], before masking; with a
-        `bias`, the heads and positions of the block are needed to add it."""
-        s = raw_dot * self.scaling
+        `bias`, the heads and positions of the block are needed to add it. `scaled`: raw_dot
+        already holds the scaling (folded into the queries)."""
+        s = raw_dot if scaled else raw_dot * self.scaling
         if self.softcap is not None:
             s = torch.tanh(s / self.softcap) * self.softcap
         if self.bias is not None:

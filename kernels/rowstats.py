@@ -4,9 +4,11 @@ Every other view normalizes with the log-sum-exp stored here, so probabilities a
 each row is only ever reduced once per trace. With attention sinks the sink logit joins the
 denominator (and the entropy, as one more outcome), as in gpt-oss's eager attention.
 
-Torch backend: query chunks hold all visible keys of their rows, so the reduction is a plain
-`logsumexp`; entropy is ``lse - Σ p·s`` (minus ``p_sink·sink`` with a sink). Empty rows give
-``lse = -inf`` and entropy 0.
+Torch backend: query chunks hold all visible keys of their rows, so the reduction needs no
+online rescaling: with m the row maximum and e = exp(s - m), ``lse = m + log Σ e`` and the
+entropy is ``lse - Σ p·s`` (minus ``p_sink·sink`` with a sink), `chunk_row_stats`, which also
+hands the chunk's probabilities to the digest's one pass. Empty rows give ``lse = -inf`` and
+entropy 0.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .masking import MaskSpec
-from .scores import compute_dtype, masked_logits, query_chunks
+from .scores import compute_dtype, keys_major, masked_logits, query_chunks
 from .triton_common import (
     HAS_TRITON,
     LN2_C,
@@ -30,6 +32,43 @@ from .triton_common import (
 )
 
 
+def chunk_row_stats(
+    s: torch.Tensor,  # [H, c, n] masked logits of rows holding every visible key (consumed)
+    cols: tuple[int, int],  # [a, b): the only columns of s that may hold masked (-inf) logits
+    sinks: torch.Tensor | None,  # [H] sink logits, or None
+    out: torch.Tensor | None = None,  # a buffer for e, of at least H · c · n elements
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(e [H, c, n], r [H, c], lse [H, c], entropy [H, c]) of a chunk, with P = e · r[..., None].
+
+    e = exp(s - m) with m the row maximum, so the row statistics and every view of the chunk come
+    from this one evaluation of its logits; r = 1 / Σ e, or exp(m - lse) with a sink in the
+    denominator, and 0 on empty rows. `s` is consumed: shifted in place, then multiplied by e
+    for the entropy lse - Σ p·s = log Σ e - Σ e·(s - m) / Σ e."""
+    h, c, n = s.shape
+    if n == 0:
+        e = s
+        m = l_sum = es = torch.zeros(h, c, dtype=s.dtype, device=s.device)
+        empty = torch.ones(h, c, dtype=torch.bool, device=s.device)
+    else:
+        m = s.amax(-1)
+        empty = torch.isneginf(m)
+        m = m.masked_fill(empty, 0.0)
+        s.sub_(m[..., None])
+        e = torch.exp(s, out=None if out is None else out[: s.numel()].view(s.shape))
+        if cols[1] > cols[0]:  # masked logits: e = 0 there, and 0·(-inf) must not make NaN
+            s[..., cols[0] : cols[1]].nan_to_num_(neginf=0.0)
+        l_sum = e.sum(-1)
+        es = s.mul_(e).sum(-1)
+    safe = torch.where(empty, torch.ones_like(l_sum), l_sum)
+    log_l = torch.log(safe)
+    lse = torch.where(empty, torch.full_like(m, float("-inf")), m + log_l)
+    ent = torch.where(empty, torch.zeros_like(m), log_l - es / safe)
+    if sinks is None:
+        return e, torch.where(empty, torch.zeros_like(m), 1.0 / safe), lse, ent
+    lse, ent = add_sinks(lse, ent, sinks)
+    return e, torch.where(empty, torch.zeros_like(m), torch.exp(m - lse)), lse, ent
+
+
 def row_stats_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """q [Hq, Lq, D], k [Hkv, Lk, D] -> (lse [Hq, Lq], entropy [Hq, Lq]) on q's device.
 
@@ -38,19 +77,13 @@ def row_stats_torch(q: torch.Tensor, k: torch.Tensor, spec: MaskSpec) -> tuple[t
     """
     hq, lq, _ = q.shape
     group = hq // k.shape[0]
-    heads = torch.arange(hq, device=q.device)
     lse = torch.empty(hq, lq, dtype=compute_dtype(q), device=q.device)
     ent = torch.empty_like(lse)
+    keys_t = keys_major(k)
     for q0, q1, k0, k1 in query_chunks(q, k, spec):
-        s = masked_logits(q[:, q0:q1], k, spec, heads, group, q0, k0, k1)  # [Hq, c, n]
-        row_lse = torch.logsumexp(s, dim=-1)  # -inf for empty rows
-        empty = torch.isneginf(row_lse)
-        p = torch.exp(s - torch.where(empty, torch.zeros_like(row_lse), row_lse)[..., None])
-        p_s = torch.where(p > 0, p * s, torch.zeros_like(p)).sum(-1)
-        lse[:, q0:q1] = row_lse
-        ent[:, q0:q1] = torch.where(empty, torch.zeros_like(row_lse), row_lse - p_s)
-    if spec.sinks is not None:
-        lse, ent = add_sinks(lse, ent, spec.sinks)
+        s = masked_logits(q[:, q0:q1], k, spec, None, group, q0, k0, k1, keys_t=keys_t)  # [Hq, c, n]
+        cols = spec.masked_columns(q0, q1, k0, k1)
+        _, _, lse[:, q0:q1], ent[:, q0:q1] = chunk_row_stats(s, (cols[0] - k0, cols[1] - k0), spec.sinks)
     return lse, ent
 
 

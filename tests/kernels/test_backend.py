@@ -139,18 +139,59 @@ def test_trace_pooled_and_received_compute_only_the_chosen_heads(which, rng, mon
         return digest(q_, k_, spec_, lse_, *args, heads=heads, **kwargs)
 
     monkeypatch.setattr(backend, "digest", spy)
+    # A size other than the default: a pass over the chosen heads alone.
     one = trace.pooled(8, layers=1, heads=4)
     assert [heads for heads, _ in calls] == [[4]] and not calls[0][1].get("terms")
     assert_close(one, full_pooled[1:, 4:5], 1e-6, "pooled of head 4")
     calls.clear()
+    # Received attention (and pooled maps at the default size) come from each layer's one pass.
     two = trace.received(heads=[5, 0])
-    assert [heads for heads, _ in calls] == [[5, 0], [5, 0]]
+    assert calls == [], "received attention is kept from the layer's one pass"
     assert_close(two, full_received[:, [5, 0]], 1e-5, "received of heads 5 and 0")
-    # Every head chosen, in any order: one full pass, whose row terms head_stats() reuses.
-    trace._row_terms.clear()
+    # Every head chosen, in any order: one pass over every head.
     every = trace.pooled(8, layers=0, heads=[5, 4, 3, 2, 1, 0])
-    assert calls[-1][0] is None and calls[-1][1].get("terms") and ("decoder", 0) in trace._row_terms
+    assert [heads for heads, _ in calls] == [None]
     assert_close(every, full_pooled[:1, [5, 4, 3, 2, 1, 0]], 1e-6, "every head reordered")
+
+
+@pytest.mark.parametrize("length", [37, 300])  # 300: pooled blocks of one and two positions
+def test_trace_views_of_a_layer_cost_one_evaluation_of_its_logits(length, rng, monkeypatch):
+    """pooled(); head_stats(); received() (and the row statistics under them) evaluate each
+    layer's logits once, and equal the dense float64 recompute."""
+    from attnscope.kernels import digest as digest_pass
+
+    from reference import dense_head_stats, dense_pooled
+
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "torch")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two worker parts, whatever the machine
+    layers, tokens = [], [f"t{i}" for i in range(length)]
+    dense = []
+    for _ in range(2):
+        q, k, spec, p, sinks = random_case(
+            rng, MASKS["causal_window"], torch.float64, hq=4, hkv=2, lq=length, lk=length
+        )
+        layers.append(LayerQK(q, k, spec))
+        dense.append((p, sinks))
+    trace = Trace({"decoder": layers}, {"decoder": (tokens, tokens)})
+    rows = []  # query rows of every chunk whose logits were evaluated
+    real = digest_pass.masked_logits
+
+    def counted(q_, *args, **kwargs):
+        rows.append(q_.shape[1])
+        return real(q_, *args, **kwargs)
+
+    monkeypatch.setattr(digest_pass, "masked_logits", counted)
+    pooled = trace.pooled()
+    stats = trace.head_stats()
+    received = trace.received()
+    trace.row_stats(1)
+    assert sum(rows) == 2 * length, f"each layer's rows evaluated once, got {sum(rows)} rows for 2 × {length}"
+    size = min(256, length)
+    for layer, (p, sinks) in enumerate(dense):
+        assert_close(pooled[layer], dense_pooled(p, size, size), 1e-7, f"pooled of layer {layer}")
+        assert_close(received[layer], p.sum(1), 1e-6, f"received of layer {layer}")
+        for name, want in dense_head_stats(p, sinks).items():
+            assert_close(stats[name][layer], want, 1e-6 * max(1.0, float(want.abs().max())), name)
 
 
 # ---- CUDA ----------------------------------------------------------------------------------------

@@ -78,6 +78,33 @@ def _imports(module: Path) -> set[str]:
     return found
 
 
+@pytest.mark.parametrize("length,size", [(48, 12), (53, 13), (37, 37), (300, 256)])
+def test_key_block_sums_equal_a_scatter_into_blocks(length, size, rng):
+    """Reshape-and-sum (one block size), identity (a block per key) and index_add (others), at
+    chunk edges inside blocks, on block edges and across the whole axis."""
+    blocks = pooled.block_of(length, size)
+    for k0, k1 in ((0, length), (5, length - 3), (0, 1), (length // 2, length // 2 + 7), (11, 12)):
+        e = torch.rand(3, 4, k1 - k0, generator=rng, dtype=torch.float64)
+        expected = torch.zeros(3, 4, size, dtype=torch.float64).index_add_(2, blocks[k0:k1], e)
+        first, sums = pooled.key_block_sums(e, k0, length, size)
+        assert first == int(blocks[k0]) and sums.shape[2] == int(blocks[k1 - 1]) - first + 1
+        assert_close(sums, expected[..., first : first + sums.shape[2]], 1e-12, f"keys {k0}:{k1}")
+
+
+def test_query_chunks_stay_within_the_budget_and_follow_the_causal_rows():
+    from attnscope.kernels import scores
+
+    q, k = torch.zeros(3, 200, 8), torch.zeros(3, 200, 8)
+    for spec in (MaskSpec(scaling=1.0, causal=True), MaskSpec(scaling=1.0), MaskSpec(scaling=1.0, window=9)):
+        chunks = list(scores.query_chunks(q, k, spec, budget=3 * 1000, align=4))
+        assert [c[0] for c in chunks] == [0] + [c[1] for c in chunks[:-1]] and chunks[-1][1] == 200
+        for q0, q1, k0, k1 in chunks:
+            assert 3 * (q1 - q0) * (k1 - k0) <= 3 * 1000 and (k0, k1) == spec.key_range(q0, q1, 200)
+            assert (q1 - q0) % 4 == 0 or q1 == 200
+        if spec.causal:  # short rows first: the first chunk takes more rows than the last
+            assert chunks[0][1] - chunks[0][0] > chunks[-1][1] - chunks[-1][0]
+
+
 def test_imports_point_from_the_fused_pass_to_the_families_it_fuses():
     graph = {path.stem: _imports(path) for path in KERNELS.glob("*.py")}
     assert {"pooled", "headstats"} <= graph["digest"]

@@ -12,6 +12,8 @@ every MaskSpec fact, lengths that are not multiples of the block.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from test_mask_facts import _case as fact_case
@@ -22,7 +24,9 @@ from reference import (
     BLOCKS,
     MASKS,
     assert_close,
+    dense_entropy,
     dense_head_stats,
+    dense_pooled,
     dense_visible,
     on_device,
     random_case,
@@ -279,3 +283,124 @@ def test_bad_extras_are_refused(rng):
         digest.digest_torch(
             q, k, spec, lse, blocks=(torch.zeros(23, dtype=torch.long), torch.full((41,), 3), 2, 3)
         )
+
+
+# ---- one pass: the row statistics from the same evaluation of each chunk's logits (issue 18) -----
+#: Lengths no block size divides (53, 23 × 41), and one (48) whose pooled blocks have one size.
+ONE_PASS_SHAPES = {
+    "gqa2_L53": (4, 2, 53, 53, 24),
+    "cross_23x41": (2, 2, 23, 41, 40),
+    "mha_L48": (3, 3, 48, 48, 16),
+}
+ONE_PASS_SIZES = {"gqa2_L53": [(13, 7), (53, 53)], "cross_23x41": [(5, 41)], "mha_L48": [(12, 16), (48, 6)]}
+
+
+def _one_pass_case(rng, mask: str, shape: str, dtype):
+    hq, hkv, lq, lk, d = ONE_PASS_SHAPES[shape]
+    q, k, spec, p, sinks = random_case(rng, MASKS[mask], dtype, hq=hq, hkv=hkv, lq=lq, lk=lk, d=d)
+    real = None if spec.key_padding is None else spec.key_padding[0]
+    visible = dense_visible(lq, lk, spec.causal, spec.window, real)
+    q_ids, k_ids = token_runs(rng, lq, vocab=12), token_runs(rng, lk, vocab=12)
+    return q, k, spec, p, sinks, visible, q_ids, k_ids
+
+
+def dense_lse(q, k, spec, visible) -> torch.Tensor:
+    """[Hq, Lq] float64 log-sum-exp of each row's visible logits (and its sink), from the definitions."""
+    group = q.shape[0] // k.shape[0]
+    s = q.double() @ k.double().repeat_interleave(group, 0).transpose(-1, -2) * spec.scaling
+    if spec.softcap is not None:
+        s = spec.softcap * torch.tanh(s / spec.softcap)
+    s = s.masked_fill(~visible, float("-inf"))
+    if spec.sinks is not None:
+        s = torch.cat([s, spec.sinks.double()[:, None, None].expand(-1, s.shape[1], 1)], -1)
+    return torch.logsumexp(s, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("shape", list(ONE_PASS_SHAPES))
+def test_one_pass_equals_dense_float64_and_the_two_passes(shape, mask, dtype, rng, small_chunks):
+    q, k, spec, p, sinks, visible, q_ids, k_ids = _one_pass_case(rng, mask, shape, dtype)
+    # Tolerances: results in the compute dtype (lse, entropy, row terms), then float32 results
+    # (pooled, received, the statistics), scaled by the largest magnitude where it exceeds 1.
+    exact, out32 = (1e-10, 1e-7) if dtype == torch.float64 else (2e-5, 2e-5)
+
+    def close(got, want, tol, what):
+        scale = max(1.0, float(torch.as_tensor(want).double().nan_to_num(neginf=0).abs().max()))
+        assert_close(
+            torch.as_tensor(got).nan_to_num(neginf=0),
+            torch.as_tensor(want).nan_to_num(neginf=0),
+            tol * scale,
+            what,
+        )
+
+    lse2, ent2 = rowstats.row_stats_torch(q, k, spec)  # the row statistics' own pass
+    for sq, sk in ONE_PASS_SIZES[shape]:
+        asked = dict(pooled_size=(sq, sk), received=True, terms=True, token_ids=(q_ids, k_ids))
+        one = digest.digest_torch(q, k, spec, None, **asked)
+        two = digest.digest_torch(q, k, spec, lse2, **asked)
+        true_lse = dense_lse(q, k, spec, visible)
+        assert torch.equal(torch.isneginf(one["lse"]), torch.isneginf(true_lse)), "the same empty rows"
+        close(one["lse"], true_lse, exact * 10, f"lse {shape} {mask}")
+        close(one["entropy"], dense_entropy(p, sinks), exact * 10, f"entropy {shape} {mask}")
+        close(one["pooled"], dense_pooled(p, sq, sk), out32, f"pooled {sq}x{sk}")
+        close(one["received"], p.sum(1), out32 * 10, "received")
+        true_tokens = dense_token_terms(p, visible, q_ids, k_ids)
+        close(one["token_terms"], true_tokens, exact, "token terms")
+        stats = headstats.reduce_head_stats(one["lse"], one["entropy"], one["terms"], one["token_terms"])
+        expected = {**dense_head_stats(p, sinks), **dense_token_stats(true_tokens)}
+        for name in HEAD_STAT_NAMES:
+            close(stats[name], expected[name], max(out32, 1e-6), name)
+        # The same numbers as the row statistics' pass followed by the digest's.
+        close(one["lse"], lse2, exact, "lse, two passes")
+        close(one["entropy"], ent2, exact, "entropy, two passes")
+        for name in ("pooled", "received", "terms", "token_terms"):
+            close(
+                one[name],
+                two[name],
+                out32 if name in ("pooled", "received") else exact,
+                f"{name}, two passes",
+            )
+
+
+def test_one_pass_is_the_same_on_one_or_two_threads_and_checks_in_every_worker(rng, small_chunks):
+    from attnscope.kernels.interrupt import checking
+
+    q, k, spec, p, _, _, q_ids, k_ids = _one_pass_case(rng, "causal", "gqa2_L53", torch.float64)
+    asked = dict(pooled_size=(13, 7), received=True, terms=True, token_ids=(q_ids, k_ids))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = digest.digest_torch(q, k, spec, None, **asked)
+        torch.set_num_threads(2)  # two parts on two worker threads (scores.map_chunks)
+        parts = digest.digest_torch(q, k, spec, None, **asked)
+        assert set(parts) == set(alone)
+        for name in alone:
+            tol = 1e-6 if name in ("pooled", "received") else 1e-12  # float32 results
+            assert_close(parts[name].nan_to_num(neginf=0), alone[name].nan_to_num(neginf=0), tol, name)
+        assert_close(parts["received"], p.sum(1), 1e-6, "received over two parts (float32)")
+
+        # The caller's check holds in the workers too: it raises there, and the call stops.
+        def check():
+            if threading.current_thread().name.startswith("attnscope-chunks"):
+                raise TimeoutError("deadline")
+
+        with checking(check), pytest.raises(TimeoutError, match="deadline"):
+            digest.digest_torch(q, k, spec, None, **asked)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_triton
+def test_triton_path_gives_the_row_statistics_beside_the_digest(rng, monkeypatch):
+    monkeypatch.setenv("ATTNSCOPE_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q, k, spec, p, _ = random_case(rng, MASKS["causal"], torch.float32, hq=2, hkv=1, lq=37, lk=37, d=16)
+    got = backend.digest(*on_device(q, k, spec), None, pooled_size=(5, 7), received=True)
+    lse, ent = rowstats.row_stats_torch(q, k, spec)
+    floor = rounding_floor(q, k, spec.scaling)
+    assert_close(got["lse"].cpu(), lse, 1e-5, "lse beside the digest")
+    assert_close(got["entropy"].cpu(), ent, 1e-5, "entropy beside the digest")
+    assert_close(got["received"].cpu(), p.sum(1), 40 * floor, "received")
+    with pytest.raises(ValueError, match="heads must be None"):
+        backend.digest(q, k, spec, None, received=True, heads=[0])
