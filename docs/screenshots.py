@@ -1,6 +1,8 @@
 """The README's pictures of the viewer's analysis views, taken from a real `attnscope serve` stack
 (gRPC server + HTTP gateway, in this process) on the bundled MiniLM with Debian's Chromium:
-docs/text-view.png, docs/span-map.png and docs/head-panel.png.
+docs/text-view.png, docs/span-map.png and docs/head-panel.png; and docs/reading-view.png, the text
+view after Read on examples/needle.py's hand-set needle model (the planted fact's sentence lit and
+ranked first, the query focus map beside it).
 
     .venv/bin/python docs/screenshots.py [--out docs]
 
@@ -10,6 +12,7 @@ Not a test: it writes files; run it again when a view's look changes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,6 +34,24 @@ PARAGRAPH = (
 )
 SHORT = "The doctor asked the nurse a question. She said she would help."
 IDLE = "window.attnscopeIdle && window.attnscopeIdle()"
+TEXT_READY = "window.attnscopeTimings && window.attnscopeTimings.textReadyMs !== undefined"
+NEEDLE = Path(__file__).resolve().parents[1] / "examples" / "needle.py"
+
+
+def needle_example():
+    """examples/needle.py as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("needle_example", NEEDLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_the_answer(page) -> None:
+    """Read (the answer's tokens selected), then a jump to the top passage, which outlines it."""
+    page.locator("#pane-a button.read").click()
+    page.wait_for_function("document.querySelector('#pane-a .focus-heads li')", timeout=120_000)
+    page.wait_for_function(IDLE, timeout=120_000)
+    page.locator("#pane-a .passages button.passage").first.click()
 
 
 def shoot(page, base: str, query: str, ready: str, target: str, path: Path, before=None) -> None:
@@ -52,7 +73,11 @@ def main() -> None:
     extractor = Extractor.from_pretrained()
     tokens = extractor.trace(PARAGRAPH).tokens
     she = tokens.index("she")  # "She answered ...": what does it read?
-    server = BackgroundServer(AttentionCore({"minilm": extractor}))
+    needle = needle_example()
+    words = needle.word_tokenizer()
+    planted = Extractor(needle.planted_model(words, positions=1024), words)
+    prompt, _ = needle.haystack(words, 400, depth=0.6, seed=5)
+    server = BackgroundServer(AttentionCore({"minilm": extractor, "planted": planted}))
     gateway = Gateway(server.address, port=0)
     gateway.start()
     try:
@@ -64,7 +89,7 @@ def main() -> None:
                 page,
                 gateway.url,
                 f"model=minilm&text={text}&view=text&shade=from&sel={she}&layers=2-5&passage=16",
-                "window.attnscopeTimings && window.attnscopeTimings.textReadyMs !== undefined",
+                TEXT_READY,
                 "#panes",
                 out / "text-view.png",
                 before=lambda page: page.locator("#pane-a .passages button.passage").first.click(),
@@ -72,7 +97,16 @@ def main() -> None:
             shoot(
                 page,
                 gateway.url,
-                f"model=minilm&text={text}&view=model&maps=spans&spans=8&layer=1&head=6",
+                f"model=planted&text={quote(prompt)}&view=text&generate=3&passage=sentences",
+                TEXT_READY,
+                "#panes",
+                out / "reading-view.png",
+                before=read_the_answer,
+            )
+            shoot(
+                page,
+                gateway.url,
+                f"model=minilm&text={text}&view=model&maps=spans&layer=1&head=6",
                 "window.attnscopeTimings && window.attnscopeTimings.modelDrawMs !== undefined",
                 "#pane-a .grid-wrap",
                 out / "span-map.png",

@@ -274,6 +274,9 @@ function normalizeKind(k) {
     keyLen: k.keyLen || 0,
     sentenceBStart: k.sentenceBStart ?? 0,
     // { rows, cols, firstPatch } where the tokens are an image's patches; null for text.
+    // The text's sentences as [start, stop) query ranges, in order, covering every query
+    // (KindInfo.sentences; [] for patches and from servers before it).
+    sentences: (k.sentences || []).map((r) => [Number(r.start || 0), Number(r.stop || 0) || k.queryLen || 0]),
     patchGrid: k.patchGrid ? { rows: k.patchGrid.rows || 0, cols: k.patchGrid.cols || 0, firstPatch: k.patchGrid.firstPatch || 0 } : null,
   };
 }
@@ -356,6 +359,10 @@ export const views = {
   spanPooled: (name, spans, kind = "", layers = [], heads = [], keySpans = []) =>
     request(name, kind, { spanPooled: { spans: spans.map(range), keySpans: keySpans.map(range), selection: { layers, heads } } }),
   attentionFrom: (name, queries, kind = "", layers = [], heads = []) => request(name, kind, { attentionFrom: { queries, selection: { layers, heads } } }),
+  // `queries` [] = the positions that produced a generation trace's generated tokens.
+  retrieval: (name, queries = [], kind = "") => request(name, kind, { retrieval: { queries } }),
+  // `question`: [start, stop) of the question's queries; `contextSpans`: [[start, stop], ...] of keys.
+  queryFocus: (name, question, contextSpans, kind = "") => request(name, kind, { queryFocus: { question: range(question), contextSpans: contextSpans.map(range) } }),
 };
 
 // The Renormalize every GetViews call carries (proto3 JSON, e.g. `{sinksThreshold: 0.2}`), or null

@@ -16,12 +16,13 @@ export function drawLegend(ctx, legend, x, y, textColor) {
   ctx.textAlign = "left";
   let at = x;
   if (legend.kind === "heads") {
-    for (const h of legend.heads) {
+    for (const [n, h] of legend.heads.entries()) {
+      const label = `head ${legend.names?.[n] ?? h}`;
       ctx.fillStyle = headColor(h);
       ctx.fillRect(at, y + 8, 10, 10);
       ctx.fillStyle = textColor;
-      ctx.fillText(`head ${h}`, at + 13, y + 13);
-      at += 13 + ctx.measureText(`head ${h}`).width + 8;
+      ctx.fillText(label, at + 13, y + 13);
+      at += 13 + ctx.measureText(label).width + 8;
     }
   } else {
     ctx.fillText(legend.label, at, y + 13);
@@ -49,7 +50,7 @@ export function drawLegend(ctx, legend, x, y, textColor) {
 export function legendSvg(legend, x, y, textColor) {
   const text = (tx, s) => `<text x="${tx}" y="${y + 17}" fill="${textColor}" font-size="12">${escapeHtml(s)}</text>`;
   if (legend.kind === "heads") {
-    return legend.heads.map((h, n) => `<rect x="${x + n * 70}" y="${y + 8}" width="10" height="10" fill="${headColor(h)}"/>${text(x + n * 70 + 13, `head ${h}`)}`).join("");
+    return legend.heads.map((h, n) => `<rect x="${x + n * 70}" y="${y + 8}" width="10" height="10" fill="${headColor(h)}"/>${text(x + n * 70 + 13, `head ${legend.names?.[n] ?? h}`)}`).join("");
   }
   const stops = Array.from({ length: 11 }, (_, i) => `<stop offset="${i / 10}" stop-color="${legend.color(i / 10)}"/>`).join("");
   const label = `${legend.label} ${formatValue(legend.lo)}`;

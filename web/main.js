@@ -100,6 +100,9 @@ const app = {
     const list = numbers && (numbers[kind] || Object.values(numbers)[0]);
     return String(list?.[l] ?? l);
   },
+  // A head's name: its number in the model (bertviz's include_heads keeps them in the embed's
+  // initial state as `headNumbers`, entry i the model's number of embedded head i), else its index.
+  headName: (h) => String(window.attnscopeEmbedded?.initialState?.headNumbers?.[h] ?? h),
 };
 
 function makePane(id) {

@@ -19,14 +19,16 @@ const DEFAULTS = {
   search: "", // a word whose occurrences every view highlights
   sinks: 0, // 1: every view with the trace's attention sinks left out, rows renormalised
   maps: "", // model view: "" pooled attention maps | "spans" each head's span map
-  spans: 8, // model view's span maps: equal spans of the text
+  spans: "", // model view's span maps: "sentences" (KindInfo.sentences) or a count of equal spans ("" = sentences when the text has several, else 8)
   shade: "received", // text view: received | rollout | from | spans (views/text-data.js)
   sel: "", // text view: the selected tokens, comma-separated positions
   layers: "", // text view: the layer range "first-last" ("" = all layers)
-  passage: 32, // text view: tokens per passage (the top passages and the span mass)
+  passage: 32, // text view: tokens per passage, or "sentences" (the text's sentences; the top passages and the span mass)
   theme: "light",
 };
-const NUMBERS = new Set(["layer", "head", "query", "sinks", "spans", "passage", "generate"]);
+const NUMBERS = new Set(["layer", "head", "query", "sinks", "generate"]);
+// A count, or a word naming another unit ("sentences"): "16" -> 16, "sentences" -> "sentences".
+const COUNTS_OR_WORDS = new Set(["spans", "passage"]);
 
 export const state = { ...DEFAULTS };
 const listeners = new Set();
@@ -39,7 +41,8 @@ export function loadFromUrl(search = window.location.search, initial = {}) {
   for (const key of Object.keys(DEFAULTS)) {
     if (!params.has(key)) continue;
     const raw = params.get(key);
-    state[key] = NUMBERS.has(key) ? Number.parseInt(raw, 10) : raw;
+    if (COUNTS_OR_WORDS.has(key)) state[key] = /^\d+$/.test(raw) ? Number(raw) : raw;
+    else state[key] = NUMBERS.has(key) ? Number.parseInt(raw, 10) : raw;
     if (NUMBERS.has(key) && Number.isNaN(state[key])) state[key] = DEFAULTS[key];
   }
 }

@@ -1,6 +1,7 @@
 // The head view's data: one layer's lines (every weight up to ViewerDefaults.full_attention_tokens
 // tokens, each query's top-k keys beyond) and the head statistics, loaded in one GetViews call.
 import { getViews, views } from "../data.js";
+import { RETRIEVAL } from "./stats-table.js";
 
 // Lines fainter than this are not drawn (they would not show); readouts and exports use every weight.
 export const MIN_WEIGHT = 0.004;
@@ -23,8 +24,9 @@ function edgesOf(n, count, keyAt, weightAt) {
 // drawn); full[h] the exact lq × lk probabilities of head h (short inputs) or null; top[h] the
 // top-k { indices, probs } (long inputs) or null; stats: { name: Float32Array [layers × heads] }.
 // `k`: the KindInfo (data.js); `viewer`: ServerInfo's viewer defaults; `statNames`: head_stats;
-// `withClasses`: also each head's class (`classes`, Int32Array [layers × heads] of HeadClass, else null).
-export async function loadLayer(traceId, k, layer, viewer, statNames = [], withClasses = false) {
+// `withClasses`: also each head's class (`classes`, Int32Array [layers × heads] of HeadClass, else null);
+// `withRetrieval`: also each head's retrieval score (a generation trace's), as stats.retrieval.
+export async function loadLayer(traceId, k, layer, viewer, statNames = [], withClasses = false, withRetrieval = false) {
   const { queryLen: lq, keyLen: lk, numHeads: heads } = k;
   const exact = lq <= viewer.fullAttentionTokens && lk <= viewer.fullAttentionTokens;
   const topK = exact ? 0 : Math.min(viewer.headViewTopK, lk);
@@ -34,6 +36,7 @@ export async function loadLayer(traceId, k, layer, viewer, statNames = [], withC
   }
   if (statNames.length) requested.push(views.headStats("stats", k.kind));
   if (withClasses) requested.push(views.headClasses("classes", k.kind));
+  if (withRetrieval) requested.push(views.retrieval(RETRIEVAL.name, [], k.kind));
   const { tensors } = await getViews(traceId, requested);
   const edges = [];
   const full = [];
@@ -53,6 +56,7 @@ export async function loadLayer(traceId, k, layer, viewer, statNames = [], withC
     edges.push(perQuery);
   }
   const stats = Object.fromEntries(statNames.map((name) => [name, tensors[`stats/${name}`].data]));
+  if (withRetrieval) stats[RETRIEVAL.name] = tensors[RETRIEVAL.name].data;
   const classes = withClasses ? tensors.classes.data : null;
   return { edges, full: exact ? full : null, top: exact ? null : top, exact, lq, lk, topK, stats, classes };
 }

@@ -11,7 +11,7 @@ import { formatValue, matches, themeColor, tokenLabel } from "../format.js";
 import { draw, layout, ROW } from "./head-draw.js";
 import { keyHeadOf, layerJson, loadLayer, weightOf } from "./head-data.js";
 import { mountImagePanel } from "./image.js";
-import { renderStatsTable } from "./stats-table.js";
+import { hasRetrieval, renderStatsTable, statsWith } from "./stats-table.js";
 import { headSvg } from "./head-svg.js";
 
 export { draw, layout, loadLayer, weightOf };
@@ -157,7 +157,7 @@ export function mount(root, app) {
     const lines = headsShown(k).map((h) => {
       const w = weightOf(data, h, query, hover.index);
       const text = w === null ? `below the top ${data.topK}` : formatValue(w);
-      return `<div><span class="swatch" style="background:${headColor(h)}"></span>head ${h}: ${text}</div>`;
+      return `<div><span class="swatch" style="background:${headColor(h)}"></span>head ${esc(app.headName(h))}: ${text}</div>`;
     });
     tooltip.innerHTML = `<div>${esc(tokenLabel(k.queryTokens, query))} (${query}) → ${esc(tokenLabel(k.keyTokens, hover.index))} (${hover.index}), layer ${esc(app.layerName(current.layer, k.kind))}</div>${lines.join("")}`;
     tooltip.style.left = `${pointer.x + 12}px`;
@@ -218,7 +218,7 @@ export function mount(root, app) {
         sq.className = "head-square";
         sq.style.background = headColor(h);
         sq.dataset.head = String(h);
-        sq.title = g === null ? `head ${h}` : `head ${h} (key head ${g})`;
+        sq.title = g === null ? `head ${app.headName(h)}` : `head ${app.headName(h)} (key head ${g})`;
         sq.addEventListener("click", () => {
           const shown = new Set(headsShown(current.k));
           if (shown.has(h)) shown.delete(h);
@@ -236,10 +236,10 @@ export function mount(root, app) {
   }
 
   function drawStats(k, layer) {
-    const stats = app.server.headStats;
+    const stats = statsWith(app.server.headStats, current.data.stats);
     renderStatsTable($(".head-stats"), {
       stats, values: current.data.stats, classes: current.data.classes, numHeads: k.numHeads, rows: headsShown(k).map((head) => ({ layer, head })),
-      sort: "", selected: null, layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+      sort: "", selected: null, layerName: (l) => app.layerName(l, k.kind), headName: (h) => app.headName(h), keyHead: (h) => keyHeadOf(k, h),
       caption: `head statistics, layer ${app.layerName(layer, k.kind)}`,
     }, { onPick: ({ head }) => app.update({ head, heads: "" }) });
   }
@@ -253,7 +253,7 @@ export function mount(root, app) {
     const key = `${info.traceId}${info.variant || ""}/${k.kind}/${layer}`;
     let shown = current?.key === key ? current : null;
     if (!shown) {
-      const data = await app.busy(loadLayer(info.traceId, k, layer, viewer, app.server.headStats.map((st) => st.name), app.analysis()));
+      const data = await app.busy(loadLayer(info.traceId, k, layer, viewer, app.server.headStats.map((st) => st.name), app.analysis(), hasRetrieval(info, k, app.analysis())));
       if (!fresh()) return;
       shown = { key, data, k, layer, image: info.image || null, promptLen: info.generatedFrom(k.kind) };
     }
@@ -291,18 +291,18 @@ export function mount(root, app) {
   return {
     render,
     exportPicture: (scale, background) => exportCanvas(scale, background),
-    exportTitle: () => current && `layer ${app.layerName(current.layer, current.k.kind)} · ${describeHeads(headsShown(current.k), current.k)} · ${current.k.kind}`,
-    exportLegend: () => current && { kind: "heads", heads: headsShown(current.k) },
+    exportTitle: () => current && `layer ${app.layerName(current.layer, current.k.kind)} · ${describeHeads(headsShown(current.k), current.k, app.headName)} · ${current.k.kind}`,
+    exportLegend: () => current && { kind: "heads", heads: headsShown(current.k), names: headsShown(current.k).map(app.headName) },
     exportSvg: (header) => (current && current.data.exact ? headSvg({ ...model(), data: current.data }, header) : null),
     exportJson: () => current && { layer: current.layer, kind: current.k.kind,
       queryTokens: current.k.queryTokens, keyTokens: current.k.keyTokens, heads: headsShown(current.k), ...layerJson(current.data) },
   };
 }
 
-function describeHeads(heads, k) {
-  if (heads.length === 1) return `head ${heads[0]}`;
+function describeHeads(heads, k, name) {
+  if (heads.length === 1) return `head ${name(heads[0])}`;
   if (heads.length === k.numHeads) return `all ${heads.length} heads`;
-  return `heads ${heads.join(", ")}`;
+  return `heads ${heads.map(name).join(", ")}`;
 }
 
 function esc(s) {

@@ -237,7 +237,7 @@ export function mountHeatmap(root, app) {
       selected = null;
     }
     if (app.state.query >= 0 && selected?.q !== app.state.query) selected = { q: app.state.query, k: selected?.k ?? app.state.query };
-    $(".heat-title").textContent = `layer ${layerName}, head ${z.head}`;
+    $(".heat-title").textContent = `layer ${layerName}, head ${app.headName(z.head)}`;
   }
 
   function exportPicture(scale, background) {

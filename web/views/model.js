@@ -6,13 +6,14 @@
 // statistics in a sortable table (names, descriptions and which end is notable from the
 // service's GetServerInfo), each head's class among them; sorting orders and colours the grid too.
 // The "span maps" mode shows each head's mass between spans of the text instead (SpanPooledView):
-// equal spans chosen here, since the wire carries no sentence spans yet.
+// the text's sentences (KindInfo.sentences; the default when there are several) or equal spans.
+// A generation trace's table gains each head's retrieval score (stats-table.js), sortable.
 import { picture, sizeCanvas } from "../canvas.js";
 import { getViews, HEAD_CLASS_LABELS, views } from "../data.js";
 import { escapeHtml, formatValue, themeColor, tokenLabel } from "../format.js";
 import { keyHeadOf } from "./head-data.js";
 import { mountHeatmap, paintMatrix, weightLegend } from "./heatmap.js";
-import { CLASS_SORT, renderStatsTable } from "./stats-table.js";
+import { CLASS_SORT, hasRetrieval, RETRIEVAL, renderStatsTable, statsWith } from "./stats-table.js";
 
 export { paintMatrix };
 const LEFT = 46; // "Layers" and the layer numbers
@@ -21,6 +22,7 @@ const GAP = 4;
 const DETAIL = 640; // CSS pixels the detail takes beside the grid (on screens wide enough for both)
 const BESIDE = 1500; // from this width of the view on, the detail sits beside the grid, else below
 export const SPAN_COUNTS = [4, 8, 16, 32]; // the span maps' choices of equal spans
+export const SENTENCES = "sentences"; // the span maps' (and the text view's passages') sentence unit
 
 // `n` equal spans [start, stop) of `length` positions (fewer when the text is shorter).
 export function equalSpans(length, n) {
@@ -74,7 +76,7 @@ export function drawGrid(ctx, m) {
         ctx.fillRect(x, y + cell + 1, cell, 11);
         ctx.fillStyle = m.textColor;
         ctx.font = "10px system-ui, sans-serif";
-        ctx.fillText(`H${h} ${formatValue(v)}`, x + 2, y + cell + 1, cell - 2);
+        ctx.fillText(`H${m.headName(h)} ${formatValue(v)}`, x + 2, y + cell + 1, cell - 2);
       }
       if (m.selected && m.selected.layer === l && m.selected.head === h) {
         ctx.strokeStyle = m.selectedColor;
@@ -92,7 +94,7 @@ export function drawGrid(ctx, m) {
   for (let l = 0; l < layers; l++) ctx.fillText(m.layerName(l), LEFT - 5, cellY(l) + cell / 2);
   ctx.textAlign = "center";
   if (!stat) {
-    for (let col = 0; col < heads; col++) ctx.fillText(String(col), cellX(col) + cell / 2, TOP - 16);
+    for (let col = 0; col < heads; col++) ctx.fillText(m.headName(col), cellX(col) + cell / 2, TOP - 16);
     if (m.keyHead(0) !== null) {
       ctx.lineWidth = 1;
       for (let col = 0; col < heads; col++) {
@@ -129,11 +131,11 @@ export function mount(root, app) {
   root.innerHTML = `
     <div class="controls">
       <label>Sort and colour by <select class="sort"><option value="">— (head order)</option><option value="${CLASS_SORT}">class</option>
-        ${stats.map((s) => `<option value="${escapeHtml(s.name)}" title="${escapeHtml(s.description)}">${escapeHtml(s.name)}</option>`).join("")}</select></label>
-      <label title="pooled attention maps, or each head's mass between equal spans of the text">Maps <select class="maps">
+        ${[...stats, RETRIEVAL].map((s) => `<option value="${escapeHtml(s.name)}" title="${escapeHtml(s.description)}">${escapeHtml(s.name)}</option>`).join("")}</select></label>
+      <label title="pooled attention maps, or each head's mass between spans of the text (its sentences, or equal spans)">Maps <select class="maps">
         <option value="">pooled attention</option><option value="spans">span maps</option></select></label>
-      <label class="spans-label" hidden title="the text cut into this many equal spans (the service sends no sentence spans yet)">Spans <select class="spans">
-        ${SPAN_COUNTS.map((n) => `<option value="${n}">${n} equal spans</option>`).join("")}</select></label>
+      <label class="spans-label" hidden title="the text's sentences, or the text cut into this many equal spans">Spans <select class="spans">
+        <option value="${SENTENCES}">sentences</option>${SPAN_COUNTS.map((n) => `<option value="${n}">${n} equal spans</option>`).join("")}</select></label>
       <label class="kind-label" hidden>Attention <select class="kind"></select></label>
       <label class="filter-label" hidden>Sentences <select class="filter">
         <option value="all">all</option><option value="AA">A → A</option><option value="AB">A → B</option>
@@ -141,7 +143,7 @@ export function mount(root, app) {
       <span class="hint">click a head for its detail; double-click to open it in the head view</span>
     </div>
     <div class="model-body">
-      <div class="grid-wrap"><canvas class="grid"></canvas></div>
+      <div class="grid-wrap"><canvas class="grid"></canvas><ol class="span-key muted" hidden aria-label="the sentences of the span maps"></ol></div>
       <div class="detail"></div>
       <div class="stats-panel" aria-label="head statistics"></div>
     </div>
@@ -151,7 +153,7 @@ export function mount(root, app) {
   const tip = $(".grid-tip");
   const detail = mountHeatmap($(".detail"), app);
   let current = null; // { key, k: KindInfo, rows, cols, pooled, stats, classes (or null) }
-  let spanMaps = null; // { key, spans, keySpans, data: Float32Array [layers, heads, n, nk] }: the span maps mode's
+  let spanMaps = null; // { key, unit, spans, keySpans, data: Float32Array [layers, heads, n, nk] }: the span maps mode's
   let layoutInfo = null;
   let pointer = null;
 
@@ -159,19 +161,31 @@ export function mount(root, app) {
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
   $(".filter").addEventListener("change", (e) => app.update({ filter: e.target.value }));
   $(".maps").addEventListener("change", (e) => app.update({ maps: e.target.value }));
-  $(".spans").addEventListener("change", (e) => app.update({ spans: Number(e.target.value) }));
+  $(".spans").addEventListener("change", (e) => app.update({ spans: e.target.value === SENTENCES ? SENTENCES : Number(e.target.value) }));
 
   // The span maps shown (the mode on and loaded), else null.
   function spansShown() {
-    return app.state.maps === "spans" && spanMaps?.key === spanKey(current.key) ? spanMaps : null;
+    return app.state.maps === "spans" && spanMaps?.key === spanKey(current.key, current.k) ? spanMaps : null;
   }
 
-  function spanKey(key) {
-    return `${key}/spans${spanCount()}`;
+  function spanKey(key, k) {
+    return `${key}/spans${spanUnit(k)}`;
   }
 
-  function spanCount() {
-    return SPAN_COUNTS.includes(app.state.spans) ? app.state.spans : 8;
+  // The state's span unit for `k`: "sentences" (when it has sentences) or a count of equal spans;
+  // unset, the sentences when the text has more than one.
+  function spanUnit(k) {
+    const asked = app.state.spans;
+    if (asked === SENTENCES && k.sentences.length) return SENTENCES;
+    if (SPAN_COUNTS.includes(asked)) return asked;
+    return k.sentences.length > 1 ? SENTENCES : 8;
+  }
+
+  // The query and key spans of unit `unit` (cross attention's keys are the encoder's text).
+  function spansOf(info, k, unit) {
+    if (unit !== SENTENCES) return [equalSpans(k.queryLen, unit), equalSpans(k.keyLen, unit)];
+    const keyText = k.kind === "cross" ? info.kinds.find((x) => x.kind === "encoder") : k;
+    return [k.sentences, keyText?.sentences.length ? keyText.sentences : equalSpans(k.keyLen, 8)];
   }
 
   const classOf = (l, h) => HEAD_CLASS_LABELS[current.classes?.[l * current.k.numHeads + h]] || "";
@@ -208,7 +222,7 @@ export function mount(root, app) {
     const maps = spansShown();
     const [rows, cols, pooled] = maps ? [maps.spans.length, maps.keySpans.length, maps.data] : [current.rows, current.cols, current.pooled];
     const byClass = s.sort === CLASS_SORT && current.classes;
-    const spansTitle = maps ? ` · span maps, ${rows} equal spans` : "";
+    const spansTitle = maps ? ` · span maps, ${describeUnit(maps)}` : "";
     return {
       layers: k.numLayers, heads: k.numHeads, cell, rowH, width, height, detailWidth: beside ? avail - width - 16 : avail, rows, cols, pooled,
       order: order(k, values, stat), stat, stats: current.stats, dark: s.theme === "dark", background,
@@ -216,7 +230,7 @@ export function mount(root, app) {
       crop: maps ? [0, rows, 0, cols] : cropOf(s.filter, k.sentenceBStart, current.rows, current.cols, k.queryLen, k.keyLen),
       split: current.promptLen && current.promptLen < k.queryLen ? current.promptLen / k.queryLen : 0,
       selected: selectedHead(), selectedColor: themeColor("--selected", "#d62728"), textColor: themeColor("--fg", "#222"),
-      layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+      layerName: (l) => app.layerName(l, k.kind), headName: (h) => app.headName(h), keyHead: (h) => keyHeadOf(k, h),
       notability: (v) => {
         const t = hi > lo ? (v - lo) / (hi - lo) : 0;
         return notableLow.has(stat) ? 1 - t : t;
@@ -266,7 +280,7 @@ export function mount(root, app) {
     }
     const { k } = current;
     const g = keyHeadOf(k, hit.head);
-    const lines = stats.map((st) => `${escapeHtml(st.name)} ${formatValue(current.stats[st.name][hit.layer * k.numHeads + hit.head])}`);
+    const lines = statsWith(stats, current.stats).map((st) => `${escapeHtml(st.name)} ${formatValue(current.stats[st.name][hit.layer * k.numHeads + hit.head])}`);
     const cls = classOf(hit.layer, hit.head);
     const maps = spansShown();
     let cellLine = "";
@@ -278,7 +292,9 @@ export function mount(root, app) {
       const v = values[(hit.layer * k.numHeads + hit.head) * rows * cols + r * cols + c];
       if (maps) {
         const span = ([a, b]) => `${a}–${b - 1}`;
-        cellLine = `span ${r} (tokens ${span(maps.spans[r])}) → span ${c} (keys ${span(maps.keySpans[c])}): <b>${formatValue(v)}</b> (mean per query row)`;
+        // Sentences are numbered from 1 (as the key below the grid lists them), equal spans from 0.
+        const [unit, n0] = maps.unit === SENTENCES ? ["sentence", 1] : ["span", 0];
+        cellLine = `${unit} ${r + n0} (tokens ${span(maps.spans[r])}) → ${unit} ${c + n0} (keys ${span(maps.keySpans[c])}): <b>${formatValue(v)}</b> (mean per query row)`;
       } else if (current.rows === k.queryLen && current.cols === k.keyLen) {
         cellLine = `${escapeHtml(tokenLabel(k.queryTokens, r))} (${r}) → ${escapeHtml(tokenLabel(k.keyTokens, c))} (${c}): <b>${formatValue(v)}</b>`;
       } else {
@@ -286,7 +302,7 @@ export function mount(root, app) {
         cellLine = `queries ${span(r, current.rows, k.queryLen)} → keys ${span(c, current.cols, k.keyLen)}: <b>${formatValue(v)}</b> (block mean)`;
       }
     }
-    tip.innerHTML = `<div>layer ${escapeHtml(app.layerName(hit.layer, k.kind))}, head ${hit.head}${g === null ? "" : ` (key head ${g})`}${cls ? ` · <span class="head-class">${escapeHtml(cls)}</span>` : ""}</div><div>${cellLine}</div><div class="muted">${lines.join(" · ")}</div>`;
+    tip.innerHTML = `<div>layer ${escapeHtml(app.layerName(hit.layer, k.kind))}, head ${escapeHtml(app.headName(hit.head))}${g === null ? "" : ` (key head ${g})`}${cls ? ` · <span class="head-class">${escapeHtml(cls)}</span>` : ""}</div><div>${cellLine}</div><div class="muted">${lines.join(" · ")}</div>`;
     tip.style.left = `${pointer.clientX + 12}px`;
     tip.style.top = `${pointer.clientY + 12}px`;
     tip.hidden = false;
@@ -311,10 +327,10 @@ export function mount(root, app) {
 
   function drawTable(k) {
     renderStatsTable($(".stats-panel"), {
-      stats, values: current.stats, classes: current.classes, numHeads: k.numHeads,
+      stats: statsWith(stats, current.stats), values: current.stats, classes: current.classes, numHeads: k.numHeads,
       rows: [...Array(k.numLayers * k.numHeads).keys()].map((i) => ({ layer: Math.floor(i / k.numHeads), head: i % k.numHeads })),
       sort: current.stats[app.state.sort] || (app.state.sort === CLASS_SORT && current.classes) ? app.state.sort : "", selected: selectedHead(),
-      layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+      layerName: (l) => app.layerName(l, k.kind), headName: (h) => app.headName(h), keyHead: (h) => keyHeadOf(k, h),
     }, { onSort: (sort) => app.update({ sort }), onPick: ({ layer, head }) => app.update({ layer, head }) });
   }
 
@@ -332,15 +348,17 @@ export function mount(root, app) {
     const zoomKey = `${key}/${layer}/${head}`;
     const needGrid = current?.key !== key;
     const needZoom = detail.shown()?.key !== zoomKey;
-    const wantSpans = s.maps === "spans" && spanMaps?.key !== spanKey(key);
+    const unit = spanUnit(k);
+    const wantSpans = s.maps === "spans" && spanMaps?.key !== spanKey(key, k);
+    const retrieval = needGrid && hasRetrieval(info, k, app.analysis());
     const requested = [];
     if (needGrid) {
       requested.push(views.pooled("thumbs", Math.min(viewer.thumbnailSize, Math.max(lq, lk)), k.kind));
       requested.push(views.headStats("stats", k.kind));
       if (app.analysis()) requested.push(views.headClasses("classes", k.kind));
+      if (retrieval) requested.push(views.retrieval(RETRIEVAL.name, [], k.kind));
     }
-    const spans = equalSpans(lq, spanCount());
-    const keySpans = equalSpans(lk, spanCount());
+    const [spans, keySpans] = spansOf(info, k, unit);
     if (wantSpans) requested.push(views.spanPooled("spanmaps", spans, k.kind, [], [], keySpans));
     if (needZoom) requested.push(views.pooled("heatmap", Math.min(viewer.tileSize, Math.max(lq, lk)), k.kind, [layer], [head]));
     let tensors = {};
@@ -352,21 +370,38 @@ export function mount(root, app) {
       const thumbs = tensors.thumbs;
       current = { key, k, rows: thumbs.shape[2], cols: thumbs.shape[3], pooled: thumbs.data, promptLen: info.generatedFrom(k.kind),
         stats: Object.fromEntries(stats.map((st) => [st.name, tensors[`stats/${st.name}`].data])), classes: tensors.classes?.data || null };
+      if (retrieval) current.stats[RETRIEVAL.name] = tensors[RETRIEVAL.name].data;
     }
-    if (wantSpans) spanMaps = { key: spanKey(key), spans, keySpans, data: tensors.spanmaps.data };
+    if (wantSpans) spanMaps = { key: spanKey(key, k), unit, spans, keySpans, data: tensors.spanmaps.data };
     const base = tensors.heatmap;
     detail.show(needZoom ? { key: zoomKey, traceId: info.traceId, k, layer, head, base: base.data, rows: base.shape[2], cols: base.shape[3] } : detail.shown(), app.layerName(layer, k.kind));
     $(".kind-label").hidden = info.kinds.length < 2;
     $(".kind").replaceChildren(...info.kindNames.map((n) => new Option(n, n, false, n === k.kind)));
     $(".filter-label").hidden = k.sentenceBStart < 0 || s.maps === "spans"; // span maps are of the whole text
     $(".filter").value = s.filter;
+    $(".sort").querySelector(`option[value="${RETRIEVAL.name}"]`).hidden = !current.stats[RETRIEVAL.name];
     $(".sort").value = s.sort;
     $(".maps").value = s.maps === "spans" ? "spans" : "";
     $(".maps").closest("label").hidden = !app.analysis();
     $(".spans-label").hidden = s.maps !== "spans";
-    $(".spans").value = String(spanCount());
+    $(".spans").value = String(unit);
+    $(".spans").querySelector(`option[value="${SENTENCES}"]`).hidden = !k.sentences.length;
+    drawSpanKey(k);
     drawTable(k);
     frame();
+  }
+
+  // Under the grid, in sentence mode: each sentence's number, tokens and first words (the rows and
+  // columns of every span map, in order).
+  function drawSpanKey(k) {
+    const maps = spansShown();
+    const list = $(".span-key");
+    list.hidden = maps?.unit !== SENTENCES;
+    if (list.hidden) return list.replaceChildren();
+    list.innerHTML = maps.spans.map(([a, b], i) => {
+      const words = k.queryTokens.slice(a, Math.min(b, a + 10)).map((t) => tokenLabel([t], 0)).join(" ");
+      return `<li data-start="${a}" data-stop="${b}">sentence ${i + 1}: tokens ${a}–${b - 1} · ${escapeHtml(words)}${b - a > 10 ? "…" : ""}</li>`;
+    }).join("");
   }
 
   function exportPicture(scale, background) {
@@ -378,12 +413,16 @@ export function mount(root, app) {
   return {
     render,
     exportPicture,
-    exportTitle: () => current && `${current.k.numLayers} layers × ${current.k.numHeads} heads · ${current.k.kind}${spansShown() ? ` · span maps, ${spansShown().spans.length} equal spans` : app.state.filter !== "all" ? ` · sentences ${app.state.filter}` : ""}`,
+    exportTitle: () => current && `${current.k.numLayers} layers × ${current.k.numHeads} heads · ${current.k.kind}${spansShown() ? ` · span maps, ${describeUnit(spansShown())}` : app.state.filter !== "all" ? ` · sentences ${app.state.filter}` : ""}`,
     exportLegend: () => weightLegend(app.state.theme === "dark"),
     exportJson: () => current && { kind: current.k.kind, rows: current.rows, cols: current.cols, layers: current.k.numLayers,
       heads: current.k.numHeads, pooled: [...current.pooled],
       stats: Object.fromEntries(Object.entries(current.stats).map(([n, v]) => [n, [...v]])),
       ...(current.classes ? { classes: [...current.classes].map((c) => HEAD_CLASS_LABELS[c]) } : {}),
-      ...(spansShown() ? { spans: spansShown().spans, keySpans: spansShown().keySpans, spanMaps: [...spansShown().data] } : {}) },
+      ...(spansShown() ? { spanUnit: spansShown().unit, spans: spansShown().spans, keySpans: spansShown().keySpans, spanMaps: [...spansShown().data] } : {}) },
   };
+}
+
+function describeUnit(maps) {
+  return maps.unit === SENTENCES ? `${maps.spans.length} sentences` : `${maps.spans.length} equal spans`;
 }

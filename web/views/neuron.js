@@ -266,12 +266,12 @@ export function mount(root, app) {
     const ctx = sizeCanvas(canvas, cols.width, height);
     shown = { rows, q: n.q, dim, cell, columns: cols, height, layer, head, query };
     draw(ctx, looks(shown));
-    $(".note").textContent = `query ${query} “${k.queryTokens[query]}”, layer ${app.layerName(layer, k.kind)}, head ${head}` +
+    $(".note").textContent = `query ${query} “${k.queryTokens[query]}”, layer ${app.layerName(layer, k.kind)}, head ${app.headName(head)}` +
       (count < k.keyLen ? ` (keys ${n.offset}–${n.offset + count - 1})` : "");
     if (current.stats) {
       renderStatsTable($(".head-stats"), {
         stats: app.server.headStats, values: current.stats, numHeads: k.numHeads, rows: [{ layer, head }], sort: "", selected: null,
-        layerName: (l) => app.layerName(l, k.kind), keyHead: (h) => keyHeadOf(k, h),
+        layerName: (l) => app.layerName(l, k.kind), headName: (h) => app.headName(h), keyHead: (h) => keyHeadOf(k, h),
         caption: `head statistics, layer ${app.layerName(layer, k.kind)}`,
       });
     }
@@ -307,7 +307,7 @@ export function mount(root, app) {
     $(".filter-label").hidden = k.sentenceBStart < 0;
     $(".filter").value = s.filter;
     $(".layer").replaceChildren(...[...Array(k.numLayers).keys()].map((l) => new Option(app.layerName(l, k.kind), l, false, l === n.layer)));
-    $(".head").replaceChildren(...[...Array(k.numHeads).keys()].map((h) => new Option(`${h}`, h, false, h === n.head)));
+    $(".head").replaceChildren(...[...Array(k.numHeads).keys()].map((h) => new Option(app.headName(h), h, false, h === n.head)));
     frame();
   }
 
@@ -317,7 +317,7 @@ export function mount(root, app) {
       if (!shown) return null;
       return picture(shown.columns.width, shown.height, scale, (ctx) => draw(ctx, looks(shown, background)));
     },
-    exportTitle: () => shown && `layer ${app.layerName(shown.layer, current.k.kind)} · head ${shown.head} · query ${shown.query} “${current.k.queryTokens[shown.query]}” · ${current.k.kind}`,
+    exportTitle: () => shown && `layer ${app.layerName(shown.layer, current.k.kind)} · head ${app.headName(shown.head)} · query ${shown.query} “${current.k.queryTokens[shown.query]}” · ${current.k.kind}`,
     exportLegend: () => ({ kind: "scale", label: "value ÷ its column’s largest |value| (orange −, blue +)", lo: -1, hi: 1, color: (t) => signedColor(2 * t - 1, 1) }),
     exportJson: () => shown && { q: [...shown.q], rows: shown.rows.map((r) => ({ key: r.key, token: r.token, k: [...r.k], q_times_k: [...r.qk], score: r.score, prob: r.prob })) },
   };

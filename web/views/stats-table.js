@@ -4,14 +4,36 @@
 import { HEAD_CLASS_LABELS } from "../data.js";
 import { escapeHtml, formatValue } from "../format.js";
 
+export const CLASS_SORT = "class"; // the sort key of the class column (URL state sort=class)
+
+// Each head's retrieval score (RetrievalView; the definition is the proto's, worded for a reader):
+// a column beside GetServerInfo's head statistics, for generation traces.
+export const RETRIEVAL = {
+  name: "retrieval",
+  description:
+    "retrieval score (Wu et al. 2024): the share of the generated tokens for which the head's strongest key (exact top-1) holds the very token being generated, i.e. the head copies from the prompt",
+  notable: "high",
+};
+
+// Whether `k` of the trace `info` has retrieval scores to show: a generation trace's self-attention
+// with at least one generated token (a standalone file answers no analysis view: `analysis` false).
+export function hasRetrieval(info, k, analysis) {
+  const from = info.generatedFrom(k.kind);
+  return Boolean(analysis) && k.kind !== "cross" && from > 0 && k.queryLen > from;
+}
+
+// The head statistics a table shows: the server's, and retrieval where `values` hold it.
+export function statsWith(stats, values) {
+  return values?.[RETRIEVAL.name] ? [...stats, RETRIEVAL] : stats;
+}
+
 // `el`: the element to fill. m: { stats: [{name, description, notable}], values: {name: Float32Array
 // [layers × heads]}, classes (Int32Array [layers × heads] of HeadClass numbers, a "class" column;
 // null: none), numHeads, rows: [{layer, head}], sort (a statistic's name, CLASS_SORT or ""), selected:
-// {layer, head} | null, layerName(l), keyHead(h) (null without grouped-query attention), caption
-// (when set, the rows' one layer is named there instead of in a column) }.
+// {layer, head} | null, layerName(l), headName(h) (the model's number of head h; default h), keyHead(h)
+// (null without grouped-query attention), caption (when set, the rows' one layer is named there
+// instead of in a column) }.
 // Handlers: onSort(name), onPick({layer, head}).
-export const CLASS_SORT = "class"; // the sort key of the class column (URL state sort=class)
-
 export function renderStatsTable(el, m, { onSort, onPick } = {}) {
   const value = (name, r) => m.values[name]?.[r.layer * m.numHeads + r.head];
   const classOf = (r) => (m.classes ? HEAD_CLASS_LABELS[m.classes[r.layer * m.numHeads + r.head]] || "" : "");
@@ -37,7 +59,8 @@ export function renderStatsTable(el, m, { onSort, onPick } = {}) {
       const kv = grouped ? `<td>${m.keyHead(r.head)}</td>` : "";
       const layer = layerCol ? `<td>${escapeHtml(m.layerName(r.layer))}</td>` : "";
       const cls = m.classes ? `<td class="head-class">${escapeHtml(classOf(r))}</td>` : "";
-      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}">${layer}<td>${r.head}</td>${kv}${cls}${m.stats
+      const name = m.headName ? m.headName(r.head) : String(r.head);
+      return `<tr class="head-row${sel}" data-layer="${r.layer}" data-head="${r.head}">${layer}<td>${escapeHtml(name)}</td>${kv}${cls}${m.stats
         .map((s) => `<td>${formatValue(value(s.name, r))}</td>`)
         .join("")}</tr>`;
     })

@@ -7,12 +7,14 @@
 // so a 100k-token document scrolls as fast as a short one. With the sinks toggle on, the sinks
 // the service left out are struck through (their values are 0 in the renormalised attention).
 // A generation trace marks its generated tokens; "Read" selects them and shades the text by the
-// attention they gave, the top passages then ranked over the prompt alone.
-import { picture } from "../canvas.js";
+// attention they gave, the top passages then ranked over the prompt alone. Passages are windows of
+// a number of tokens or the text's sentences. With tokens selected (the question), the side panel
+// maps each layer × head's query focus on the context sentence the question reads most.
+import { picture, sizeCanvas } from "../canvas.js";
 import { heat } from "../colors.js";
 import { escapeHtml, formatValue, matches, themeColor } from "../format.js";
 import { drawLegend } from "../legend.js";
-import { loadShade, passagesOf, QUANTITIES, topPassages } from "./text-data.js";
+import { FOCUS_DEFINITION, focusSpans, loadFocus, loadShade, passageIndex, passagesOf, QUANTITIES, topPassages } from "./text-data.js";
 import { layoutLines, measurer, piecesOf } from "./text-layout.js";
 
 const FONT = "15px system-ui, sans-serif";
@@ -20,6 +22,8 @@ const LINE = 24; // CSS pixels per line
 const OVERSCAN = 4; // lines above and below the view kept in the page
 const TOP_PASSAGES = 10;
 const PASSAGE_SIZES = [8, 16, 32, 64, 128, 256];
+const SENTENCES = "sentences"; // the passage unit of the text's sentences (URL state passage=sentences)
+const FOCUS_WIDTH = 320; // CSS pixels of the query focus map's widest extent
 const PAD = 8; // the text's padding inside the scroller (style.css .text-scroller)
 
 // The selection of the URL state: "3,17,40-44" -> [3, 17, 40, 41, 42, 43, 44] inside [0, n),
@@ -58,7 +62,7 @@ export function mount(root, app) {
       <label title="the layers the quantity reads (rollout: rolls through them)">Layers <select class="layer-from"></select> – <select class="layer-to"></select></label>
       <label>Head <select class="head"></select></label>
       <label class="kind-label" hidden>Attention <select class="kind"></select></label>
-      <label title="a passage is a window of this many consecutive tokens">Passages of <select class="passage">${PASSAGE_SIZES.map((n) => `<option value="${n}">${n}</option>`).join("")}</select> tokens</label>
+      <label title="a passage is a window of this many consecutive tokens, or one of the text's sentences">Passages <select class="passage">${PASSAGE_SIZES.map((n) => `<option value="${n}">${n} tokens</option>`).join("")}<option value="${SENTENCES}">sentences</option></select></label>
       <span class="selection"></span>
     </div>
     <div class="text-body">
@@ -70,6 +74,12 @@ export function mount(root, app) {
         <p class="reading" hidden><button type="button" class="read" title="select the generated tokens and shade the text by the attention they gave">Read: what the answer attended to</button></p>
         <h3>Top passages</h3>
         <ol class="passages"></ol>
+        <section class="focus" hidden>
+          <h3 title="${escapeHtml(FOCUS_DEFINITION)}">Query focus</h3>
+          <p class="focus-note muted"></p>
+          <canvas class="focus-map" title="click a head to shade the text by its layer and head"></canvas>
+          <ol class="focus-heads"></ol>
+        </section>
       </aside>
     </div>
     <div class="tooltip text-tip" hidden></div>`;
@@ -79,7 +89,8 @@ export function mount(root, app) {
   const tip = $(".text-tip");
   const measure = measurer(FONT);
   let doc = null; // { key, k, pieces, layout, width }: the text laid out
-  let shade = null; // { key, values, hi, passages, top, excluded: Set, quantity }
+  let shade = null; // { key, values, hi, passages, index, unit, top, excluded: Set, quantity }
+  let focus = null; // { key, question, contexts, layers, heads, values, mean, top }: the selection's query focus
   let highlight = null; // the passage jumped to: { start, stop }
   let drawnFor = ""; // what the lines in the page show (skip rebuilding them when unchanged)
   let hover = null; // { index, x, y }
@@ -88,7 +99,15 @@ export function mount(root, app) {
   $(".shade").addEventListener("change", (e) => app.update({ shade: e.target.value }));
   $(".head").addEventListener("change", (e) => app.update({ head: Number(e.target.value) }));
   $(".kind").addEventListener("change", (e) => app.update({ kind: e.target.value }));
-  $(".passage").addEventListener("change", (e) => app.update({ passage: Number(e.target.value) }));
+  $(".passage").addEventListener("change", (e) => app.update({ passage: e.target.value === SENTENCES ? SENTENCES : Number(e.target.value) }));
+  $(".focus-map").addEventListener("click", (event) => {
+    const hit = focusCell(event);
+    if (hit) app.update({ layers: `${hit.layer}-${hit.layer}`, head: hit.head });
+  });
+  $(".focus-map").addEventListener("mousemove", (event) => {
+    const hit = focusCell(event);
+    event.target.title = hit ? focusLine(hit.layer, hit.head) : "click a head to shade the text by its layer and head";
+  });
   for (const cls of [".layer-from", ".layer-to"]) {
     $(cls).addEventListener("change", () => {
       const a = Number($(".layer-from").value);
@@ -224,10 +243,9 @@ export function mount(root, app) {
     const tokens = doc.k.keyTokens;
     let line = `${escapeHtml(tokens[i])} (${i})`;
     if (shade) {
-      const size = shade.size;
-      const p = Math.floor(i / size);
-      const passage = shade.passages[p];
-      line += `: <b>${formatValue(shade.values[i])}</b> · passage ${passage.start}–${passage.stop - 1}: ${formatValue(passage.mass)}`;
+      const passage = shade.passages[shade.index[i]];
+      const unit = shade.unit === SENTENCES ? `sentence ${shade.index[i] + 1}` : "passage";
+      line += `: <b>${formatValue(shade.values[i])}</b> · ${unit} ${passage.start}–${passage.stop - 1}: ${formatValue(passage.mass)}`;
       if (shade.excluded.has(i)) line += " · a sink, left out (rows renormalised)";
     }
     if (doc.promptLen && i >= doc.promptLen) line += " · generated";
@@ -263,7 +281,9 @@ export function mount(root, app) {
     }
     const scope = `${describeLayers(st.layers, k)}, ${st.head >= 0 && st.head < k.numHeads ? `head ${st.head}` : "all heads"}`;
     const within = shade?.within ? `; reading the answer: only the prompt's passages (tokens 0–${shade.within - 1}) are ranked` : "";
-    $(".definition").innerHTML = `<b>${escapeHtml(q.label)}</b> (${escapeHtml(scope)}): ${escapeHtml(q.definition)}. Passages: windows of ${shade?.size ?? st.passage} tokens${escapeHtml(within)}.`;
+    const unit = passageUnit(k);
+    const passages = unit === SENTENCES ? `the text's ${k.sentences.length} sentences` : `windows of ${unit} tokens`;
+    $(".definition").innerHTML = `<b>${escapeHtml(q.label)}</b> (${escapeHtml(scope)}): ${escapeHtml(q.definition)}. Passages: ${passages}${escapeHtml(within)}.`;
     $(".reading").hidden = !doc.promptLen;
     const chosen = selectionOf(st.sel, k.keyLen);
     $(".text-note").textContent = q.selection && !chosen.length ? "select tokens to shade by this: click a token, shift-click to add more" : "";
@@ -280,7 +300,8 @@ export function mount(root, app) {
       button.dataset.stop = String(p.stop);
       button.dataset.rank = String(rank + 1);
       button.title = "scroll to this passage and outline it";
-      button.innerHTML = `${rank + 1}. <b>${formatValue(p.mass)}</b> · tokens ${p.start}–${p.stop - 1} · <span class="muted">${escapeHtml(words)}${p.stop - p.start > 12 ? "…" : ""}</span>`;
+      const sentence = shade.unit === SENTENCES ? `sentence ${shade.index[p.start] + 1} · ` : "";
+      button.innerHTML = `${rank + 1}. <b>${formatValue(p.mass)}</b> · ${sentence}tokens ${p.start}–${p.stop - 1} · <span class="muted">${escapeHtml(words)}${p.stop - p.start > 12 ? "…" : ""}</span>`;
       li.append(button);
       list.append(li);
     }
@@ -307,14 +328,91 @@ export function mount(root, app) {
     $(".layer-to").replaceChildren(...options(b));
     $(".head").replaceChildren(new Option("all (mean)", -1, false, st.head < 0), ...[...Array(k.numHeads).keys()].map((h) => new Option(String(h), h, false, h === st.head)));
     $(".shade").value = QUANTITIES[st.shade] ? st.shade : "received";
-    $(".passage").value = String(passageSize());
+    $(".passage").value = String(passageUnit(k));
+    $(".passage").querySelector(`option[value="${SENTENCES}"]`).hidden = !k.sentences.length;
     const selfKinds = info.kinds.filter((x) => x.kind !== "cross");
     $(".kind-label").hidden = selfKinds.length < 2;
     $(".kind").replaceChildren(...selfKinds.map((x) => new Option(x.kind, x.kind, false, x.kind === k.kind)));
   }
 
-  function passageSize() {
-    return PASSAGE_SIZES.includes(s().passage) ? s().passage : 32;
+  // The state's passage unit for `k`: a window size, or "sentences" where `k` has them.
+  function passageUnit(k) {
+    const asked = s().passage;
+    if (asked === SENTENCES && k.sentences.length) return SENTENCES;
+    return PASSAGE_SIZES.includes(asked) ? asked : 32;
+  }
+
+  function windowsOf(k, unit) {
+    return unit === SENTENCES ? k.sentences : passagesOf(k.keyLen, unit);
+  }
+
+  // The query focus map: layers (rows) × heads (columns), each head's mass from the question on the
+  // context sentence read most (focus.top); the cell size fits FOCUS_WIDTH.
+  function focusGeometry() {
+    const cell = Math.max(6, Math.min(24, Math.floor(FOCUS_WIDTH / Math.max(focus.heads, focus.layers))));
+    return { cell, left: 26, top: 16 };
+  }
+
+  function focusValue(layer, head, c = focus.top) {
+    return focus.values[(layer * focus.heads + head) * focus.contexts.length + c];
+  }
+
+  function focusCell(event) {
+    if (!focus) return null;
+    const g = focusGeometry();
+    const rect = event.target.getBoundingClientRect();
+    const head = Math.floor((event.clientX - rect.left - g.left) / g.cell);
+    const layer = Math.floor((event.clientY - rect.top - g.top) / g.cell);
+    return head >= 0 && head < focus.heads && layer >= 0 && layer < focus.layers ? { layer, head } : null;
+  }
+
+  // A head's readout: its mass on the question's top sentence, and the sentence it reads most itself.
+  function focusLine(layer, head) {
+    let own = 0;
+    for (let c = 1; c < focus.contexts.length; c++) if (focusValue(layer, head, c) > focusValue(layer, head, own)) own = c;
+    const name = (c) => `sentence ${c + 1} (tokens ${focus.contexts[c][0]}–${focus.contexts[c][1] - 1})`;
+    const mine = own === focus.top ? "its own top too" : `its own top: ${name(own)} ${formatValue(focusValue(layer, head, own))}`;
+    return `layer ${app.layerName(layer, doc.k.kind)}, head ${app.headName(head)}: ${formatValue(focusValue(layer, head))} on ${name(focus.top)}; ${mine}`;
+  }
+
+  function drawFocus(k) {
+    const section = $(".focus");
+    section.hidden = !focus;
+    if (!focus) return;
+    const [qa, qb] = focus.question;
+    const [ta, tb] = focus.contexts[focus.top];
+    let hi = 0;
+    for (let l = 0; l < focus.layers; l++) for (let h = 0; h < focus.heads; h++) hi = Math.max(hi, focusValue(l, h));
+    $(".focus-note").textContent = `the question: tokens ${qa}–${qb - 1}; the context: the ${focus.contexts.length} sentences before it. Read most: sentence ${focus.top + 1} (tokens ${ta}–${tb - 1}), ${formatValue(focus.mean[focus.top])} of the question's attention on average. Each cell: that head's mass on it (darkest: ${formatValue(hi)}).`;
+    const g = focusGeometry();
+    const width = g.left + focus.heads * g.cell + 2;
+    const height = g.top + focus.layers * g.cell + 2;
+    const canvas = $(".focus-map");
+    const ctx = sizeCanvas(canvas, width, height);
+    const dark = s().theme === "dark";
+    const fg = themeColor("--fg", "#222");
+    ctx.font = "10px system-ui, sans-serif";
+    ctx.fillStyle = fg;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    const every = Math.ceil(14 / g.cell); // label every head and layer the cells leave room for
+    for (let h = 0; h < focus.heads; h += every) ctx.fillText(app.headName(h), g.left + (h + 0.5) * g.cell, g.top / 2);
+    ctx.textAlign = "right";
+    for (let l = 0; l < focus.layers; l += every) ctx.fillText(app.layerName(l, k.kind), g.left - 4, g.top + (l + 0.5) * g.cell);
+    for (let l = 0; l < focus.layers; l++) {
+      for (let h = 0; h < focus.heads; h++) {
+        const [r, gr, b] = heat(hi > 0 ? Math.max(0, focusValue(l, h)) / hi : 0, dark);
+        ctx.fillStyle = `rgb(${r},${gr},${b})`;
+        ctx.fillRect(g.left + h * g.cell, g.top + l * g.cell, g.cell - 1, g.cell - 1);
+      }
+    }
+    canvas.dataset.geometry = JSON.stringify({ ...g, layers: focus.layers, heads: focus.heads }); // for tests and tools
+    // The heads that read the top sentence most, named.
+    const ranked = [];
+    for (let l = 0; l < focus.layers; l++) for (let h = 0; h < focus.heads; h++) ranked.push([focusValue(l, h), l, h]);
+    ranked.sort((x, y) => y[0] - x[0]);
+    $(".focus-heads").innerHTML = ranked.slice(0, 3).map(([v, l, h]) =>
+      `<li data-layer="${l}" data-head="${h}">layer ${escapeHtml(app.layerName(l, k.kind))}, head ${escapeHtml(app.headName(h))}: <b>${formatValue(v)}</b></li>`).join("");
   }
 
   // The self-attention kind the state names (cross attention has two texts: not this view's).
@@ -327,7 +425,7 @@ export function mount(root, app) {
     const st = s();
     const k = kindOf(info);
     const docKey = `${info.traceId}/${k.kind}`;
-    const size = passageSize();
+    const unit = passageUnit(k);
     const selected = selectionOf(st.sel, k.keyLen);
     const promptLen = info.generatedFrom(k.kind);
     const o = {
@@ -336,19 +434,26 @@ export function mount(root, app) {
       within: promptLen && selected.length && selected[0] >= promptLen ? promptLen : 0,
       layers: layersOf(st.layers, k.numLayers),
       heads: st.head >= 0 && st.head < k.numHeads ? [st.head] : [],
-      size,
+      unit,
     };
     const quantity = QUANTITIES[st.shade] ? st.shade : "received";
     const shadeKey = JSON.stringify([info.traceId, info.variant || "", k.kind, quantity, o]);
     if (doc?.key !== docKey) highlight = null;
     if (shade?.key !== shadeKey) {
-      const loaded = await app.busy(loadShade(info.traceId, quantity, k, o));
+      const loaded = await app.busy(loadShade(info.traceId, quantity, k, { ...o, windows: windowsOf(k, unit) }));
       if (!fresh()) return;
       if (loaded) {
         let hi = 0;
         for (const v of loaded.values) hi = Math.max(hi, v);
-        shade = { key: shadeKey, ...loaded, hi, size, within: o.within, quantity: QUANTITIES[quantity], excluded: new Set(loaded.excluded), top: topPassages(loaded.ranked, TOP_PASSAGES) };
+        shade = { key: shadeKey, ...loaded, hi, unit, index: passageIndex(windowsOf(k, unit), k.keyLen), within: o.within, quantity: QUANTITIES[quantity], excluded: new Set(loaded.excluded), top: topPassages(loaded.ranked, TOP_PASSAGES) };
       } else shade = null;
+    }
+    const spans = app.analysis() ? focusSpans(selected, k.sentences) : null;
+    const focusKey = spans && JSON.stringify([info.traceId, info.variant || "", k.kind, spans]);
+    if (focus?.key !== focusKey) {
+      const loaded = spans ? await app.busy(loadFocus(info.traceId, k, spans)) : null;
+      if (!fresh()) return;
+      focus = loaded && { key: focusKey, ...loaded };
     }
     if (doc?.key !== docKey) doc = null;
     relayout(k, docKey);
@@ -356,6 +461,7 @@ export function mount(root, app) {
     drawControls(info, k);
     drawSelection(k);
     drawSide(k);
+    drawFocus(k);
     drawnFor = "";
     frame();
     const t = window.attnscopeTimings || {};
@@ -404,8 +510,10 @@ export function mount(root, app) {
     exportJson: () => doc && {
       kind: doc.k.kind, tokens: doc.k.keyTokens, quantity: shade ? s().shade : null, definition: shade?.quantity.definition,
       selected: selectionOf(s().sel, doc.k.keyLen), values: shade ? [...shade.values] : null,
-      passages: shade ? shade.passages.map((p) => ({ ...p })) : passagesOf(doc.k.keyLen, passageSize()).map(([start, stop]) => ({ start, stop })),
+      passageUnit: passageUnit(doc.k),
+      passages: shade ? shade.passages.map((p) => ({ ...p })) : windowsOf(doc.k, passageUnit(doc.k)).map(([start, stop]) => ({ start, stop })),
       excluded: shade ? [...shade.excluded] : [],
+      ...(focus ? { queryFocus: { question: focus.question, contexts: focus.contexts, top: focus.top, layers: focus.layers, heads: focus.heads, values: [...focus.values] } } : {}),
     },
   };
 }
