@@ -383,7 +383,7 @@ def rollout(
             if residual < 1:
                 weights = (v / len(chosen_heads))[None].expand(len(chosen_heads), lq)
                 mixed = trace._weighted_received(layer, chosen_heads, weights.contiguous(), kind).sum(0)
-                v = residual * v + (1 - residual) * mixed.to(dtype)
+                v = residual * v + (1 - residual) * mixed.to(v.device, dtype)  # layers may sit on other devices
         out[i] = v.double().cpu()
     return out.float()
 

@@ -134,6 +134,17 @@ def _take(t: torch.Tensor, index: list[int]) -> torch.Tensor:
     return t[torch.tensor(index, device=t.device)]
 
 
+def _on_device(device: torch.device, token_ids, row_weights, blocks):
+    """The digest's per-position inputs on `device` (no copy where they already are)."""
+    if token_ids is not None:
+        token_ids = tuple(t.to(device) for t in token_ids)
+    if row_weights is not None:
+        row_weights = row_weights.to(device)
+    if blocks is not None:
+        blocks = (blocks[0].to(device), blocks[1].to(device), *blocks[2:])
+    return token_ids, row_weights, blocks
+
+
 def digest(
     q,
     k,
@@ -161,7 +172,11 @@ def digest(
     ``lse=None`` (every head): the row statistics too, "lse" and "entropy" [Hq, Lq]; the torch
     twin takes them from the same evaluation of each chunk's logits, the Triton path runs its
     row-statistics kernel first.
+
+    The token ids, row weights and blocks are moved to Q's device first: under a device map
+    each layer's Q/K live where that layer ran, and its pass runs there.
     """
+    token_ids, row_weights, blocks = _on_device(q.device, token_ids, row_weights, blocks)
     if lse is None:  # the row statistics from the same pass (the torch twin) or just before it
         if heads is not None:
             raise ValueError("row statistics (lse=None) come with every query head: heads must be None")

@@ -96,3 +96,18 @@ def test_serve_takes_a_device_map_and_refuses_an_offload_folder_alone(checkpoint
     assert {p.device.type for p in models["lm"].model.parameters()} == {"cpu"}
     with pytest.raises(ValueError, match="offload_folder needs a device_map"):
         Extractor.from_pretrained(checkpoint, offload_folder=tmp_path)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (a real split)")
+def test_a_model_split_over_two_gpus_keeps_each_layers_views_on_its_gpu(checkpoint):
+    split = {**SPLIT, "model.layers.0": "cuda:0", "model.layers.1": "cuda:1", "lm_head": "cuda:1"}
+    ex = Extractor.from_pretrained(checkpoint, device_map=split, dtype=torch.float32)
+    tr, ref = ex.trace(TEXT), Extractor.from_pretrained(checkpoint, device="cuda:0").trace(TEXT)
+    assert {str(tr.layer_qk(i).q.device) for i in range(tr.num_layers)} == {"cuda:0", "cuda:1"}
+    assert set(tr.bytes_by_device()) == {"cuda:0", "cuda:1"}
+    _same_views(tr, ref)  # token ids, row weights and blocks follow each layer's device
+    torch.testing.assert_close(tr.rollout([3, 7]), ref.rollout([3, 7]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        tr.span_pooled([(0, 4), (4, 12)]), ref.span_pooled([(0, 4), (4, 12)]), atol=1e-5, rtol=0
+    )
