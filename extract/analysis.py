@@ -383,7 +383,8 @@ def rollout(
             if residual < 1:
                 weights = (v / len(chosen_heads))[None].expand(len(chosen_heads), lq)
                 mixed = trace._weighted_received(layer, chosen_heads, weights.contiguous(), kind).sum(0)
-                v = residual * v + (1 - residual) * mixed.to(v.device, dtype)  # layers may sit on other devices
+                # a device map may hold layers on other devices than the vector's
+                v = residual * v + (1 - residual) * mixed.to(v.device, dtype)
         out[i] = v.double().cpu()
     return out.float()
 
