@@ -1,7 +1,7 @@
 // The head view's data: one layer's lines (every weight up to ViewerDefaults.full_attention_tokens
 // tokens, each query's top-k keys beyond) and the head statistics, loaded in one GetViews call.
 import { getViews, views } from "../data.js";
-import { RETRIEVAL } from "./stats-table.js";
+import { loadRetrieval, RETRIEVAL } from "./stats-table.js";
 
 // Lines fainter than this are not drawn (they would not show); readouts and exports use every weight.
 export const MIN_WEIGHT = 0.004;
@@ -36,7 +36,7 @@ export async function loadLayer(traceId, k, layer, viewer, statNames = [], withC
   }
   if (statNames.length) requested.push(views.headStats("stats", k.kind));
   if (withClasses) requested.push(views.headClasses("classes", k.kind));
-  if (withRetrieval) requested.push(views.retrieval(RETRIEVAL.name, [], k.kind));
+  const retrieval = withRetrieval ? loadRetrieval(traceId, k) : null;
   const { tensors } = await getViews(traceId, requested);
   const edges = [];
   const full = [];
@@ -56,7 +56,8 @@ export async function loadLayer(traceId, k, layer, viewer, statNames = [], withC
     edges.push(perQuery);
   }
   const stats = Object.fromEntries(statNames.map((name) => [name, tensors[`stats/${name}`].data]));
-  if (withRetrieval) stats[RETRIEVAL.name] = tensors[RETRIEVAL.name].data;
+  const scores = await retrieval;
+  if (scores) stats[RETRIEVAL.name] = scores;
   const classes = withClasses ? tensors.classes.data : null;
   return { edges, full: exact ? full : null, top: exact ? null : top, exact, lq, lk, topK, stats, classes };
 }

@@ -13,7 +13,7 @@ import { getViews, HEAD_CLASS_LABELS, views } from "../data.js";
 import { escapeHtml, formatValue, themeColor, tokenLabel } from "../format.js";
 import { keyHeadOf } from "./head-data.js";
 import { mountHeatmap, paintMatrix, weightLegend } from "./heatmap.js";
-import { CLASS_SORT, hasRetrieval, RETRIEVAL, renderStatsTable, statsWith } from "./stats-table.js";
+import { CLASS_SORT, hasRetrieval, loadRetrieval, RETRIEVAL, renderStatsTable, statsWith } from "./stats-table.js";
 
 export { paintMatrix };
 const LEFT = 46; // "Layers" and the layer numbers
@@ -356,21 +356,23 @@ export function mount(root, app) {
       requested.push(views.pooled("thumbs", Math.min(viewer.thumbnailSize, Math.max(lq, lk)), k.kind));
       requested.push(views.headStats("stats", k.kind));
       if (app.analysis()) requested.push(views.headClasses("classes", k.kind));
-      if (retrieval) requested.push(views.retrieval(RETRIEVAL.name, [], k.kind));
     }
     const [spans, keySpans] = spansOf(info, k, unit);
     if (wantSpans) requested.push(views.spanPooled("spanmaps", spans, k.kind, [], [], keySpans));
     if (needZoom) requested.push(views.pooled("heatmap", Math.min(viewer.tileSize, Math.max(lq, lk)), k.kind, [layer], [head]));
+    const scores = retrieval ? loadRetrieval(info.traceId, k) : null;
     let tensors = {};
     if (requested.length) {
       ({ tensors } = await app.busy(getViews(info.traceId, requested)));
       if (!fresh()) return;
     }
+    const retrievalScores = await scores;
+    if (!fresh()) return;
     if (needGrid) {
       const thumbs = tensors.thumbs;
       current = { key, k, rows: thumbs.shape[2], cols: thumbs.shape[3], pooled: thumbs.data, promptLen: info.generatedFrom(k.kind),
         stats: Object.fromEntries(stats.map((st) => [st.name, tensors[`stats/${st.name}`].data])), classes: tensors.classes?.data || null };
-      if (retrieval) current.stats[RETRIEVAL.name] = tensors[RETRIEVAL.name].data;
+      if (retrievalScores) current.stats[RETRIEVAL.name] = retrievalScores;
     }
     if (wantSpans) spanMaps = { key: spanKey(key, k), unit, spans, keySpans, data: tensors.spanmaps.data };
     const base = tensors.heatmap;

@@ -1,7 +1,7 @@
 // A table of head statistics (names and descriptions from GetServerInfo's head_stats, never
 // written here): one row per head, sortable by a column (the notable end first), a click on a row
 // picks that head. The model view shows every head; the head and neuron views the heads shown.
-import { HEAD_CLASS_LABELS } from "../data.js";
+import { getViews, HEAD_CLASS_LABELS, views } from "../data.js";
 import { escapeHtml, formatValue } from "../format.js";
 
 export const CLASS_SORT = "class"; // the sort key of the class column (URL state sort=class)
@@ -20,6 +20,17 @@ export const RETRIEVAL = {
 export function hasRetrieval(info, k, analysis) {
   const from = info.generatedFrom(k.kind);
   return Boolean(analysis) && k.kind !== "cross" && from > 0 && k.queryLen > from;
+}
+
+// Each head's retrieval score for `k` (Float32Array [layers × heads]), or null where the server
+// cannot score it: a call of its own, so that the other statistics show whatever it answers.
+export async function loadRetrieval(traceId, k) {
+  try {
+    const { tensors } = await getViews(traceId, [views.retrieval(RETRIEVAL.name, [], k.kind)], { quiet: true });
+    return tensors[RETRIEVAL.name].data;
+  } catch {
+    return null; // the column is left out; the views' own calls report a trace that is gone
+  }
 }
 
 // The head statistics a table shows: the server's, and retrieval where `values` hold it.

@@ -451,7 +451,8 @@ export function mount(root, app) {
     const spans = app.analysis() ? focusSpans(selected, k.sentences) : null;
     const focusKey = spans && JSON.stringify([info.traceId, info.variant || "", k.kind, spans]);
     if (focus?.key !== focusKey) {
-      const loaded = spans ? await app.busy(loadFocus(info.traceId, k, spans)) : null;
+      // A server that cannot answer QueryFocusView leaves the panel out, not the text view.
+      const loaded = spans ? await app.busy(loadFocus(info.traceId, k, spans).catch(() => null)) : null;
       if (!fresh()) return;
       focus = loaded && { key: focusKey, ...loaded };
     }
