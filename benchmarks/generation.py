@@ -8,12 +8,14 @@ layers, GPT-2 small) and random prompts of each length; median wall seconds of: 
 (`ex.trace(prompt, generate=32)`: generation, then one captured forward over prompt + completion
 with its row statistics), that plus the retrieval scores of every head at the 32 generated
 positions (the fused top-1), and plus the passages the answer read (attention from the 32
-generated tokens over every layer and head); each as a ratio to generation alone.
+generated tokens over every layer and head); the steps run in turn, round after round, and each
+is given as its median (and best) over the rounds and as a ratio of medians to generation alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 import torch
@@ -63,11 +65,25 @@ def measure(length: int, model, repeats: int) -> list[dict]:
         "+ retrieval scores": lambda: traced().retrieval_scores(),
         "+ retrieval + passages read": lambda: _read(traced()),
     }
-    seconds = {name: median_seconds(fn, warmup=1, repeats=repeats) for name, fn in steps.items()}
-    base = seconds["generate (model alone)"]
+    # In turn, round after round (a shared machine's load then weighs on every step alike), after a
+    # warm-up round; the median and the best of each step's rounds.
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(repeats + 1):
+        for name, fn in steps.items():
+            seconds = median_seconds(fn, warmup=0, repeats=1)
+            if round_:
+                times[name].append(seconds)
+    base = statistics.median(times["generate (model alone)"])
     return [
-        {"length": length, "step": name, "seconds": s, "vs_generate": s / base, "device": str(device)}
-        for name, s in seconds.items()
+        {
+            "length": length,
+            "step": name,
+            "seconds": statistics.median(t),
+            "best_s": min(t),
+            "vs_generate": statistics.median(t) / base,
+            "device": str(device),
+        }
+        for name, t in times.items()
     ]
 
 
@@ -87,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     elif device == "cuda":
         lengths, repeats = (1024, 4096, 16384), 3
     else:
-        lengths, repeats = (256, 1024, 2048), 3
+        lengths, repeats = (256, 1024, 2048), 5
     model = _model(args.quick, device, max(lengths))
     rows = [row for length in lengths for row in measure(length, model, repeats)]
     name = "generation-quick" if args.quick else f"generation-{device}"
