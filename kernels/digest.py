@@ -53,7 +53,6 @@ from .triton_common import (
     gqa_pack,
     key_bounds,
     launch,
-    loop_config,
     new_output,
     onehot_dot,
     packed_rows,
@@ -61,6 +60,7 @@ from .triton_common import (
     tile_logits2,
     tl,
     triton,
+    tuned_launch,
 )
 
 TokenIds = tuple[torch.Tensor, torch.Tensor]  # (q_ids [Lq], k_ids [Lk]) int64
@@ -496,86 +496,94 @@ def digest_triton(
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    block_m, block_n, options = loop_config(d, q.dtype, block_m, block_n)
-    pack = gqa_pack(group, lq, block_m, pack_gqa)
-    dev = q.device
-    dummy = torch.empty(1, dtype=torch.float32, device=dev)
-    sq, sk = pooled_size if pooled_size is not None else (1, 1)
-    pool = torch.zeros(hq, sq, sk, dtype=torch.float32, device=dev) if pooled_size is not None else dummy
-    rec = torch.zeros(hq, lk, dtype=torch.float32, device=dev) if received else dummy
-    row_terms = new_output(4, hq, lq, device=dev) if terms else dummy
-    block_sq = _cells_per_tile(-(-block_m // pack) + 1, sq, lq)
-    q_ids = k_ids = tok = weights = wrec = q_blk = k_blk = span = dummy
-    if token_ids is not None:  # ranks in int32: one id space for queries and keys
-        ranks = torch.unique(torch.cat([t.reshape(-1).to(dev) for t in token_ids]), return_inverse=True)[1]
-        q_ids, k_ids = ranks[:lq].to(torch.int32).contiguous(), ranks[lq:].to(torch.int32).contiguous()
-        tok = new_output(4, hq, lq, device=dev)
-    if row_weights is not None:
-        weights = row_weights.to(device=dev, dtype=torch.float32).contiguous()
-        wrec = torch.zeros(hq, lk, dtype=torch.float32, device=dev)
-    n_qb, n_kb = (blocks[2], blocks[3]) if blocks is not None else (1, 1)
-    if blocks is not None:
-        q_blk, k_blk = (b.to(device=dev, dtype=torch.int32).contiguous() for b in blocks[:2])
-        span = torch.zeros(hq, n_qb, n_kb, dtype=torch.float32, device=dev)
-        # A program's rows: block_m aligned positions, or up to block_m / pack + 1 when packed.
-        span_q = _span_cells(blocks[0].to(dev), block_m if pack == 1 else -(-block_m // pack) + 1, pack == 1)
-        span_k = _span_cells(blocks[1].to(dev), block_n, aligned=True)
-    else:
-        span_q = span_k = SPAN_CELLS_MIN
-    launch(
-        _digest_kernel,
-        (triton.cdiv(pack * lq, block_m), hq // pack),
-        q,
-        k,
-        spec,
-        safe_lse2(lse),
-        pool,
-        rec,
-        row_terms,
-        lq,
-        lk,
-        group,
-        sq,
-        sk,
-        q_ids,
-        k_ids,
-        tok,
-        weights,
-        wrec,
-        q_blk,
-        k_blk,
-        span,
-        n_qb,
-        n_kb,
-        DO_POOL=pooled_size is not None,
-        DO_REC=received,
-        DO_TERMS=terms,
-        PACK=pack,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_SQ=block_sq,
-        BLOCK_SK=_cells_per_tile(block_n, sk, lk),
-        CELLS_Q=triton.next_power_of_2(pack * block_sq),
-        HEADS_P=max(DOT_MIN, triton.next_power_of_2(pack)),
-        DO_TOKENS=token_ids is not None,
-        DO_WREC=row_weights is not None,
-        DO_SPANS=blocks is not None,
-        SPAN_Q=span_q,
-        SPAN_K=span_k,
-        SPAN_CELLS=triton.next_power_of_2(pack * span_q),
-        **options,
-    )
-    out = {}
-    if pooled_size is not None:
-        out["pooled"] = finish_blocks(pool, lq, sq)
-    if received:
-        out["received"] = rec
-    if terms:
-        out["terms"] = row_terms
-    if token_ids is not None:
-        out["token_terms"] = tok
-    if row_weights is not None:
-        out["weighted_received"] = wrec
-    if blocks is not None:
-        out["span_sums"] = span
-    return out
+
+    def run(block_m: int, block_n: int, options: dict) -> dict[str, torch.Tensor]:
+        pack = gqa_pack(group, lq, block_m, pack_gqa)
+        dev = q.device
+        dummy = torch.empty(1, dtype=torch.float32, device=dev)
+        sq, sk = pooled_size if pooled_size is not None else (1, 1)
+        pool = torch.zeros(hq, sq, sk, dtype=torch.float32, device=dev) if pooled_size is not None else dummy
+        rec = torch.zeros(hq, lk, dtype=torch.float32, device=dev) if received else dummy
+        row_terms = new_output(4, hq, lq, device=dev) if terms else dummy
+        block_sq = _cells_per_tile(-(-block_m // pack) + 1, sq, lq)
+        q_ids = k_ids = tok = weights = wrec = q_blk = k_blk = span = dummy
+        if token_ids is not None:  # ranks in int32: one id space for queries and keys
+            both = torch.cat([t.reshape(-1).to(dev) for t in token_ids])
+            ranks = torch.unique(both, return_inverse=True)[1]
+            q_ids, k_ids = ranks[:lq].to(torch.int32).contiguous(), ranks[lq:].to(torch.int32).contiguous()
+            tok = new_output(4, hq, lq, device=dev)
+        if row_weights is not None:
+            weights = row_weights.to(device=dev, dtype=torch.float32).contiguous()
+            wrec = torch.zeros(hq, lk, dtype=torch.float32, device=dev)
+        n_qb, n_kb = (blocks[2], blocks[3]) if blocks is not None else (1, 1)
+        if blocks is not None:
+            q_blk, k_blk = (b.to(device=dev, dtype=torch.int32).contiguous() for b in blocks[:2])
+            span = torch.zeros(hq, n_qb, n_kb, dtype=torch.float32, device=dev)
+            # A program's rows: block_m aligned positions, or up to block_m / pack + 1 when packed.
+            span_q = _span_cells(
+                blocks[0].to(dev), block_m if pack == 1 else -(-block_m // pack) + 1, pack == 1
+            )
+            span_k = _span_cells(blocks[1].to(dev), block_n, aligned=True)
+        else:
+            span_q = span_k = SPAN_CELLS_MIN
+        launch(
+            _digest_kernel,
+            (triton.cdiv(pack * lq, block_m), hq // pack),
+            q,
+            k,
+            spec,
+            safe_lse2(lse),
+            pool,
+            rec,
+            row_terms,
+            lq,
+            lk,
+            group,
+            sq,
+            sk,
+            q_ids,
+            k_ids,
+            tok,
+            weights,
+            wrec,
+            q_blk,
+            k_blk,
+            span,
+            n_qb,
+            n_kb,
+            DO_POOL=pooled_size is not None,
+            DO_REC=received,
+            DO_TERMS=terms,
+            PACK=pack,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_SQ=block_sq,
+            BLOCK_SK=_cells_per_tile(block_n, sk, lk),
+            CELLS_Q=triton.next_power_of_2(pack * block_sq),
+            HEADS_P=max(DOT_MIN, triton.next_power_of_2(pack)),
+            DO_TOKENS=token_ids is not None,
+            DO_WREC=row_weights is not None,
+            DO_SPANS=blocks is not None,
+            SPAN_Q=span_q,
+            SPAN_K=span_k,
+            SPAN_CELLS=triton.next_power_of_2(pack * span_q),
+            **options,
+        )
+        out = {}
+        if pooled_size is not None:
+            out["pooled"] = finish_blocks(pool, lq, sq)
+        if received:
+            out["received"] = rec
+        if terms:
+            out["terms"] = row_terms
+        if token_ids is not None:
+            out["token_terms"] = tok
+        if row_weights is not None:
+            out["weighted_received"] = wrec
+        if blocks is not None:
+            out["span_sums"] = span
+        return out
+
+    shape = (hq, k.shape[0], lq, lk, d, str(q.dtype), pack_gqa, pooled_size, received, terms)
+    extras = (token_ids is not None, row_weights is not None, blocks is not None)
+    return tuned_launch("digest", (*shape, *extras), d, q.dtype, block_m, block_n, run)

@@ -23,12 +23,12 @@ from .triton_common import (
     gqa_pack,
     key_bounds,
     launch,
-    loop_config,
     new_output,
     packed_rows,
     tile_logits2,
     tl,
     triton,
+    tuned_launch,
 )
 
 
@@ -153,27 +153,32 @@ def row_stats_triton(
     hq, lq, d = q.shape
     lk = k.shape[1]
     group = hq // k.shape[0]
-    block_m, block_n, options = loop_config(d, q.dtype, block_m, block_n)
-    pack = gqa_pack(group, lq, block_m, pack_gqa)
-    lse = new_output(hq, lq, device=q.device)
-    ent = new_output(hq, lq, device=q.device)
-    grid = (triton.cdiv(pack * lq, block_m), hq // pack)
-    launch(
-        _row_stats_kernel,
-        grid,
-        q,
-        k,
-        spec,
-        lse,
-        ent,
-        lq,
-        lk,
-        group,
-        PACK=pack,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        **options,
-    )
+
+    def run(block_m: int, block_n: int, options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        pack = gqa_pack(group, lq, block_m, pack_gqa)
+        lse = new_output(hq, lq, device=q.device)
+        ent = new_output(hq, lq, device=q.device)
+        grid = (triton.cdiv(pack * lq, block_m), hq // pack)
+        launch(
+            _row_stats_kernel,
+            grid,
+            q,
+            k,
+            spec,
+            lse,
+            ent,
+            lq,
+            lk,
+            group,
+            PACK=pack,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            **options,
+        )
+        return lse, ent
+
+    shape = (hq, k.shape[0], lq, lk, d, str(q.dtype), pack_gqa)
+    lse, ent = tuned_launch("row_stats", shape, d, q.dtype, block_m, block_n, run)
     if spec.sinks is not None:
         lse, ent = add_sinks(lse, ent, spec.sinks)
     return lse, ent

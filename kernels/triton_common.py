@@ -23,6 +23,10 @@ Numerics (written once, used by every kernel):
 from __future__ import annotations
 
 import math
+import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -185,7 +189,7 @@ def loop_config(
     passed in (the tests' small tiles) wins over the default.
 
     Chosen from what the compiler reports for sm_90 (`python -m benchmarks.compiled`), not yet
-    from GPU timings:
+    from GPU timings (``ATTNSCOPE_AUTOTUNE=1`` times `loop_space` instead: `tuned_launch`):
 
     * fp16/bf16: 64 × 64 blocks on tensor cores; two pipeline stages from d = 256 (512-byte K
       rows) so shared memory stays <= 144 KiB; 8 warps from d = 128 so the Q tile stays in
@@ -202,6 +206,91 @@ def loop_config(
         default_m, default_n = 64, 64
     launch = {"num_stages": 2 if row_bytes >= 512 else 3, "num_warps": 8 if width >= 128 else 4}
     return block_m or default_m, block_n or default_n, launch
+
+
+#: ``ATTNSCOPE_AUTOTUNE=1``: the kernels that loop over key blocks time the launch shapes of
+#: `loop_space` once per (kernel, shape) and keep the fastest (`tuned_launch`); unset, the
+#: compile-report defaults of `loop_config` stand (until GPU timings say otherwise).
+AUTOTUNE_ENV = "ATTNSCOPE_AUTOTUNE"
+#: (kernel, shape key) -> the (block_m, block_n, launch options) chosen; `chosen_configs` reads it.
+_TUNED: dict[tuple[str, tuple], tuple[int, int, dict]] = {}
+T = TypeVar("T")
+
+
+def autotune_on() -> bool:
+    return os.environ.get(AUTOTUNE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def loop_space(head_dim: int, dtype: torch.dtype) -> list[tuple[int, int, dict]]:
+    """The small, filtered autotune space of the looping kernels, `loop_config`'s default first.
+
+    Filtered by the compile report's limits (`loop_config`): fp32 tiles (Triton's FMA path holds
+    whole Q and K tiles in registers) at most 32 query rows up to d = 64 and 16 beyond; K tiles
+    in shared memory (stages × block_n × row bytes, Q beside them) within 144 KiB; 8 warps only
+    for 64-row tiles and up."""
+    width = block_d(head_dim)
+    row_bytes = width * dtype.itemsize
+    if dtype == torch.float32:
+        tiles = [(m, n) for m in (16, 32) for n in (16, 32, 64) if m <= (32 if width <= 64 else 16)]
+    else:
+        tiles = [(m, n) for m in (32, 64, 128) for n in (32, 64) if m * width <= 128 * 128]
+    space = [loop_config(head_dim, dtype)]
+    for m, n in tiles:
+        for warps in (4, 8):
+            for stages in (2, 3):
+                fits = stages * n * row_bytes + m * row_bytes <= 144 * 1024
+                if fits and (warps == 4 or m >= 64):
+                    candidate = (m, n, {"num_stages": stages, "num_warps": warps})
+                    if candidate not in space:
+                        space.append(candidate)
+    return space
+
+
+def tuned_launch(
+    kernel: str,
+    shape: tuple,
+    head_dim: int,
+    dtype: torch.dtype,
+    block_m: int | None,
+    block_n: int | None,
+    run: Callable[[int, int, dict], T],
+) -> T:
+    """`run(block_m, block_n, options)` at the launch shape to use: block sizes passed in (the
+    tests' small tiles) win; else `loop_config`'s default, or with ATTNSCOPE_AUTOTUNE=1 the
+    fastest of `loop_space` for this (kernel, shape), timed once (a warm-up run to compile, then
+    one timed run per candidate; candidates that fail to build are skipped) and cached."""
+    if block_m is not None or block_n is not None or not autotune_on():
+        return run(*loop_config(head_dim, dtype, block_m, block_n))
+    key = (kernel, shape)
+    if key not in _TUNED:
+        best, failure = None, None
+        for candidate in loop_space(head_dim, dtype):
+            try:
+                run(*candidate)  # compiles
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                run(*candidate)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - started
+            except Exception as exc:  # a shape this GPU cannot build (registers, shared memory)
+                failure = exc
+                continue
+            if best is None or seconds < best[0]:
+                best = (seconds, candidate)
+        if best is None:
+            raise failure if failure is not None else RuntimeError(f"no launch shape for {kernel}")
+        _TUNED[key] = best[1]
+    return run(*_TUNED[key])
+
+
+def chosen_configs() -> list[dict]:
+    """The launch shapes autotuning chose in this process, one entry per (kernel, shape)."""
+    return [
+        {"kernel": kernel, "shape": list(shape), "block_m": m, "block_n": n, **options}
+        for (kernel, shape), (m, n, options) in _TUNED.items()
+    ]
 
 
 def gqa_pack(group: int, lq: int, block_m: int, requested: bool | None = None) -> int:

@@ -75,7 +75,7 @@ def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
     views = {r["view"]: r for r in data["views"]["rows"]}
     generation = views["generation traced (32 new tokens, + retrieval + passages)"]
     assert generation["status"] == "ok" and generation["issue"] == 6
-    assert 0 < generation["generate_s"] and generation["vs_generate"] > 0
+    assert generation["generate_s"] > 0 and generation["vs_generate"] > 0
     split = views["device-map split vs one device"]
     assert split["status"] == "ok" and split["split"] == "CPU + disk offload" and split["devices"]
     assert split["max_abs_diff_attention"] < 1e-5 and split["max_abs_diff_head_stats"] < 1e-4
@@ -165,3 +165,26 @@ def test_the_real_e2e_plan_stops_eager_once_it_runs_out_of_memory(tmp_path, monk
         {"e2e": data},
     )
     assert "| llama3-8b | 131072 | timeout: stage budget spent |" in page
+
+
+def test_a_stage_records_the_launch_shapes_autotuning_chose(tmp_path, monkeypatch):
+    from attnscope.benchmarks.gpu.record import Record
+    from attnscope.kernels import triton_common
+
+    chosen = {("digest", (12, 12, 2048, 2048, 64)): (64, 32, {"num_stages": 3, "num_warps": 4})}
+    monkeypatch.setattr(triton_common, "_TUNED", chosen)
+    monkeypatch.delenv(triton_common.AUTOTUNE_ENV, raising=False)
+    record = Record(tmp_path, "views", dry_run=True, deadline=time.time() + 60)
+    record.fact(length=2048)
+    assert "autotune" not in json.loads(record.path.read_text())["facts"], "the default shapes: nothing tuned"
+    monkeypatch.setenv(triton_common.AUTOTUNE_ENV, "1")
+    record.finish()
+    (entry,) = json.loads(record.path.read_text())["facts"]["autotune"]
+    assert entry == {
+        "kernel": "digest",
+        "shape": [12, 12, 2048, 2048, 64],
+        "block_m": 64,
+        "block_n": 32,
+        "num_stages": 3,
+        "num_warps": 4,
+    }

@@ -45,6 +45,10 @@ class Record:
         self.save()
 
     def save(self) -> None:
+        from attnscope.kernels import triton_common
+
+        if triton_common.autotune_on():  # ATTNSCOPE_AUTOTUNE=1: the launch shapes timed and kept
+            self.data["facts"]["autotune"] = triton_common.chosen_configs()
         write_json(self.path, self.data)
 
 
