@@ -2,9 +2,10 @@
 
 A Trace keeps, for each kind of attention ("encoder", "decoder", "cross") and each layer, the
 query [Hq, Lq, D] and key [Hkv, Lk, D] tensors on the model's device plus their `MaskSpec`.
-Row statistics (log-sum-exp, entropy) are computed on first use and kept; every view is computed
-from them by `kernels.backend` (Triton on CUDA, chunked torch elsewhere), and only the requested
-result comes back to the host, as float32.
+Row statistics (log-sum-exp, entropy) are computed on a layer's first use, in the one pass that
+also gives its standard views (pooled map at the default size, received attention, head-statistic
+terms), and kept; every view is computed from them by `kernels.backend` (Triton on CUDA, chunked
+torch elsewhere), and only the requested result comes back to the host, as float32.
 """
 
 from __future__ import annotations
