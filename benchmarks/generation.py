@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     columns = [
         ("length", "prompt tokens"),
         ("step", "step"),
-        ("seconds", "seconds"),
+        ("seconds", "median s"),
+        ("best_s", "best s"),
         ("vs_generate", "× generate"),
     ]
     write(name, environment(), rows, args.out, __doc__, columns)
