@@ -4,11 +4,10 @@ tokens and the text view ranks the passage holding the fact first, and its jump 
 
 from __future__ import annotations
 
-import importlib.util
 import urllib.parse
-from pathlib import Path
 
 import pytest
+import test_needle
 import test_viewer
 from test_viewer import open_view, settle
 
@@ -19,15 +18,7 @@ from attnscope.service.gateway import Gateway
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 browser, page = test_viewer.browser, test_viewer.page  # fixtures: Chromium once per module, a page per test
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "needle.py"
-
-
-@pytest.fixture(scope="module")
-def needle():
-    spec = importlib.util.spec_from_file_location("needle_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+needle = test_needle.needle  # the example module, loaded once (tests/test_needle.py)
 
 
 @pytest.fixture(scope="module")
