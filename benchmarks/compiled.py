@@ -3,6 +3,7 @@
     python -m benchmarks.compiled              # sm_90 (H100/H200): all kernels x dtypes x head dims x masks
     python -m benchmarks.compiled --arch 80    # sm_80 (A100)
     python -m benchmarks.compiled --quick      # the heaviest variants only (what the tests run)
+    python -m benchmarks.compiled --skip-interior   # the SKIP_INTERIOR variants (kernels/autotune.py)
 
 Each launcher runs on CPU tensors exactly as the views call it, so block sizes, constexpr flags,
 warps and pipeline stages are the production ones; the launch is replaced by Triton's own
@@ -32,6 +33,10 @@ from .common import RESULTS, environment, write
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: The masked variants' facts: every constexpr flag the views use on, and without key padding,
+#: under which no tile is interior (the `--skip-interior` runs).
+MASKED = "causal+window+softcap+padding"
+MASKED_NO_PADDING = "causal+window+softcap"
 
 
 class _TargetDriver:
@@ -95,16 +100,17 @@ def _compile_only(arch: int):
             setattr(module, name, kernel)
 
 
-def _launches(dtype: torch.dtype, d: int, masked: bool, quick: bool):
-    """(label, call) for every launcher variant at one dtype / head dim / mask."""
+def _launches(dtype: torch.dtype, d: int, masks: str | None, quick: bool):
+    """(label, call) for every launcher variant at one dtype / head dim / mask (`MASKED` or
+    `MASKED_NO_PADDING`; None: no mask)."""
     from attnscope.kernels import MaskSpec, digest, neuron, rowstats, tiles, topk
 
     length = 40  # lengths do not specialize the kernels (only their 16-divisibility does)
     q = torch.randn(8, length, d).to(dtype)
     k = torch.randn(2, length, d).to(dtype)
     spec = MaskSpec(scaling=d**-0.5)
-    if masked:
-        padding = torch.ones(1, length, dtype=torch.bool)
+    if masks is not None:
+        padding = torch.ones(1, length, dtype=torch.bool) if masks == MASKED else None
         spec = MaskSpec(scaling=d**-0.5, causal=True, window=7, softcap=30.0, key_padding=padding)
     lse = torch.zeros(8, length)
     everything = dict(pooled_size=(16, 16), received=True, terms=True)
@@ -147,10 +153,16 @@ def variants(quick: bool) -> list[tuple[str, int, bool]]:
 
 
 def run(arch: int, quick: bool) -> list[dict]:
+    """One row per compiled launcher variant; with ATTNSCOPE_SKIP_INTERIOR=1 the SKIP_INTERIOR
+    shapes, masked without key padding."""
+    from attnscope.kernels import autotune
+
+    skip_interior = autotune.skip_interior_default()
+    masks = MASKED_NO_PADDING if skip_interior else MASKED
     limit = SHARED_LIMIT.get(arch)
     rows = []
     for dtype_name, d, masked in variants(quick):
-        for label, call in _launches(DTYPES[dtype_name], d, masked, quick):
+        for label, call in _launches(DTYPES[dtype_name], d, masks if masked else None, quick):
             with _compile_only(arch) as compiled:
                 call()
             (kernel,) = compiled
@@ -160,7 +172,8 @@ def run(arch: int, quick: bool) -> list[dict]:
                 "kernel": label,
                 "dtype": dtype_name,
                 "d": d,
-                "masks": "causal+window+softcap+padding" if masked else "none",
+                "masks": masks if masked else "none",
+                "skip_interior": skip_interior,
                 "arch": f"sm_{arch}",
                 "num_warps": kernel.metadata.num_warps,
                 "num_stages": kernel.metadata.num_stages,
@@ -184,7 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     parser.add_argument("--quick", action="store_true", help="only the heaviest variants")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for compiled-sm<arch>.{json,md}")
+    parser.add_argument(
+        "--skip-interior",
+        action="store_true",
+        help="the launch shapes with SKIP_INTERIOR on (ATTNSCOPE_SKIP_INTERIOR=1); masks without key "
+        "padding, which leaves no tile interior",
+    )
     args = parser.parse_args(argv)
+    if args.skip_interior:
+        os.environ["ATTNSCOPE_SKIP_INTERIOR"] = "1"
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
     rows = run(args.arch, args.quick)
@@ -201,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         ("shared_bytes", "shared B"),
         ("shared_limit", "limit B"),
     ]
-    name = f"compiled-sm{args.arch}" + ("-quick" if args.quick else "")
+    name = f"compiled-sm{args.arch}" + ("-skip-interior" if rows and rows[0]["skip_interior"] else "")
+    name += "-quick" if args.quick else ""
     write(name, environment(), rows, args.out, __doc__, columns)
     return 0
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import torch
 
+from .autotune import tuned_loop_launch
 from .headstats import chunk_terms, chunk_token_terms, reduce_head_stats
 from .interrupt import checkpoint
 from .masking import MaskSpec
@@ -51,6 +52,7 @@ from .triton_common import (
     DOT_MIN,
     HAS_TRITON,
     gqa_pack,
+    interior_bounds,
     key_bounds,
     launch,
     new_output,
@@ -60,7 +62,6 @@ from .triton_common import (
     tile_logits2,
     tl,
     triton,
-    tuned_launch,
 )
 
 TokenIds = tuple[torch.Tensor, torch.Tensor]  # (q_ids [Lq], k_ids [Lk]) int64
@@ -309,7 +310,7 @@ if HAS_TRITON:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SQ: tl.constexpr, BLOCK_SK: tl.constexpr,
         CELLS_Q: tl.constexpr, HEADS_P: tl.constexpr,
         DO_TOKENS: tl.constexpr, DO_WREC: tl.constexpr, DO_SPANS: tl.constexpr, SPAN_Q: tl.constexpr,
-        SPAN_K: tl.constexpr, SPAN_CELLS: tl.constexpr,
+        SPAN_K: tl.constexpr, SPAN_CELLS: tl.constexpr, SKIP_INTERIOR: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M rows of PACK query heads sharing a key head (packed_rows).
@@ -355,6 +356,8 @@ if HAS_TRITON:
         # fmt: off
         lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, BLOCK_N, BLOCK_M,
                             CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        in_lo, in_hi = interior_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, CAUSAL,
+                                       HAS_WINDOW, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, SKIP_INTERIOR)
         # fmt: on
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = (start_n + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -363,7 +366,8 @@ if HAS_TRITON:
             # fmt: off
             t = tile_logits2(q, k_ptrs, pos, offs_n, h, offs_d, Lk, D, KV_VALID, scale, softcap, window, chunk,
                              chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL, HAS_WINDOW,
-                             HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS, IEEE)
+                             HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS, IEEE,
+                             (start_n < in_lo) | (start_n + BLOCK_N > in_hi), SKIP_INTERIOR)
             # fmt: on
             p = tl.exp2(t - lse2[:, None])
             p = tl.where(row_in[:, None], p, 0.0)
@@ -586,4 +590,4 @@ def digest_triton(
 
     shape = (hq, k.shape[0], lq, lk, d, str(q.dtype), pack_gqa, pooled_size, received, terms)
     extras = (token_ids is not None, row_weights is not None, blocks is not None)
-    return tuned_launch("digest", (*shape, *extras), d, q.dtype, block_m, block_n, run)
+    return tuned_loop_launch("digest", (*shape, *extras), d, q.dtype, block_m, block_n, run)

@@ -9,10 +9,12 @@ softmax normalized by the *full* row's log-sum-exp [n], so a key range shows tru
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
 
+from .autotune import Config, tuned_launch
 from .masking import MaskSpec
 from .scores import compute_dtype, probs_from_logits
 from .triton_common import (
@@ -111,19 +113,43 @@ def neuron_triton(
 ) -> NeuronView:
     """Triton twin of `neuron_torch`."""
     d = q.shape[2]
-    # The q×k block [block_n, BLOCK_D] lives in registers: 8,192 fp32 values over 4 warps (64 a
-    # thread) compile without spills for every head dim (benchmarks/compiled.py).
-    block_n = block_n or max(16, 8192 // block_d(d))
     dev = q.device
     n = len(keys)
-    prod = new_output(n, d, device=dev)
-    scores = new_output(n, device=dev)
-    probs = new_output(n, device=dev)
     qh, kh, lse2 = one_head(q, k, lse, head)
     qv = qh[query]
-    grid = (triton.cdiv(n, block_n),)
     one = spec.for_heads([head])  # its bias row, the kernel's row 0
-    launch(
-        _neuron_kernel, grid, qv, kh, one, lse2, prod, scores, probs, query, keys.start, n, BLOCK_N=block_n
-    )
+
+    def run(_: int, block_n: int, options: dict) -> tuple[torch.Tensor, ...]:
+        prod = new_output(n, d, device=dev)
+        scores = new_output(n, device=dev)
+        probs = new_output(n, device=dev)
+        grid = (triton.cdiv(n, block_n),)
+        args = (lse2, prod, scores, probs, query, keys.start, n)
+        launch(_neuron_kernel, grid, qv, kh, one, *args, BLOCK_N=block_n, **options)
+        return prod, scores, probs
+
+    default = (1, block_n or neuron_block(d), {"num_warps": 4})
+    shape = (n, d, str(q.dtype))
+    space = partial(neuron_space, d)
+    prod, scores, probs = tuned_launch("neuron", shape, default, space, run, block_n is not None)
     return NeuronView(qv.float(), kh[keys.start : keys.stop].float(), prod, scores, probs)
+
+
+def neuron_block(head_dim: int) -> int:
+    """Keys a program takes: the q×k block [block_n, BLOCK_D] lives in registers, and 8,192 fp32
+    values over 4 warps (64 a thread) compile without spills for every head dim
+    (benchmarks/compiled.py)."""
+    return max(16, 8192 // block_d(head_dim))
+
+
+def neuron_space(head_dim: int) -> list[Config]:
+    """The autotune space, the default first: half, the same and twice the keys, 4 or 8 warps
+    (twice the keys only with 8 warps: the same 64 values a thread)."""
+    base = neuron_block(head_dim)
+    space = [(1, base, {"num_warps": 4})]
+    for block_n in (max(16, base // 2), base, 2 * base):
+        for warps in (4, 8):
+            config = (1, block_n, {"num_warps": warps})
+            if config not in space and (block_n <= base or warps == 8):
+                space.append(config)
+    return space

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from .autotune import tuned_loop_launch
 from .masking import MaskSpec
 from .scores import compute_dtype, keys_major, masked_logits, query_chunks
 from .triton_common import (
     HAS_TRITON,
     LN2_C,
     gqa_pack,
+    interior_bounds,
     key_bounds,
     launch,
     new_output,
@@ -28,7 +30,6 @@ from .triton_common import (
     tile_logits2,
     tl,
     triton,
-    tuned_launch,
 )
 
 
@@ -97,7 +98,7 @@ if HAS_TRITON:
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
         HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
-        PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        PACK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_INTERIOR: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M rows of PACK query heads that share a key head (packed_rows);
@@ -110,6 +111,8 @@ if HAS_TRITON:
         # fmt: off
         lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, BLOCK_N, BLOCK_M,
                             CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        in_lo, in_hi = interior_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, CAUSAL,
+                                       HAS_WINDOW, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, SKIP_INTERIOR)
         # fmt: on
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -120,7 +123,8 @@ if HAS_TRITON:
             # fmt: off
             t = tile_logits2(q, k_ptrs, pos, offs_n, h, offs_d, Lk, D, KV_VALID, scale, softcap, window, chunk,
                              chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL, HAS_WINDOW,
-                             HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS, IEEE)
+                             HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS, IEEE,
+                             (start_n < in_lo) | (start_n + BLOCK_N > in_hi), SKIP_INTERIOR)
             # fmt: on
             m_new = tl.maximum(m_i, tl.max(t, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -178,7 +182,7 @@ def row_stats_triton(
         return lse, ent
 
     shape = (hq, k.shape[0], lq, lk, d, str(q.dtype), pack_gqa)
-    lse, ent = tuned_launch("row_stats", shape, d, q.dtype, block_m, block_n, run)
+    lse, ent = tuned_loop_launch("row_stats", shape, d, q.dtype, block_m, block_n, run)
     if spec.sinks is not None:
         lse, ent = add_sinks(lse, ent, spec.sinks)
     return lse, ent

@@ -6,11 +6,14 @@ Computed from Q, K and the row log-sum-exp of `rowstats`, so a tile costs only i
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from .autotune import Config, loop_config, loop_space, tuned_launch
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
-from .triton_common import HAS_TRITON, launch, loop_config, new_output, one_head, tile_logits2, tl, triton
+from .triton_common import HAS_TRITON, interior_bounds, launch, new_output, one_head, tile_logits2, tl, triton
 
 
 def probs_tile_torch(
@@ -45,7 +48,7 @@ if HAS_TRITON:
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
         HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_INTERIOR: tl.constexpr,
     ):
     # fmt: on
         # One program: a BLOCK_M × BLOCK_N tile of P; Q and K already point at the head's rows.
@@ -62,12 +65,17 @@ if HAS_TRITON:
         )
         k_ptrs = K + offs_n[:, None] * sk_l + offs_d[None, :] * sk_d
         key_end = tl.minimum(Lk, k_begin + nk)
+        m_start = q_begin + tl.program_id(0) * BLOCK_M
+        n_start = k_begin + tl.program_id(1) * BLOCK_N
         # fmt: off
+        in_lo, in_hi = interior_bounds(m_start, tl.minimum(m_start + BLOCK_M, q_begin + nq), key_end, window,
+                                       chunk, chunk_shift, FACTS, n_facts, CAUSAL, HAS_WINDOW, HAS_PADDING,
+                                       HAS_CHUNK, HAS_SEGMENTS, SKIP_INTERIOR)
         # The spec's bias holds this head's row alone (`probs_tile_triton`): bias row 0.
         t = tile_logits2(q, k_ptrs, offs_m, offs_n, rows * 0, offs_d, key_end, D, KV_VALID, scale, softcap,
                          window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL,
                          HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS, HAS_BIAS,
-                         IEEE)
+                         IEEE, (n_start < in_lo) | (n_start + BLOCK_N > in_hi), SKIP_INTERIOR)
         # fmt: on
         lse2 = tl.load(LSE2 + offs_m, mask=row_in, other=float("inf"))
         p = tl.exp2(t - lse2[:, None])
@@ -87,12 +95,31 @@ def probs_tile_triton(
 ) -> torch.Tensor:
     """Triton twin of `probs_tile_torch`."""
     d = q.shape[2]
-    # The looping kernels' tile shapes (spill-free); one tile needs no pipelining options.
-    block_m, block_n, _ = loop_config(d, q.dtype, block_m, block_n)
-    out = new_output(len(queries), len(keys), device=q.device)
     qh, kh, lse2 = one_head(q, k, lse, head)
-    grid = (triton.cdiv(len(queries), block_m), triton.cdiv(len(keys), block_n))
-    args = (lse2, out, queries.start, len(queries), keys.start, len(keys), k.shape[1])
     one = spec.for_heads([head])  # its bias row, the kernel's row 0
-    launch(_probs_tile_kernel, grid, qh, kh, one, *args, BLOCK_M=block_m, BLOCK_N=block_n)
-    return out
+
+    def run(block_m: int, block_n: int, options: dict) -> torch.Tensor:
+        out = new_output(len(queries), len(keys), device=q.device)
+        grid = (triton.cdiv(len(queries), block_m), triton.cdiv(len(keys), block_n))
+        args = (lse2, out, queries.start, len(queries), keys.start, len(keys), k.shape[1])
+        launch(_probs_tile_kernel, grid, qh, kh, one, *args, BLOCK_M=block_m, BLOCK_N=block_n, **options)
+        return out
+
+    # The looping kernels' tile shapes (spill-free); one tile per program needs no pipelining.
+    shape = (len(queries), len(keys), k.shape[1], d, str(q.dtype))
+    default = _one_tile(loop_config(d, q.dtype, block_m, block_n))
+    space = partial(_tile_space, d, q.dtype)
+    return tuned_launch("probs_tile", shape, default, space, run, block_m is not None or block_n is not None)
+
+
+def _one_tile(config: Config) -> Config:
+    m, n, options = config
+    return m, n, {name: value for name, value in options.items() if name != "num_stages"}
+
+
+def _tile_space(head_dim: int, dtype: torch.dtype) -> list[Config]:
+    space: list[Config] = []
+    for config in map(_one_tile, loop_space(head_dim, dtype)):
+        if config not in space:
+            space.append(config)
+    return space

@@ -18,8 +18,11 @@ chunk by chunk, on the device.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from .autotune import Config, skip_interior_default, tuned_launch
 from .masking import MaskSpec
 from .scores import masked_logits, probs_from_logits, rows_per_chunk
 from .tiles import probs_tile_triton
@@ -27,6 +30,7 @@ from .triton_common import (
     DOT_MIN,
     HAS_TRITON,
     block_d,
+    interior_bounds,
     key_bounds,
     launch,
     one_head,
@@ -115,7 +119,7 @@ if HAS_TRITON:
         CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
         HAS_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_M: tl.constexpr, KP: tl.constexpr,
+        BLOCK_M: tl.constexpr, KP: tl.constexpr, SKIP_INTERIOR: tl.constexpr,
     ):
     # fmt: on
         # One program: BLOCK_M query rows of one head (Q, K already point at it); key blocks of KP.
@@ -134,6 +138,8 @@ if HAS_TRITON:
         # fmt: off
         lo, hi = key_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, KP, BLOCK_M,
                             CAUSAL, HAS_WINDOW, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        in_lo, in_hi = interior_bounds(m_start, m_stop, Lk, window, chunk, chunk_shift, FACTS, n_facts, CAUSAL,
+                                       HAS_WINDOW, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, SKIP_INTERIOR)
         # fmt: on
         best = tl.zeros([BLOCK_M, KP], tl.int64)  # probability 0: decodes to "no key"
         for start_n in range(lo, hi, KP):
@@ -144,7 +150,7 @@ if HAS_TRITON:
             t = tile_logits2(q, k_ptrs, offs_m, offs_n, rows * 0, offs_d, Lk, D, KV_VALID, scale, softcap,
                              window, chunk, chunk_shift, FACTS, n_facts, BIAS, bias_n, bias_origin, CAUSAL,
                              HAS_WINDOW, HAS_SOFTCAP, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS,
-                             HAS_BIAS, IEEE)
+                             HAS_BIAS, IEEE, (start_n < in_lo) | (start_n + KP > in_hi), SKIP_INTERIOR)
             # fmt: on
             p = tl.where(row_in[:, None], tl.exp2(t - lse2[:, None]), 0.0)
             bits = p.to(tl.int32, bitcast=True).to(tl.int64)
@@ -165,26 +171,42 @@ def topk_triton(
         return topk_torch(q, k, spec, lse, head, count, queries, tile=probs_tile_triton)
     d = q.shape[2]
     kp = max(DOT_MIN, triton.next_power_of_2(count))
-    block_m = max(DOT_MIN, min(64, 2048 // kp))  # the merge sorts block_m × 2·kp int64 in registers
     qh, kh, lse2 = one_head(q, k, lse, head)
-    packed = torch.empty(len(queries), kp, dtype=torch.int64, device=q.device)
-    launch(
-        _topk_kernel,
-        (triton.cdiv(len(queries), block_m),),
-        qh,
-        kh,
-        spec.for_heads([head]),  # its bias row, the kernel's row 0
-        lse2,
-        packed,
-        queries.start,
-        len(queries),
-        k.shape[1],
-        BLOCK_M=block_m,
-        KP=kp,
-        # A key block is kp rows: at kp = 128, d = 256 in fp32 one stage is already 128 KiB.
-        num_stages=max(1, min(3, (64 << 10) // (kp * block_d(d) * q.element_size()))),
-    )
+    one = spec.for_heads([head])  # its bias row, the kernel's row 0
+
+    def run(block_m: int, block_n: int, options: dict) -> torch.Tensor:
+        packed = torch.empty(len(queries), kp, dtype=torch.int64, device=q.device)
+        grid = (triton.cdiv(len(queries), block_m),)
+        args = (lse2, packed, queries.start, len(queries), k.shape[1])
+        launch(_topk_kernel, grid, qh, kh, one, *args, BLOCK_M=block_m, KP=block_n, **options)
+        return packed
+
+    shape = (len(queries), k.shape[1], d, str(q.dtype), kp)
+    space = partial(topk_space, kp, d, q.dtype)
+    packed = tuned_launch("top_k", shape, topk_config(kp, d, q.dtype), space, run)
     packed = packed[:, :count]
     probs = (packed >> 32).to(torch.int32).view(torch.float32)
     index = INDEX_CODE - (packed & 0xFFFFFFFF)
     return torch.where(probs > 0, index, torch.full_like(index, -1)), probs.clone()
+
+
+def topk_config(kp: int, head_dim: int, dtype: torch.dtype) -> Config:
+    """The fused kernel's default launch shape: (query rows, kp keys a block, options). The merge
+    sorts block_m × 2·kp int64 in registers; a key block is kp rows (at kp = 128, d = 256 in fp32
+    one pipeline stage is already 128 KiB)."""
+    block_m = max(DOT_MIN, min(64, 2048 // kp))
+    stages = max(1, min(3, (64 << 10) // (kp * block_d(head_dim) * dtype.itemsize)))
+    return block_m, kp, {"num_stages": stages, "num_warps": 4, "SKIP_INTERIOR": skip_interior_default()}
+
+
+def topk_space(kp: int, head_dim: int, dtype: torch.dtype) -> list[Config]:
+    """The autotune space of the fused kernel, `topk_config` first: row blocks of 16 up to the
+    default's (the merge's registers), 4 or 8 warps; SKIP_INTERIOR is a toggle (`autotune.TOGGLES`)."""
+    default = topk_config(kp, head_dim, dtype)
+    space = [default]
+    for block_m in (16, 32, 64):
+        for warps in (4, 8):
+            config = (block_m, kp, {**default[2], "num_warps": warps})
+            if block_m <= default[0] and config not in space:
+                space.append(config)
+    return space

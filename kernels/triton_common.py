@@ -23,10 +23,6 @@ Numerics (written once, used by every kernel):
 from __future__ import annotations
 
 import math
-import os
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 
@@ -182,117 +178,6 @@ def launch(kernel, grid, q: torch.Tensor, k: torch.Tensor, spec: MaskSpec, *oper
     )
 
 
-def loop_config(
-    head_dim: int, dtype: torch.dtype, block_m: int | None = None, block_n: int | None = None
-) -> tuple[int, int, dict]:
-    """(block_m, block_n, launch options) for the kernels that loop over key blocks; a block size
-    passed in (the tests' small tiles) wins over the default.
-
-    Chosen from what the compiler reports for sm_90 (`python -m benchmarks.compiled`), not yet
-    from GPU timings (``ATTNSCOPE_AUTOTUNE=1`` times `loop_space` instead: `tuned_launch`):
-
-    * fp16/bf16: 64 × 64 blocks on tensor cores; two pipeline stages from d = 256 (512-byte K
-      rows) so shared memory stays <= 144 KiB; 8 warps from d = 128 so the Q tile stays in
-      registers.
-    * fp32 (IEEE products on Triton's FMA path, which holds whole Q and K tiles in registers):
-      64 × 64 blocks spill (5 KB of stack per thread at d = 128); 32 × 32 blocks up to d = 64 and
-      16 × 32 beyond compile without spills in every kernel (rows, digest, tiles).
-    """
-    width = block_d(head_dim)
-    row_bytes = width * dtype.itemsize
-    if dtype == torch.float32:
-        default_m, default_n = (32 if width <= 64 else 16), 32
-    else:
-        default_m, default_n = 64, 64
-    launch = {"num_stages": 2 if row_bytes >= 512 else 3, "num_warps": 8 if width >= 128 else 4}
-    return block_m or default_m, block_n or default_n, launch
-
-
-#: ``ATTNSCOPE_AUTOTUNE=1``: the kernels that loop over key blocks time the launch shapes of
-#: `loop_space` once per (kernel, shape) and keep the fastest (`tuned_launch`); unset, the
-#: compile-report defaults of `loop_config` stand (until GPU timings say otherwise).
-AUTOTUNE_ENV = "ATTNSCOPE_AUTOTUNE"
-#: (kernel, shape key) -> the (block_m, block_n, launch options) chosen; `chosen_configs` reads it.
-_TUNED: dict[tuple[str, tuple], tuple[int, int, dict]] = {}
-T = TypeVar("T")
-
-
-def autotune_on() -> bool:
-    return os.environ.get(AUTOTUNE_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def loop_space(head_dim: int, dtype: torch.dtype) -> list[tuple[int, int, dict]]:
-    """The small, filtered autotune space of the looping kernels, `loop_config`'s default first.
-
-    Filtered by the compile report's limits (`loop_config`): fp32 tiles (Triton's FMA path holds
-    whole Q and K tiles in registers) at most 32 query rows up to d = 64 and 16 beyond; K tiles
-    in shared memory (stages × block_n × row bytes, Q beside them) within 144 KiB; 8 warps only
-    for 64-row tiles and up."""
-    width = block_d(head_dim)
-    row_bytes = width * dtype.itemsize
-    if dtype == torch.float32:
-        tiles = [(m, n) for m in (16, 32) for n in (16, 32, 64) if m <= (32 if width <= 64 else 16)]
-    else:
-        tiles = [(m, n) for m in (32, 64, 128) for n in (32, 64) if m * width <= 128 * 128]
-    space = [loop_config(head_dim, dtype)]
-    for m, n in tiles:
-        for warps in (4, 8):
-            for stages in (2, 3):
-                fits = stages * n * row_bytes + m * row_bytes <= 144 * 1024
-                if fits and (warps == 4 or m >= 64):
-                    candidate = (m, n, {"num_stages": stages, "num_warps": warps})
-                    if candidate not in space:
-                        space.append(candidate)
-    return space
-
-
-def tuned_launch(
-    kernel: str,
-    shape: tuple,
-    head_dim: int,
-    dtype: torch.dtype,
-    block_m: int | None,
-    block_n: int | None,
-    run: Callable[[int, int, dict], T],
-) -> T:
-    """`run(block_m, block_n, options)` at the launch shape to use: block sizes passed in (the
-    tests' small tiles) win; else `loop_config`'s default, or with ATTNSCOPE_AUTOTUNE=1 the
-    fastest of `loop_space` for this (kernel, shape), timed once (a warm-up run to compile, then
-    one timed run per candidate; candidates that fail to build are skipped) and cached."""
-    if block_m is not None or block_n is not None or not autotune_on():
-        return run(*loop_config(head_dim, dtype, block_m, block_n))
-    key = (kernel, shape)
-    if key not in _TUNED:
-        best, failure = None, None
-        for candidate in loop_space(head_dim, dtype):
-            try:
-                run(*candidate)  # compiles
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                run(*candidate)
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - started
-            except Exception as exc:  # a shape this GPU cannot build (registers, shared memory)
-                failure = exc
-                continue
-            if best is None or seconds < best[0]:
-                best = (seconds, candidate)
-        if best is None:
-            raise failure if failure is not None else RuntimeError(f"no launch shape for {kernel}")
-        _TUNED[key] = best[1]
-    return run(*_TUNED[key])
-
-
-def chosen_configs() -> list[dict]:
-    """The launch shapes autotuning chose in this process, one entry per (kernel, shape)."""
-    return [
-        {"kernel": kernel, "shape": list(shape), "block_m": m, "block_n": n, **options}
-        for (kernel, shape), (m, n, options) in _TUNED.items()
-    ]
-
-
 def gqa_pack(group: int, lq: int, block_m: int, requested: bool | None = None) -> int:
     """Query heads per program: the whole group of heads sharing a key head, or 1.
 
@@ -427,8 +312,14 @@ if HAS_TRITON:
         HAS_GROUPS: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         IEEE: tl.constexpr,
+        edge,  # scalar: the tile is not inside `interior_bounds` (always true unless SKIP_INTERIOR)
+        SKIP_INTERIOR: tl.constexpr,
     ):
-        """Masked base-2 logits [BLOCK_M, BLOCK_N] of one tile; invisible pairs are -inf."""
+        """Masked base-2 logits [BLOCK_M, BLOCK_N] of one tile; invisible pairs are -inf.
+
+        SKIP_INTERIOR (an autotune option, `loop_space`): tiles every pair of which is visible
+        (not `edge`) skip the visibility test, as FlashAttention's EVEN_M / EVEN_N and its
+        off-diagonal blocks do; the values are the same."""
         key_in = offs_n < Lk
         k = tl.load(k_ptrs, mask=key_in[:, None] & (offs_d < D)[None, :], other=0.0)
         if IEEE:
@@ -436,6 +327,28 @@ if HAS_TRITON:
         else:
             raw = tl.dot(q, tl.trans(k))
         t = logits2(raw, scale, softcap, HAS_SOFTCAP)
+        if HAS_BIAS:
+            t = t + bias2(bias_ptr, q_head[:, None], offs_m[:, None], offs_n[None, :], bias_n, bias_origin)
+        # fmt: off
+        if SKIP_INTERIOR:
+            if edge:
+                t = _masked(t, offs_m, offs_n, key_in, kv_valid_ptr, window, chunk, chunk_shift, facts_ptr,
+                            n_facts, CAUSAL, HAS_WINDOW, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        else:
+            t = _masked(t, offs_m, offs_n, key_in, kv_valid_ptr, window, chunk, chunk_shift, facts_ptr, n_facts,
+                        CAUSAL, HAS_WINDOW, HAS_PADDING, HAS_CHUNK, HAS_SEGMENTS, HAS_GROUPS)
+        # fmt: on
+        return t
+
+    # fmt: off
+    @triton.jit
+    def _masked(
+        t, offs_m, offs_n, key_in, kv_valid_ptr, window, chunk, chunk_shift, facts_ptr, n_facts,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr,
+        HAS_SEGMENTS: tl.constexpr, HAS_GROUPS: tl.constexpr,
+    ):
+    # fmt: on
+        """`t` with the pairs `visible_pairs` hides set to -inf."""
         # fmt: off
         visible = visible_pairs(
             offs_m[:, None], offs_n[None, :], key_in[None, :], kv_valid_ptr, offs_n[None, :], window, chunk,
@@ -443,9 +356,40 @@ if HAS_TRITON:
             HAS_GROUPS,
         )
         # fmt: on
-        if HAS_BIAS:
-            t = t + bias2(bias_ptr, q_head[:, None], offs_m[:, None], offs_n[None, :], bias_n, bias_origin)
         return tl.where(visible, t, float("-inf"))
+
+    # fmt: off
+    @triton.jit
+    def interior_bounds(
+        m_start, m_stop, Lk, window, chunk, chunk_shift, facts_ptr, n_facts,
+        CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PADDING: tl.constexpr, HAS_CHUNK: tl.constexpr,
+        HAS_SEGMENTS: tl.constexpr, SKIP_INTERIOR: tl.constexpr,
+    ):
+    # fmt: on
+        """[lo, hi) of the keys that every query of [m_start, m_stop) sees: a key tile inside
+        needs no visibility test (`tile_logits2`). Empty without SKIP_INTERIOR or with key padding
+        (a per-key fact). Groups only add visible pairs, so they leave the range as it is; the
+        rows' segments are contiguous, so all rows see the keys of both the first row's and the
+        last row's segment."""
+        lo = 0
+        hi = 0
+        if SKIP_INTERIOR:
+            hi = Lk
+            if CAUSAL:  # k <= q for the first row
+                hi = tl.minimum(hi, m_start + 1)
+            if HAS_WINDOW:  # |q - k| < window for the last row (and, bidirectional, the first)
+                lo = tl.maximum(lo, m_stop - window)
+                if not CAUSAL:
+                    hi = tl.minimum(hi, m_start + window)
+            if HAS_CHUNK:  # from the last row's chunk start to the first row's chunk end
+                lo = tl.maximum(lo, m_stop - 1 - ((m_stop - 1 + chunk_shift).to(tl.int32) % chunk))
+                hi = tl.minimum(hi, m_start - ((m_start + chunk_shift).to(tl.int32) % chunk) + chunk)
+            if HAS_SEGMENTS:
+                lo = tl.maximum(lo, tl.load(facts_ptr + SEG_LO_C * n_facts + m_stop - 1))
+                hi = tl.minimum(hi, tl.load(facts_ptr + SEG_HI_C * n_facts + m_start))
+            if HAS_PADDING:
+                hi = lo
+        return lo, hi
 
     @triton.jit
     def onehot_dot(a, onehot, A_IS_ONEHOT: tl.constexpr):
@@ -536,4 +480,5 @@ if HAS_TRITON:
         return lo, hi
 else:  # pragma: no cover
     tile_logits2 = key_bounds = logits2 = visible_pairs = bias2 = packed_rows = onehot_dot = None
+    interior_bounds = None
     LOG2E_C = LN2_C = None
