@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from attnscope.benchmarks import kernels
 from attnscope.benchmarks.gpu import run, stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,12 +99,13 @@ def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
 
 
 def test_a_stage_past_its_budget_is_cut_and_the_next_stages_still_report(tmp_path):
+    """Also the tune stage (not in the default run): every family at every launch-shape variant."""
     p = _gpu(
         "--dry-run",
         "--out",
         str(tmp_path),
         "--stages",
-        "views,hang,env",
+        "tune,hang,env",
         "--stage-budget",
         "hang=3",
         timeout=120,
@@ -110,7 +113,7 @@ def test_a_stage_past_its_budget_is_cut_and_the_next_stages_still_report(tmp_pat
     assert p.returncode == 1, p.stdout + p.stderr  # not every stage ok
     summary = json.loads((tmp_path / "gpu-summary.json").read_text())
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
-        ("views", "ok"),
+        ("tune", "ok"),
         ("hang", "timeout"),
         ("env", "ok"),
     ]
@@ -122,6 +125,13 @@ def test_a_stage_past_its_budget_is_cut_and_the_next_stages_still_report(tmp_pat
         os.kill(row["pid"], 0)
     assert "**timeout**" in (tmp_path / "gpu-hang.md").read_text()
     assert "| hang | timeout | " in (tmp_path / "gpu-summary.md").read_text()
+    tune = json.loads((tmp_path / "gpu-tune.json").read_text())
+    ran = {(r["variant"], r["family"]) for r in tune["rows"]}
+    assert ran == {(v, f) for v in ("default", "skip_interior", "autotuned") for f in kernels.FAMILIES}
+    tuned = {c["kernel"] for c in tune["facts"]["autotune"]}
+    assert tuned == {"row_stats", "digest", "probs_tile", "top_k", "neuron"}, tuned
+    assert "skip_interior" not in tune["facts"], "the stage started with the default shapes"
+    assert re.search(r"skip_interior [\d.]+× the default's time", summary["stages"][0]["headline"])
 
 
 def test_the_real_e2e_plan_stops_eager_once_it_runs_out_of_memory(tmp_path, monkeypatch):
@@ -169,15 +179,22 @@ def test_the_real_e2e_plan_stops_eager_once_it_runs_out_of_memory(tmp_path, monk
 
 def test_a_stage_records_the_launch_shapes_autotuning_chose(tmp_path, monkeypatch):
     from attnscope.benchmarks.gpu.record import Record
-    from attnscope.kernels import triton_common
+    from attnscope.kernels import autotune
 
-    chosen = {("digest", (12, 12, 2048, 2048, 64)): (64, 32, {"num_stages": 3, "num_warps": 4})}
-    monkeypatch.setattr(triton_common, "_TUNED", chosen)
-    monkeypatch.delenv(triton_common.AUTOTUNE_ENV, raising=False)
+    chosen = {
+        ("digest", (12, 12, 2048, 2048, 64)): (
+            64,
+            32,
+            {"num_stages": 3, "num_warps": 4, "SKIP_INTERIOR": True},
+        )
+    }
+    monkeypatch.setattr(autotune, "_TUNED", chosen)
+    monkeypatch.delenv(autotune.AUTOTUNE_ENV, raising=False)
+    monkeypatch.delenv(autotune.SKIP_INTERIOR_ENV, raising=False)
     record = Record(tmp_path, "views", dry_run=True, deadline=time.time() + 60)
     record.fact(length=2048)
     assert "autotune" not in json.loads(record.path.read_text())["facts"], "the default shapes: nothing tuned"
-    monkeypatch.setenv(triton_common.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv(autotune.AUTOTUNE_ENV, "1")
     record.finish()
     (entry,) = json.loads(record.path.read_text())["facts"]["autotune"]
     assert entry == {
@@ -187,4 +204,5 @@ def test_a_stage_records_the_launch_shapes_autotuning_chose(tmp_path, monkeypatc
         "block_n": 32,
         "num_stages": 3,
         "num_warps": 4,
+        "SKIP_INTERIOR": True,
     }

@@ -14,6 +14,9 @@ and 128, causal and not, TFLOP/s and ratio to the floor), e2e (benchmarks/e2e.py
 GPT-2-small shapes to 32k, Llama-3-8B shapes to 128k, eager recorded as out of memory where it
 fails) and views (the cost of each view in `measures.VIEWS`: issue 15's passes, a generation traced
 against generating, a model split over devices against one device; those not built yet say so).
+Not in the default run: tune (``--stages tune``, 240 s: every kernel family at L = 16k, d 64 and
+128, with the compile-report launch shapes, with SKIP_INTERIOR on and autotuned; kernels/autotune.py),
+for a session that has the proof and device time left.
 
 A stage that runs past its budget is killed with its whole process group and reported as
 'timeout'; what it had written so far is kept and the next stage runs. Each stage writes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import subprocess
 import time
@@ -80,13 +81,73 @@ def kernels_headline(data: dict) -> str:
     )
 
 
+# ---- tune ----------------------------------------------------------------------------------------
+#: The tune stage's sizes, as KERNEL_SIZES: one length past the issue's 16k mark on the GPU.
+TUNE_SIZES = {
+    False: ([16384], [64, 128], 16, "bfloat16", "cuda", 2, 5),
+    True: ([40], [16], 1, "float32", "cpu", 0, 1),
+}
+#: Launch-shape variants timed one after another (kernels/autotune.py): the compile-report
+#: defaults, the defaults with SKIP_INTERIOR on, and each kernel's space autotuned per shape.
+TUNE_VARIANTS = {
+    "default": {},
+    "skip_interior": {"ATTNSCOPE_SKIP_INTERIOR": "1"},
+    "autotuned": {"ATTNSCOPE_AUTOTUNE": "1"},
+}
+
+
+def tune_stage(rec: Record, dry_run: bool) -> None:
+    """Every kernel family at each variant of `TUNE_VARIANTS`, rows kept as they come; the shapes
+    autotuning chose become the fact "autotune". Not in the default run (issue 18 step 4: run it
+    after the proof, `--stages tune`, and change the defaults where it wins)."""
+    import torch
+
+    from attnscope.kernels import autotune
+
+    from .. import kernels
+
+    lengths, dims, heads, dtype, device, warmup, repeats = TUNE_SIZES[dry_run]
+    rec.fact(lengths=lengths, dims=dims, heads=heads, dtype=dtype, variants=list(TUNE_VARIANTS))
+    for variant, env in TUNE_VARIANTS.items():
+        for name in ("ATTNSCOPE_SKIP_INTERIOR", "ATTNSCOPE_AUTOTUNE"):
+            os.environ.pop(name, None)
+        os.environ.update(env)
+        for row in kernels.run(
+            list(kernels.FAMILIES), lengths, dims, heads, getattr(torch, dtype), device, warmup, repeats
+        ):
+            rec.row({"variant": variant, **row})
+        rec.fact(autotune=autotune.chosen_configs())
+    rec.finish()
+
+
+def _pass_key(row: dict) -> tuple:
+    return row["family"], row["pass"], row["L"], row["d"], row["causal"]
+
+
+def tune_headline(data: dict) -> str:
+    """Each variant's time against the default's, the geometric mean over the passes both ran."""
+    rows = data.get("rows", [])
+    default = {_pass_key(r): r["ms"] for r in rows if r["variant"] == "default"}
+    parts = []
+    for variant in TUNE_VARIANTS:
+        ratios = [
+            r["ms"] / default[_pass_key(r)]
+            for r in rows
+            if r["variant"] == variant and _pass_key(r) in default
+        ]
+        if variant != "default" and ratios:
+            mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+            parts.append(f"{variant} {mean:.3g}× the default's time ({min(ratios):.3g} to {max(ratios):.3g})")
+    return "; ".join(parts) or "no variant timed against the default"
+
+
 # ---- e2e -----------------------------------------------------------------------------------------
 def e2e_plan(dry_run: bool) -> list[dict]:
     """GPT-2-small shapes to 32k, then Llama-3-8B shapes to 128k, mostly cheapest first so that a cut
     stage loses the largest, except that Llama's 128k (the issue's headline) comes before its 32k.
     One timed run past 8k: each is seconds, and the stage has minutes."""
     if dry_run:
-        return [{"model": "gpt2-tiny", "length": n, "repeats": 1, "dtype": "float32"} for n in (64, 96)]
+        return [{"model": "gpt2-tiny", "length": 72, "repeats": 1, "dtype": "float32"}]
     sizes = [("gpt2-small", n) for n in (2048, 8192, 32768)]
     sizes += [("llama3-8b", n) for n in (8192, 131072, 32768)]
     return [

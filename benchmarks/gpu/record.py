@@ -26,6 +26,10 @@ class Record:
         self.out, self.deadline = out, deadline
         self.path = out / f"gpu-{stage}.json"
         self.data: dict = {"stage": stage, "status": "running", "dry_run": dry_run, "facts": {}, "rows": []}
+        from attnscope.kernels import autotune
+
+        if autotune.skip_interior_default():  # ATTNSCOPE_SKIP_INTERIOR=1 as the stage starts
+            self.data["facts"]["skip_interior"] = True
 
     def left(self) -> float:
         """Seconds until the parent kills this stage."""
@@ -45,10 +49,10 @@ class Record:
         self.save()
 
     def save(self) -> None:
-        from attnscope.kernels import triton_common
+        from attnscope.kernels import autotune
 
-        if triton_common.autotune_on():  # ATTNSCOPE_AUTOTUNE=1: the launch shapes timed and kept
-            self.data["facts"]["autotune"] = triton_common.chosen_configs()
+        if autotune.autotune_on():  # ATTNSCOPE_AUTOTUNE=1: the launch shapes timed and kept
+            self.data["facts"]["autotune"] = autotune.chosen_configs()
         write_json(self.path, self.data)
 
 

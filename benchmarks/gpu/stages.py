@@ -19,6 +19,8 @@ from .measures import (
     hang_stage,
     kernels_headline,
     kernels_stage,
+    tune_headline,
+    tune_stage,
     views_headline,
     views_stage,
 )
@@ -62,6 +64,17 @@ STAGES = {
             60,
             views_stage,
             views_headline,
+            dry_env={"TRITON_INTERPRET": "1", "ATTNSCOPE_BACKEND": "triton"},
+        ),
+        # Not in the default run: the launch-shape variants (kernels/autotune.py), for a session
+        # that has the proof and time left (issue 18 step 4).
+        Stage(
+            "tune",
+            "launch shapes: defaults, SKIP_INTERIOR, autotuned",
+            240,
+            tune_stage,
+            tune_headline,
+            default=False,
             dry_env={"TRITON_INTERPRET": "1", "ATTNSCOPE_BACKEND": "triton"},
         ),
         Stage("hang", "a stage that never ends (tests only)", 5, hang_stage, lambda d: "held", default=False),
