@@ -206,3 +206,29 @@ def test_a_stage_records_the_launch_shapes_autotuning_chose(tmp_path, monkeypatc
         "num_warps": 4,
         "SKIP_INTERIOR": True,
     }
+
+
+def test_the_tune_stage_times_each_variant_in_its_own_environment_and_restores_it(tmp_path, monkeypatch):
+    from attnscope.benchmarks.gpu import measures
+    from attnscope.benchmarks.gpu.record import Record
+    from attnscope.kernels import autotune
+
+    seen = []
+
+    def fake_run(families, lengths, dims, heads, dtype, device, warmup, repeats):
+        seen.append((os.environ.get(autotune.SKIP_INTERIOR_ENV), os.environ.get(autotune.AUTOTUNE_ENV)))
+        row = {"family": "rowstats", "pass": "row_stats", "L": lengths[0], "d": dims[0], "causal": True}
+        return [{**row, "ms": 10.0 / len(seen)}]
+
+    monkeypatch.setattr(kernels, "run", fake_run)
+    monkeypatch.setenv(autotune.SKIP_INTERIOR_ENV, "0")
+    monkeypatch.delenv(autotune.AUTOTUNE_ENV, raising=False)
+    record = Record(tmp_path, "tune", dry_run=True, deadline=time.time() + 60)
+    measures.tune_stage(record, dry_run=True)
+    assert seen == [(None, None), ("1", None), (None, "1")]
+    assert os.environ[autotune.SKIP_INTERIOR_ENV] == "0" and autotune.AUTOTUNE_ENV not in os.environ
+    data = json.loads(record.path.read_text())
+    assert [r["variant"] for r in data["rows"]] == ["default", "skip_interior", "autotuned"]
+    assert measures.tune_headline(data) == (
+        "skip_interior 0.5× the default's time (0.5 to 0.5); autotuned 0.333× the default's time (0.333 to 0.333)"
+    )

@@ -91,8 +91,8 @@ TUNE_SIZES = {
 #: defaults, the defaults with SKIP_INTERIOR on, and each kernel's space autotuned per shape.
 TUNE_VARIANTS = {
     "default": {},
-    "skip_interior": {"ATTNSCOPE_SKIP_INTERIOR": "1"},
-    "autotuned": {"ATTNSCOPE_AUTOTUNE": "1"},
+    "skip_interior": {"ATTNSCOPE_SKIP_INTERIOR": "1"},  # kernels/autotune.py's SKIP_INTERIOR_ENV
+    "autotuned": {"ATTNSCOPE_AUTOTUNE": "1"},  # and AUTOTUNE_ENV (torch-free here, in the parent)
 }
 
 
@@ -108,15 +108,23 @@ def tune_stage(rec: Record, dry_run: bool) -> None:
 
     lengths, dims, heads, dtype, device, warmup, repeats = TUNE_SIZES[dry_run]
     rec.fact(lengths=lengths, dims=dims, heads=heads, dtype=dtype, variants=list(TUNE_VARIANTS))
-    for variant, env in TUNE_VARIANTS.items():
-        for name in ("ATTNSCOPE_SKIP_INTERIOR", "ATTNSCOPE_AUTOTUNE"):
+    saved = {name: os.environ.get(name) for name in (autotune.SKIP_INTERIOR_ENV, autotune.AUTOTUNE_ENV)}
+    try:
+        for variant, env in TUNE_VARIANTS.items():
+            for name in saved:
+                os.environ.pop(name, None)
+            os.environ.update(env)
+            families = list(kernels.FAMILIES)
+            for row in kernels.run(
+                families, lengths, dims, heads, getattr(torch, dtype), device, warmup, repeats
+            ):
+                rec.row({"variant": variant, **row})
+            rec.fact(autotune=autotune.chosen_configs())
+    finally:  # the environment as the stage found it
+        for name, value in saved.items():
             os.environ.pop(name, None)
-        os.environ.update(env)
-        for row in kernels.run(
-            list(kernels.FAMILIES), lengths, dims, heads, getattr(torch, dtype), device, warmup, repeats
-        ):
-            rec.row({"variant": variant, **row})
-        rec.fact(autotune=autotune.chosen_configs())
+            if value is not None:
+                os.environ[name] = value
     rec.finish()
 
 
