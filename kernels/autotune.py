@@ -84,6 +84,19 @@ def loop_config(
     return block_m or default_m, block_n or default_n, launch
 
 
+def digest_config(
+    head_dim: int, dtype: torch.dtype, block_m: int | None = None, block_n: int | None = None
+) -> Config:
+    """`loop_config` with 32-key blocks in fp16/bf16 for the digest: its pooled, received and
+    head-statistic sums beside the logits tile spill registers at 64 × 64 on sm_90 (24-160 bytes a
+    thread unpacked, up to 408 GQA-packed, Triton 3.9) and fit at 64 × 32 (153-238 registers) in
+    every variant of `python -m benchmarks.compiled`."""
+    m, n, launch = loop_config(head_dim, dtype, block_m, block_n)
+    if dtype != torch.float32 and block_n is None:
+        n = 32
+    return m, n, launch
+
+
 def loop_space(head_dim: int, dtype: torch.dtype) -> list[Config]:
     """The autotune space of the looping kernels, `loop_config`'s default first.
 
@@ -176,12 +189,17 @@ def tuned_loop_launch(
     block_m: int | None,
     block_n: int | None,
     run: Callable[[int, int, dict], T],
+    config: Callable[..., Config] = loop_config,
 ) -> T:
-    """`tuned_launch` for the kernels that loop over key blocks: `loop_config`'s default (block
-    sizes passed in win and fix the shape) or the fastest of `loop_space`."""
-    default = loop_config(head_dim, dtype, block_m, block_n)
+    """`tuned_launch` for the kernels that loop over key blocks: `config`'s default (block sizes
+    passed in win and fix the shape) or the fastest of it and `loop_space`."""
+    default = config(head_dim, dtype, block_m, block_n)
     fixed = block_m is not None or block_n is not None
-    return tuned_launch(kernel, shape, default, lambda: loop_space(head_dim, dtype), run, fixed)
+
+    def space() -> list[Config]:
+        return [default, *(c for c in loop_space(head_dim, dtype) if c != default)]
+
+    return tuned_launch(kernel, shape, default, space, run, fixed)
 
 
 def _fastest(kernel: str, space: list[Config], run: Callable[[int, int, dict], object]) -> Config:

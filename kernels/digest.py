@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from .autotune import tuned_loop_launch
+from .autotune import digest_config, tuned_loop_launch
 from .headstats import chunk_terms, chunk_token_terms, reduce_head_stats
 from .interrupt import checkpoint
 from .masking import MaskSpec
@@ -590,4 +590,4 @@ def digest_triton(
 
     shape = (hq, k.shape[0], lq, lk, d, str(q.dtype), pack_gqa, pooled_size, received, terms)
     extras = (token_ids is not None, row_weights is not None, blocks is not None)
-    return tuned_loop_launch("digest", (*shape, *extras), d, q.dtype, block_m, block_n, run)
+    return tuned_loop_launch("digest", (*shape, *extras), d, q.dtype, block_m, block_n, run, digest_config)

@@ -193,8 +193,10 @@ def topk_triton(
 def topk_config(kp: int, head_dim: int, dtype: torch.dtype) -> Config:
     """The fused kernel's default launch shape: (query rows, kp keys a block, options). The merge
     sorts block_m × 2·kp int64 in registers; a key block is kp rows (at kp = 128, d = 256 in fp32
-    one pipeline stage is already 128 KiB)."""
-    block_m = max(DOT_MIN, min(64, 2048 // kp))
+    one pipeline stage is already 128 KiB). fp32 (Triton's FMA path holds the Q tile in registers)
+    takes at most 32 rows: 64 spill on sm_90 from d = 64 (8 bytes a thread) to d = 256 (6 KB
+    unmasked), 32 compile without spills (`python -m benchmarks.compiled`)."""
+    block_m = max(DOT_MIN, min(32 if dtype == torch.float32 else 64, 2048 // kp))
     stages = max(1, min(3, (64 << 10) // (kp * block_d(head_dim) * dtype.itemsize)))
     return block_m, kp, {"num_stages": stages, "num_warps": 4, "SKIP_INTERIOR": skip_interior_default()}
 

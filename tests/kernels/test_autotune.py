@@ -58,6 +58,17 @@ def test_the_spaces_start_with_the_default_and_respect_the_compile_limits(dtype,
         )
 
 
+def test_the_digest_takes_32_key_blocks_in_half_precision_where_64_spill(fresh_cache):
+    for d in (64, 128, 256):
+        assert autotune.digest_config(d, torch.float16)[:2] == (64, 32)
+        assert autotune.digest_config(d, torch.float32) == autotune.loop_config(d, torch.float32)
+        assert autotune.digest_config(d, torch.bfloat16, block_n=16)[1] == 16, "block sizes passed in win"
+    assert (
+        topk.topk_config(16, 256, torch.float32)[0] == 32
+        and topk.topk_config(16, 256, torch.float16)[0] == 64
+    )
+
+
 def test_skip_interior_is_off_by_default_and_an_environment_variable_turns_it_on(fresh_cache, monkeypatch):
     assert not autotune.loop_config(64, torch.float16)[2]["SKIP_INTERIOR"]
     assert not topk.topk_config(16, 64, torch.float16)[2]["SKIP_INTERIOR"]
