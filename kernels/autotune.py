@@ -142,7 +142,7 @@ def tuned_launch(
         kept = _cache_file()
         entry = _cache_key(kernel, shape)
         stored = _read_cache(kept).get(entry) if kept else None
-        _TUNED[key] = (stored[0], stored[1], stored[2]) if stored else _fastest(kernel, space(), run)
+        _TUNED[key] = tuple(stored) if stored else _fastest(kernel, space(), run)
         if kept and not stored:
             _write_cache(kept, entry, _TUNED[key])
     return run(*_TUNED[key])
